@@ -1,0 +1,233 @@
+"""The typed, frozen configuration model: one Config built once by config.load and passed down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class AuthMethod(str, Enum):
+    TRUST = "trust"
+    MD5 = "md5"
+    SCRAM = "scram-sha-256"
+
+
+class Role(str, Enum):
+    PRIMARY = "primary"
+    STANDBY = "standby"
+
+
+class PoolMode(str, Enum):
+    TRANSACTION = "transaction"
+    SESSION = "session"
+
+
+class Policy(str, Enum):
+    ROUND_ROBIN = "round_robin"
+    RANDOM = "random"
+    LEAST_CONNECTIONS = "least_connections"
+
+
+class Fallback(str, Enum):
+    PRIMARY = "primary"
+    ERROR = "error"
+
+
+class FailMode(str, Enum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+DEFAULT_WRITE_FUNCTIONS: tuple[str, ...] = (
+    "nextval",
+    "setval",
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_advisory_xact_lock",
+    "pg_advisory_xact_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+    "pg_try_advisory_xact_lock",
+    "pg_try_advisory_xact_lock_shared",
+    "pg_advisory_unlock",
+    "pg_advisory_unlock_shared",
+    "pg_advisory_unlock_all",
+    "pg_notify",
+    "lo_create",
+    "lo_creat",
+    "lo_import",
+    "lo_unlink",
+    "lo_put",
+    "lo_from_bytea",
+    "lo_open",
+    "lo_write",
+    "lowrite",
+    "lo_truncate",
+    "set_config",
+    "txid_current",
+    "pg_current_xact_id",
+    "pg_promote",
+    "pg_terminate_backend",
+    "pg_cancel_backend",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class UserConfig:
+    name: str
+    password: str | None = None
+    pool_mode: PoolMode | None = None  # overrides pool.mode for this user
+    pool_size: int | None = None  # overrides pool.size for this user
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    name: str
+    host: str
+    port: int = 5432
+    role: Role = Role.STANDBY
+    weight: int = 1  # share of reads among standbys
+    priority: int = 0  # failover promotion preference (higher first)
+
+
+@dataclass(frozen=True, slots=True)
+class BranchConfig:
+    name: str
+    node: str
+    database: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    method: AuthMethod = AuthMethod.SCRAM
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    mode: PoolMode = PoolMode.TRANSACTION
+    size: int = 20
+    min_size: int = 0
+    acquire_timeout: float = 5.0
+    idle_timeout: float = 600.0
+    max_lifetime: float = 3600.0
+    reset_query: str = "DISCARD ALL"
+    connect_timeout: float = 5.0
+    prepared_statements_per_server: int = 1000  # LRU bound of proxy-named statements per backend
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    read_write_split: bool = True
+    policy: Policy = Policy.ROUND_ROBIN
+    max_lag_bytes: int | None = None
+    max_lag_ms: float | None = None
+    standby_fallback: Fallback = Fallback.PRIMARY
+    read_your_writes_ms: float = 0.0
+    write_functions: tuple[str, ...] = DEFAULT_WRITE_FUNCTIONS
+    classify_cache_size: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    interval: float = 1.0
+    timeout: float = 1.0
+    failures_before_down: int = 3
+    successes_before_up: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverConfig:
+    promote: bool = False
+    primary_down_for: float = 10.0
+    write_timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    listen: str | None = "127.0.0.1:9187"  # HTTP admin; null disables it
+    token: str | None = None
+    users: tuple[str, ...] = ()  # may use the SQL console (database "heliosproxy")
+
+
+@dataclass(frozen=True, slots=True)
+class PluginLimits:
+    memory: int = 64 * 1024 * 1024
+    fuel: int = 10_000_000
+    timeout_ms: float = 50.0
+
+
+@dataclass(frozen=True, slots=True)
+class PluginsConfig:
+    enabled: bool = True
+    dir: str | None = None
+    trust_root: str | None = None
+    max_plugins: int = 32
+    disable_after: int = 10
+    hot_reload: bool = False
+    poll_interval: float = 1.0
+    debounce: float = 0.5
+    kv_max_keys: int = 1024
+    kv_max_value_bytes: int = 65536
+    limits: PluginLimits = field(default_factory=PluginLimits)
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "text"  # text | json
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    nodes: tuple[NodeConfig, ...]
+    listen: str = "127.0.0.1:6432"
+    workers: int = 1  # "auto" in YAML becomes os.cpu_count()
+    max_client_connections: int = 1000
+    client_login_timeout: float = 15.0
+    max_message_size: int = 64 * 1024 * 1024
+    shutdown_timeout: float = 30.0
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    users: tuple[UserConfig, ...] = ()
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    branches: tuple[BranchConfig, ...] = ()
+    health: HealthConfig = field(default_factory=HealthConfig)
+    failover: FailoverConfig = field(default_factory=FailoverConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    plugins: PluginsConfig = field(default_factory=PluginsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: str = "<memory>"  # the file this came from, for messages
+
+    def user(self, name: str) -> UserConfig | None:
+        for u in self.users:
+            if u.name == name:
+                return u
+        return None
+
+    def node(self, name: str) -> NodeConfig | None:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        return None
+
+    def branch(self, name: str) -> BranchConfig | None:
+        for b in self.branches:
+            if b.name == name:
+                return b
+        return None
+
+    @property
+    def listen_host(self) -> str:
+        return split_hostport(self.listen)[0]
+
+    @property
+    def listen_port(self) -> int:
+        return split_hostport(self.listen)[1]
+
+
+def split_hostport(value: str) -> tuple[str, int]:
+    """'127.0.0.1:6432' -> ('127.0.0.1', 6432); '[::1]:6432' -> ('::1', 6432)."""
+    host, _, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
