@@ -1,0 +1,1 @@
+"""HeliosProxy's test suite: unit tests and integration tests against real PostgreSQL servers."""

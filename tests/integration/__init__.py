@@ -1,0 +1,1 @@
+"""Integration tests: real PostgreSQL primary and standbys, the proxy run as a subprocess."""
