@@ -1,0 +1,26 @@
+# HeliosProxy image: `docker compose up` builds it (see docker-compose.yml).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY heliosproxy ./heliosproxy
+RUN pip install .
+
+# The default config; docker-compose.yml mounts config/docker.yaml over it.
+COPY config/docker.yaml /etc/heliosproxy/heliosproxy.yaml
+
+RUN useradd --system --no-create-home --shell /usr/sbin/nologin heliosproxy
+USER heliosproxy
+WORKDIR /
+
+EXPOSE 6432 9187
+HEALTHCHECK --interval=5s --timeout=3s --start-period=10s --retries=3 \
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9187/live', timeout=2)"]
+
+ENTRYPOINT ["heliosproxy"]
+CMD ["run", "--config", "/etc/heliosproxy/heliosproxy.yaml"]
