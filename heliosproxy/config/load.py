@@ -35,6 +35,7 @@ __all__ = [
     "LOG_FORMATS",
     "LOG_LEVELS",
     "load_config",
+    "load_yaml_file",
     "parse_config",
     "parse_duration",
     "parse_size",
@@ -630,3 +631,22 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except UnicodeDecodeError as exc:
         raise ConfigError(source, None, "", f"cannot read: not UTF-8 text ({exc.reason})") from None
     return parse_config(text, source)
+
+
+def load_yaml_file(path: str | os.PathLike[str]) -> Any:
+    """Any YAML document (safe types only), for other readers such as plugin manifests.
+
+    OSError propagates; bad YAML raises ConfigError (`file:line: invalid YAML: problem`).
+    """
+    source = os.fspath(path)
+    with open(source, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        problem = exc.problem or exc.context or "syntax error"
+        raise ConfigError(source, line, "", f"invalid YAML: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, None, "", f"invalid YAML: {exc}") from None

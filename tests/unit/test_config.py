@@ -11,7 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from heliosproxy.config.load import load_config, parse_config, parse_duration, parse_size
+from heliosproxy.config.load import (
+    load_config,
+    load_yaml_file,
+    parse_config,
+    parse_duration,
+    parse_size,
+)
 from heliosproxy.config.schema import (
     DEFAULT_WRITE_FUNCTIONS,
     AdminConfig,
@@ -963,3 +969,23 @@ def test_any_input_gives_a_config_or_a_config_error(parts: list[str] | str) -> N
         assert str(exc).startswith("fuzz.yaml")
     else:
         assert config.nodes
+
+
+def test_load_yaml_file_for_other_readers(tmp_path: Path) -> None:
+    path = tmp_path / "manifest.yaml"
+    path.write_text("name: hello\nhooks: [pre_query]\nlimits: {memory: 16MiB}\n")
+    assert load_yaml_file(path) == {
+        "name": "hello",
+        "hooks": ["pre_query"],
+        "limits": {"memory": "16MiB"},
+    }
+    path.write_text("name: hello\nhooks: [pre_query\n")
+    with pytest.raises(ConfigError) as info:
+        load_yaml_file(path)
+    assert str(info.value).startswith(f"{path}:3: invalid YAML: ")
+    path.write_text("x: !!python/name:os.system y\n")
+    with pytest.raises(ConfigError) as info:
+        load_yaml_file(path)
+    assert str(info.value).startswith(f"{path}:1: invalid YAML: could not determine a constructor")
+    with pytest.raises(FileNotFoundError):
+        load_yaml_file(tmp_path / "missing.yaml")
