@@ -69,6 +69,9 @@ _NONEMPTY: frozenset[tuple[type, str]] = frozenset(
     }
 )
 
+# Values never shown in error messages.
+_SECRETS: frozenset[str] = frozenset({"password", "token"})
+
 # (low, low_inclusive, high): numeric range of a field (high inclusive, None = unbounded).
 _RANGES: dict[tuple[type, str], tuple[float, bool, float | None]] = {
     (Config, "workers"): (1, True, None),
@@ -472,7 +475,10 @@ class _Parser:
         if tp is str:
             if not isinstance(raw, str):
                 hint = " (quote it)" if isinstance(raw, int | float | bool) else ""
-                raise _Bad(f"expected a string, got {_describe(raw)}{hint}")
+                got = _describe(raw)
+                if name in _SECRETS:  # never echo a password or token
+                    got = got.split(" ")[0] if raw is not None else got
+                raise _Bad(f"expected a string, got {got}{hint}")
             if (owner, name) in _NONEMPTY and not raw.strip():
                 raise _Bad("must not be empty")
             return raw

@@ -362,7 +362,12 @@ BAD_CASES: list[tuple[str, str, str]] = [
     (
         "int is not string",
         BASE.replace("password: apppass", "password: 12345"),
-        "bad.yaml:6: users[0].password: expected a string, got integer 12345 (quote it)",
+        "bad.yaml:6: users[0].password: expected a string, got integer (quote it)",
+    ),
+    (
+        "token is not echoed",
+        BASE + "admin: {token: 1.5}\n",
+        "bad.yaml:10: admin.token: expected a string, got number (quote it)",
     ),
     (
         "section not a mapping",
