@@ -1,0 +1,25 @@
+  ;; Shared ABI v1 prelude (spliced into the test modules at the PRELUDE marker):
+  ;; memory, a bump allocator whose dealloc rewinds the last block, helios_abi_version() = 1.
+  (memory (export "memory") 2)
+  (global $bump (mut i32) (i32.const 65536))
+  (func $alloc (export "alloc") (param $n i32) (result i32)
+    (local $p i32) (local $end i32) (local $have i32)
+    (local.set $p (global.get $bump))
+    (local.set $end (i32.add (local.get $p)
+      (i32.and (i32.add (local.get $n) (i32.const 7)) (i32.const -8))))
+    (local.set $have (i32.mul (memory.size) (i32.const 65536)))
+    (if (i32.gt_u (local.get $end) (local.get $have))
+      (then
+        (if (i32.eq
+              (memory.grow (i32.add (i32.shr_u (i32.sub (local.get $end) (local.get $have))
+                                               (i32.const 16)) (i32.const 1)))
+              (i32.const -1))
+          (then unreachable))))
+    (global.set $bump (local.get $end))
+    (local.get $p))
+  (func $dealloc (export "dealloc") (param $p i32) (param $n i32)
+    (if (i32.eq (i32.add (local.get $p)
+                  (i32.and (i32.add (local.get $n) (i32.const 7)) (i32.const -8)))
+                (global.get $bump))
+      (then (global.set $bump (local.get $p)))))
+  (func (export "helios_abi_version") (result i32) (i32.const 1))

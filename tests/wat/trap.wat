@@ -1,0 +1,5 @@
+;; pre_query traps (unreachable).
+(module
+  (;PRELUDE;)
+  (func (export "pre_query") (param i32 i32) (result i64) unreachable)
+)
