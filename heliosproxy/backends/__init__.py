@@ -1,0 +1,1 @@
+"""Backend servers: connections to PostgreSQL nodes, node registry, health checks and failover."""

@@ -1,0 +1,41 @@
+"""The client-facing listening socket: accepts connections and gives each its ClientSession."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+from heliosproxy.session.client import ClientSession
+from heliosproxy.session.context import ProxyContext
+
+log = logging.getLogger("heliosproxy.listener")
+
+
+class _Session(ClientSession):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        super().connection_made(transport)
+
+
+async def start_listener(ctx: ProxyContext, *, reuse_port: bool = False, sock: socket.socket | None = None) -> asyncio.Server:
+    loop = asyncio.get_running_loop()
+    cfg = ctx.config
+    if sock is not None:
+        server = await loop.create_server(lambda: _Session(ctx), sock=sock, backlog=4096)
+    else:
+        server = await loop.create_server(
+            lambda: _Session(ctx),
+            cfg.listen_host,
+            cfg.listen_port,
+            reuse_port=reuse_port or None,
+            backlog=4096,
+        )
+    for s in server.sockets:
+        log.info("listening on %s", s.getsockname())
+    return server

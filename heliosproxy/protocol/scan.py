@@ -1,0 +1,86 @@
+"""Incremental header scanner for backend→client bytes: finds message boundaries and ReadyForQuery without copying."""
+
+from __future__ import annotations
+
+import struct
+
+_I = struct.Struct("!I")
+_Z = ord("Z")
+
+
+class ReplyScanner:
+    """Tracks message framing across chunks of a backend stream.
+
+    `feed(chunk)` walks only the 5-byte headers and returns the ReadyForQuery statuses seen in
+    this chunk (in order). Bodies are skipped, never copied, so the caller can forward the chunk
+    as is. Headers split across chunks are kept in a small carry buffer.
+    """
+
+    __slots__ = ("_carry", "_skip", "_want_status", "bytes_seen")
+
+    def __init__(self) -> None:
+        self._skip = 0  # body bytes of the current message still to skip
+        self._carry = b""  # partial header from the previous chunk
+        self._want_status = False  # the next byte is a ReadyForQuery status
+        self.bytes_seen = 0
+
+    def reset(self) -> None:
+        self._skip = 0
+        self._carry = b""
+        self._want_status = False
+
+    def feed(self, chunk: bytes) -> list[int]:
+        statuses: list[int] = []
+        n = len(chunk)
+        self.bytes_seen += n
+        pos = 0
+        if self._want_status:
+            if n == 0:
+                return statuses
+            statuses.append(chunk[0])
+            self._want_status = False
+            pos = 1
+        if self._skip:
+            if self._skip >= n - pos:
+                self._skip -= n - pos
+                return statuses
+            pos += self._skip
+            self._skip = 0
+        if self._carry:
+            need = 5 - len(self._carry)
+            head = self._carry + chunk[pos : pos + need]
+            if len(head) < 5:
+                self._carry = head
+                return statuses
+            self._carry = b""
+            pos += need
+            length = _I.unpack_from(head, 1)[0] - 4
+            if head[0] == _Z:
+                if pos < n:
+                    statuses.append(chunk[pos])
+                    pos += 1
+                else:
+                    self._want_status = True
+                    return statuses
+                length -= 1
+            if length > n - pos:
+                self._skip = length - (n - pos)
+                return statuses
+            pos += length
+        unpack = _I.unpack_from
+        while pos + 5 <= n:
+            t = chunk[pos]
+            end = pos + 1 + unpack(chunk, pos + 1)[0]
+            if t == _Z:
+                if pos + 5 < n:
+                    statuses.append(chunk[pos + 5])
+                else:
+                    self._want_status = True
+                    return statuses
+            if end > n:
+                self._skip = end - n
+                return statuses
+            pos = end
+        if pos < n:
+            self._carry = chunk[pos:]
+        return statuses

@@ -1,0 +1,111 @@
+"""Turns a statement's class, hints and session preferences into a target node and database."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from heliosproxy.backends.registry import Node, Registry
+from heliosproxy.config.schema import Config, Fallback, Policy
+from heliosproxy.errors import BackendUnavailable, UndefinedObject
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    node: str
+    database: str | None  # None: the client's own database
+    route: str  # primary | standby | node | branch  (for metrics and post_query)
+
+
+class Router:
+    """Pure decisions over the registry; the session supplies the request's wishes."""
+
+    def __init__(self, config: Config, registry: Registry, active_on: Callable[[str], int] | None = None):
+        self.registry = registry
+        self.active_on = active_on or (lambda _n: 0)
+        self._rr = 0
+        self._cached_gen = -1
+        self._wheel: list[Node] = []
+        self.configure(config)
+
+    def configure(self, config: Config) -> None:
+        self.config = config
+        self.routing = config.routing
+        self._cached_gen = -1
+
+    # ------------------------------------------------------------------ primitives
+    def primary(self) -> Target | None:
+        node = self.registry.primary_node()
+        if node is None:
+            return None
+        return Target(node.name, None, "primary")
+
+    def _standby_wheel(self) -> list[Node]:
+        if self._cached_gen != self.registry.generation:
+            wheel: list[Node] = []
+            for n in self.registry.standbys():
+                wheel.extend([n] * max(1, n.cfg.weight))
+            self._wheel = wheel
+            self._cached_gen = self.registry.generation
+        return self._wheel
+
+    def standby(self, max_lag_ms: float | None = None) -> Target | None:
+        """A usable standby by policy, or None when there is none."""
+        wheel = self._standby_wheel()
+        if max_lag_ms is not None:
+            wheel = [n for n in wheel if n.lag_ms is None or n.lag_ms <= max_lag_ms]
+        if not wheel:
+            return None
+        policy = self.routing.policy
+        if policy is Policy.ROUND_ROBIN:
+            self._rr += 1
+            node = wheel[self._rr % len(wheel)]
+        elif policy is Policy.RANDOM:
+            node = random.choice(wheel)
+        else:
+            seen: dict[str, Node] = {n.name: n for n in wheel}
+            node = min(seen.values(), key=lambda n: self.active_on(n.name) / max(1, n.cfg.weight))
+        return Target(node.name, None, "standby")
+
+    def read_target(self, max_lag_ms: float | None = None) -> Target | None:
+        """Where a read goes: a standby, else per standby_fallback."""
+        t = self.standby(max_lag_ms)
+        if t is not None:
+            return t
+        if self.routing.standby_fallback is Fallback.ERROR:
+            raise BackendUnavailable("no standby is available for a read", sqlstate="08006")
+        return self.primary()
+
+    def node(self, name: str) -> Target:
+        if name not in self.registry.nodes:
+            raise UndefinedObject(f'node "{name}" does not exist')
+        return Target(name, None, "node")
+
+    def branch(self, name: str) -> Target:
+        b = self.config.branch(name)
+        if b is None:
+            raise UndefinedObject(f'branch "{name}" does not exist')
+        return Target(b.node, b.database, "branch")
+
+    def decide(
+        self,
+        *,
+        read_only: bool,
+        route: str | None,
+        node: str | None,
+        branch: str | None,
+        lag_ms: float | None = None,
+    ) -> Target | None:
+        """Hint/SET wishes then classification. None means 'the primary, when one is known'."""
+        if branch:
+            return self.branch(branch)
+        if node:
+            return self.node(node)
+        if route == "primary":
+            return self.primary()
+        if route == "standby":
+            return self.read_target(lag_ms)
+        if read_only and self.routing.read_write_split:
+            return self.read_target(lag_ms)
+        return self.primary()

@@ -1,0 +1,175 @@
+"""Process lifecycle: builds every component from one Config, serves, reloads on SIGHUP, drains on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
+
+from heliosproxy.backends.registry import Registry
+from heliosproxy.config.load import load_config
+from heliosproxy.config.schema import Config
+from heliosproxy.errors import ConfigError
+from heliosproxy.listener import start_listener
+from heliosproxy.logsetup import setup_logging
+from heliosproxy.plugins.manager import PluginManager
+from heliosproxy.pool.manager import PoolManager
+from heliosproxy.routing.router import Router
+from heliosproxy.session.context import ProxyContext
+from heliosproxy.sql.classify import Classifier
+
+log = logging.getLogger("heliosproxy.server")
+
+
+class Server:
+    """Owns the components of one worker process and their start, reload and stop."""
+
+    def __init__(self, config: Config, worker_id: int = 0, reuse_port: bool = False):
+        self.config = config
+        self.worker_id = worker_id
+        self.reuse_port = reuse_port
+        registry = Registry(config)
+        pools = PoolManager(config)
+        self.plugins = PluginManager(config.plugins, on_event=self._plugin_event)
+        self.ctx = ProxyContext(
+            config=config,
+            registry=registry,
+            pools=pools,
+            router=Router(config, registry, pools.active_on),
+            classifier=Classifier(config.routing.classify_cache_size, config.routing.write_functions),
+            plugins=self.plugins,
+            worker_id=worker_id,
+        )
+        self.listener: asyncio.Server | None = None
+        self.stopping = asyncio.Event()
+        self.immediate = False
+        self.reloads_ok = 0
+        self.reloads_failed = 0
+        self.last_reload_error: str | None = None
+        self.extras: list[Any] = []  # admin/health/metrics components with start()/stop()/configure()
+
+    def _plugin_event(self, name: str, data: dict[str, Any]) -> None:
+        log.debug("plugin event %s %s", name, data)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        if self.config.plugins.enabled and self.config.plugins.dir:
+            self.plugins.load_all()
+        await self.plugins.start()
+        self.ctx.pools.start()
+        for extra in self.extras:
+            await extra.start()
+        self.listener = await start_listener(self.ctx, reuse_port=self.reuse_port)
+
+    async def serve(self) -> int:
+        loop = asyncio.get_running_loop()
+        await self.start()
+        for sig, handler in (
+            (signal.SIGTERM, self._on_sigterm),
+            (signal.SIGINT, self._on_sigint),
+            (signal.SIGHUP, self._on_sighup),
+        ):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, handler)
+        await self.stopping.wait()
+        await self.shutdown()
+        return 0
+
+    def _on_sigterm(self) -> None:
+        log.info("SIGTERM: draining clients (up to %ss)", self.config.shutdown_timeout)
+        self.stopping.set()
+
+    def _on_sigint(self) -> None:
+        if self.stopping.is_set():
+            log.info("second SIGINT: closing everything now")
+            self.immediate = True
+        else:
+            log.info("SIGINT: draining clients (Ctrl-C again to stop at once)")
+            self.stopping.set()
+
+    def _on_sighup(self) -> None:
+        ok, message = self.reload()
+        (log.info if ok else log.error)("SIGHUP reload: %s", message)
+
+    def request_shutdown(self) -> None:
+        self.stopping.set()
+
+    async def shutdown(self) -> None:
+        ctx = self.ctx
+        ctx.shutting_down = True
+        if self.listener is not None:
+            self.listener.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.shutdown_timeout
+        while ctx.clients and not self.immediate and loop.time() < deadline:
+            for client in list(ctx.clients):
+                if client.backend is None and client.pending == 0 and client.stalled is None:
+                    client.close()
+            if not ctx.clients:
+                break
+            await asyncio.sleep(0.05)
+        for client in list(ctx.clients):
+            client.close()
+        for extra in reversed(self.extras):
+            with contextlib.suppress(Exception):
+                await extra.stop()
+        await self.plugins.stop()
+        await ctx.pools.stop()
+        log.info("stopped")
+
+    # ------------------------------------------------------------------ reload
+    def reload(self) -> tuple[bool, str]:
+        """Validate the config file whole, then apply it; a bad file leaves the old config running."""
+        try:
+            new = load_config(self.config.source)
+        except ConfigError as exc:
+            self.reloads_failed += 1
+            self.last_reload_error = str(exc)
+            return False, str(exc)
+        self.apply(new)
+        self.reloads_ok += 1
+        self.last_reload_error = None
+        return True, f"reloaded {new.source}"
+
+    def apply(self, new: Config) -> None:
+        old = self.config
+        self.config = new
+        ctx = self.ctx
+        ctx.config = new
+        ctx.registry.configure(new)
+        ctx.pools.configure(new)
+        ctx.router.configure(new)
+        if (old.routing.write_functions, old.routing.classify_cache_size) != (
+            new.routing.write_functions,
+            new.routing.classify_cache_size,
+        ):
+            ctx.classifier = Classifier(new.routing.classify_cache_size, new.routing.write_functions)
+        ctx.scram_secrets.clear()
+        if new.log != old.log:
+            setup_logging(new.log)
+        for extra in self.extras:
+            if hasattr(extra, "configure"):
+                extra.configure(new)
+
+
+def run(config: Config) -> int:
+    """Entry point of `heliosproxy run`: one worker in this process."""
+    setup_logging(config.log)
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        runner = asyncio.run
+
+    async def main() -> int:
+        server = Server(config)
+        try:
+            return await server.serve()
+        except OSError as exc:
+            log.error("cannot listen on %s: %s", config.listen, exc)
+            return 1
+
+    return int(runner(main()))

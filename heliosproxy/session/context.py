@@ -1,0 +1,79 @@
+"""Everything a client session needs from the rest of the process, built once by server.py and passed down."""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from heliosproxy.backends.registry import Registry
+from heliosproxy.config.schema import Config
+from heliosproxy.plugins.manager import PluginManager
+from heliosproxy.pool.manager import PoolManager
+from heliosproxy.protocol.auth import ScramSecret
+from heliosproxy.routing.router import Router
+from heliosproxy.sql.classify import Classifier
+
+if TYPE_CHECKING:
+    from heliosproxy.session.client import ClientSession
+
+
+@dataclass(slots=True)
+class QueryStat:
+    normalized: str
+    calls: int = 0
+    total_us: int = 0
+    errors: int = 0
+
+
+@dataclass(slots=True)
+class Counters:
+    """Plain integers bumped on the hot path; metrics read them when scraped."""
+
+    clients_total: int = 0
+    clients_refused: int = 0
+    login_failures: int = 0
+    protocol_errors: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    queries: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (node, route, result) -> n
+    durations: list[float] = field(default_factory=list)  # seconds, drained by metrics
+
+
+@dataclass(slots=True)
+class ProxyContext:
+    config: Config
+    registry: Registry
+    pools: PoolManager
+    router: Router
+    classifier: Classifier
+    plugins: PluginManager
+    worker_id: int = 0
+    clients: set[ClientSession] = field(default_factory=set)
+    cancel_keys: dict[tuple[int, int], ClientSession] = field(default_factory=dict)
+    scram_secrets: dict[str, ScramSecret] = field(default_factory=dict)
+    counters: Counters = field(default_factory=Counters)
+    query_stats: dict[str, QueryStat] = field(default_factory=dict)
+    paused: set[str] = field(default_factory=set)  # databases paused by the admin (PAUSE db); "*" = all
+    admin: Any = None  # admin console (heliosproxy.admin.console.AdminConsole) set by server.py
+    on_cancel_miss: Callable[[int, int], None] | None = None  # multi-worker cancel forwarding
+    shutting_down: bool = False
+    _pid_counter: int = 0
+
+    def scram_secret(self, user: str) -> ScramSecret | None:
+        secret = self.scram_secrets.get(user)
+        if secret is None:
+            u = self.config.user(user)
+            if u is None or u.password is None:
+                return None
+            secret = self.scram_secrets[user] = ScramSecret.from_password(u.password)
+        return secret
+
+    def new_key(self) -> tuple[int, int]:
+        """A proxy-issued (pid, secret) pair; the worker id sits in the low byte of the secret."""
+        self._pid_counter += 1
+        pid = 0x40000000 | (self.worker_id << 24) | (self._pid_counter & 0xFFFFFF)
+        secret = (struct.unpack("!I", os.urandom(4))[0] & 0xFFFFFF00) | (self.worker_id & 0xFF)
+        return pid, secret
