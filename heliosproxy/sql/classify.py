@@ -1,0 +1,617 @@
+"""Classify SQL with pglast into a cached, immutable StatementInfo (read/write, tx, effects)."""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from pglast import parser as _pg
+
+from heliosproxy.config.schema import DEFAULT_WRITE_FUNCTIONS
+
+__all__ = [
+    "Classifier",
+    "ClassifierStats",
+    "Effect",
+    "StatementInfo",
+    "TxControl",
+    "classify_uncached",
+]
+
+
+class TxControl(enum.Enum):
+    """Transaction-control kinds (`END` and `COMMIT AND CHAIN` are COMMIT, `ABORT` is ROLLBACK)."""
+
+    BEGIN = "begin"
+    BEGIN_READ_ONLY = "begin_read_only"
+    COMMIT = "commit"
+    ROLLBACK = "rollback"
+    SAVEPOINT = "savepoint"
+    RELEASE = "release"
+    ROLLBACK_TO = "rollback_to"
+    PREPARE_TRANSACTION = "prepare_transaction"
+    COMMIT_PREPARED = "commit_prepared"
+    ROLLBACK_PREPARED = "rollback_prepared"
+
+
+class Effect(enum.Flag):
+    """Session-state effects of a statement string (union over its statements)."""
+
+    NONE = 0
+    SET = enum.auto()  # session-level SET of a GUC (incl. SET ... TO DEFAULT, SET ROLE, ...)
+    RESET = enum.auto()  # RESET name / RESET ALL
+    DISCARD = enum.auto()  # DISCARD ALL only (PLANS/SEQUENCES/TEMP are not flagged)
+    LISTEN = enum.auto()
+    UNLISTEN = enum.auto()
+    PREPARE = enum.auto()  # SQL-level PREPARE
+    DEALLOCATE = enum.auto()  # SQL-level DEALLOCATE [ALL]
+    HOLD_CURSOR = enum.auto()  # DECLARE ... WITH HOLD
+    TEMP_TABLE = enum.auto()  # CREATE TEMP TABLE/VIEW/SEQUENCE, CREATE TABLE AS / SELECT INTO TEMP
+    ADVISORY_LOCK = enum.auto()  # session-level pg_[try_]advisory_lock[_shared] (not the xact ones)
+    SET_LOCAL = enum.auto()  # SET LOCAL of a GUC (transaction-scoped)
+    # The two below are answered by the proxy itself and never sent to a backend.
+    HELIOS_SET = enum.auto()  # SET / RESET helios.*
+    HELIOS_SHOW = enum.auto()  # SHOW helios.*
+
+
+Setting = tuple[str, str | None, bool]
+
+
+@dataclass(frozen=True, slots=True)
+class StatementInfo:
+    """What the proxy needs to know about one query string (one or more statements).
+
+    read_only: certainly read-only (SELECT/VALUES/SHOW/EXPLAIN rules); False for transaction
+        control statements (routing looks at `tx` first), SET/RESET, anything else, and
+        unparseable text. A string with zero statements (empty / comments only) is False too.
+    settings: SET/RESET entries `(name lowercased, value or None, is_local)`. The value is the
+        flattened text PostgreSQL itself would store (list elements joined by ", ", identifiers
+        quoted for list GUCs such as search_path) and can be replayed with
+        `SELECT pg_catalog.set_config(name, value, is_local)`. None means RESET or
+        `SET ... TO DEFAULT`; `RESET ALL` is `("all", None, False)`. `SET TRANSACTION ...` adds
+        nothing (it only affects the current transaction); `SET SESSION CHARACTERISTICS AS
+        TRANSACTION ...` adds the equivalent `default_transaction_isolation` /
+        `default_transaction_read_only` / `default_transaction_deferrable` entries.
+        `SHOW helios.x` adds `("helios.x", None, False)` (tell it from RESET by Effect.HELIOS_SHOW).
+    """
+
+    read_only: bool
+    kinds: tuple[str, ...]
+    tables: tuple[str, ...]
+    normalized: str
+    fingerprint: str
+    tx: TxControl | None
+    effects: Effect
+    settings: tuple[Setting, ...]
+    statements: int
+    parse_error: bool
+    pins: bool
+
+
+_ADVISORY_SESSION_LOCKS: Final = frozenset(
+    {
+        "pg_advisory_lock",
+        "pg_advisory_lock_shared",
+        "pg_try_advisory_lock",
+        "pg_try_advisory_lock_shared",
+    }
+)
+# Statement kinds that execute their contents now (function calls inside them really run).
+_EXECUTING: Final = frozenset(
+    {
+        "SelectStmt",
+        "InsertStmt",
+        "UpdateStmt",
+        "DeleteStmt",
+        "MergeStmt",
+        "CreateTableAsStmt",
+        "CopyStmt",
+        "CallStmt",
+        "DeclareCursorStmt",
+    }
+)
+# Statement kinds whose temp RangeVar (relpersistence 't') means a temp relation is created.
+_CREATING: Final = frozenset({"CreateStmt", "CreateTableAsStmt", "ViewStmt", "CreateSeqStmt", "SelectStmt"})
+_WRITE_NODES: Final = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
+_SPECIAL_KEYS: Final = _WRITE_NODES | {"FuncCall", "SelectStmt", "CommonTableExpr"}
+# GUCs flagged GUC_LIST_QUOTE in PostgreSQL: their list elements are identifier-quoted.
+_LIST_QUOTE_GUCS: Final = frozenset(
+    {
+        "search_path",
+        "temp_tablespaces",
+        "session_preload_libraries",
+        "local_preload_libraries",
+        "shared_preload_libraries",
+        "unix_socket_directories",
+    }
+)
+_TX_KINDS: Final = {
+    "TRANS_STMT_BEGIN": TxControl.BEGIN,
+    "TRANS_STMT_START": TxControl.BEGIN,
+    "TRANS_STMT_COMMIT": TxControl.COMMIT,
+    "TRANS_STMT_ROLLBACK": TxControl.ROLLBACK,
+    "TRANS_STMT_SAVEPOINT": TxControl.SAVEPOINT,
+    "TRANS_STMT_RELEASE": TxControl.RELEASE,
+    "TRANS_STMT_ROLLBACK_TO": TxControl.ROLLBACK_TO,
+    "TRANS_STMT_PREPARE": TxControl.PREPARE_TRANSACTION,
+    "TRANS_STMT_COMMIT_PREPARED": TxControl.COMMIT_PREPARED,
+    "TRANS_STMT_ROLLBACK_PREPARED": TxControl.ROLLBACK_PREPARED,
+}
+_SESSION_CHARACTERISTICS: Final = {
+    "transaction_isolation": "default_transaction_isolation",
+    "transaction_read_only": "default_transaction_read_only",
+    "transaction_deferrable": "default_transaction_deferrable",
+}
+_CURSOR_OPT_HOLD: Final = 0x0020
+_FALSE_WORDS: Final = frozenset({"false", "off", "0", "no"})
+_SIMPLE_IDENT_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_$")
+
+
+class _WriteFunctions:
+    """The configured write-function list, split into unqualified and schema-qualified names."""
+
+    __slots__ = ("plain", "qualified")
+
+    def __init__(self, names: Iterable[str]) -> None:
+        plain: set[str] = set()
+        qualified: set[str] = set()
+        for raw in names:
+            name = raw.strip().lower()
+            if name.startswith("pg_catalog."):
+                name = name[len("pg_catalog.") :]
+            if not name:
+                continue
+            (qualified if "." in name else plain).add(name)
+        self.plain = frozenset(plain)
+        self.qualified = frozenset(qualified)
+
+
+def _func_name(fields: dict[str, Any]) -> list[str]:
+    return [part.get("String", {}).get("sval", "").lower() for part in fields.get("funcname", ())]
+
+
+class _Scan:
+    """Facts collected while walking one statement's JSON tree."""
+
+    __slots__ = (
+        "adv_lock",
+        "ctes",
+        "into",
+        "lock",
+        "nested_write",
+        "ranges",
+        "temp",
+        "write_call",
+    )
+
+    def __init__(self) -> None:
+        self.ranges: list[dict[str, Any]] = []
+        self.ctes: set[str] = set()
+        self.write_call = False
+        self.lock = False
+        self.into = False
+        self.nested_write = False
+        self.adv_lock = False
+        self.temp = False
+
+    def walk(self, root: Any, wf: _WriteFunctions) -> None:
+        stack: list[Any] = [root]
+        pop = stack.pop
+        push = stack.append
+        extend = stack.extend
+        special = _SPECIAL_KEYS
+        while stack:
+            node = pop()
+            cls = node.__class__
+            if cls is list:
+                extend(node)
+                continue
+            if cls is not dict:
+                continue
+            if "relname" in node and "relpersistence" in node:
+                self.ranges.append(node)
+                if node["relpersistence"] == "t":
+                    self.temp = True
+            for key, val in node.items():
+                cls = val.__class__
+                if cls is dict:
+                    if key in special:
+                        self._special(key, val, wf)
+                    push(val)
+                elif cls is list:
+                    extend(val)
+
+    def _special(self, key: str, val: dict[str, Any], wf: _WriteFunctions) -> None:
+        if key == "FuncCall":
+            self._func(val, wf)
+        elif key == "SelectStmt":
+            if "lockingClause" in val:
+                self.lock = True
+            into = val.get("intoClause")
+            if into is not None:
+                self.into = True
+                if _is_temp_rel(into.get("rel")):
+                    self.temp = True
+        elif key == "CommonTableExpr":
+            name = val.get("ctename")
+            if name:
+                self.ctes.add(name)
+        else:  # InsertStmt / UpdateStmt / DeleteStmt / MergeStmt
+            self.nested_write = True
+
+    def _func(self, fields: dict[str, Any], wf: _WriteFunctions) -> None:
+        names = _func_name(fields)
+        if not names:
+            return
+        last = names[-1]
+        if len(names) == 1 or (len(names) == 2 and names[0] == "pg_catalog"):
+            if last in wf.plain:
+                self.write_call = True
+            if last in _ADVISORY_SESSION_LOCKS:
+                self.adv_lock = True
+        elif ".".join(names) in wf.qualified:
+            self.write_call = True
+
+
+def _is_temp_rel(rel: Any) -> bool:
+    if not isinstance(rel, dict):
+        return False
+    if rel.get("relpersistence") == "t":
+        return True
+    schema = rel.get("schemaname")
+    return isinstance(schema, str) and schema.startswith("pg_temp")
+
+
+def _const_text(node: Any) -> str | None:
+    """The text of a constant node (A_Const, String, Integer, ...) as PostgreSQL flattens it."""
+    if not isinstance(node, dict):
+        return None
+    if "A_Const" in node:
+        c = node["A_Const"]
+        if "sval" in c:
+            return str(c["sval"].get("sval", ""))
+        if "ival" in c:
+            return str(c["ival"].get("ival", 0))
+        if "fval" in c:
+            return str(c["fval"].get("fval", "0"))
+        if "boolval" in c:
+            return "true" if c["boolval"].get("boolval") else "false"
+        return None
+    if "String" in node:
+        return str(node["String"].get("sval", ""))
+    if "Integer" in node:
+        return str(node["Integer"].get("ival", 0))
+    if "Float" in node:
+        return str(node["Float"].get("fval", "0"))
+    if "Boolean" in node:
+        return "true" if node["Boolean"].get("boolval") else "false"
+    if "TypeCast" in node:  # SET TIME ZONE INTERVAL '...' : approximate with the literal
+        return _const_text(node["TypeCast"].get("arg"))
+    return None
+
+
+def _quote_ident(name: str) -> str:
+    if name and (name[0].isalpha() or name[0] == "_") and set(name) <= _SIMPLE_IDENT_CHARS:
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _flatten(name: str, args: list[Any]) -> str:
+    parts: list[str] = []
+    quote = name in _LIST_QUOTE_GUCS
+    for arg in args:
+        text = _const_text(arg)
+        if text is None:
+            text = ""
+        is_string = isinstance(arg, dict) and "sval" in arg.get("A_Const", {})
+        parts.append(_quote_ident(text) if quote and is_string else text)
+    return ", ".join(parts)
+
+
+def _defelem_bool(elem: dict[str, Any]) -> bool:
+    """A DefElem's boolean value (absent arg means true), e.g. EXPLAIN (ANALYZE off)."""
+    arg = elem.get("arg")
+    if arg is None:
+        return True
+    text = _const_text(arg)
+    return text is None or text.strip().lower() not in _FALSE_WORDS
+
+
+class _Builder:
+    """Accumulates a StatementInfo over the statements of one query string."""
+
+    __slots__ = ("ctes", "effects", "kinds", "ranges", "read_only", "sensitive", "settings", "tx")
+
+    def __init__(self) -> None:
+        self.kinds: list[str] = []
+        self.ranges: list[dict[str, Any]] = []
+        self.ctes: set[str] = set()
+        self.read_only = True
+        self.tx: TxControl | None = None
+        self.effects = Effect.NONE
+        self.settings: list[Setting] = []
+        self.sensitive = False
+
+    def absorb(self, scan: _Scan) -> None:
+        self.ranges.extend(scan.ranges)
+        self.ctes |= scan.ctes
+
+    def tables(self) -> tuple[str, ...]:
+        seen: dict[str, None] = {}
+        for rv in sorted(self.ranges, key=lambda r: int(r.get("location", -1))):
+            rel = rv.get("relname", "")
+            schema = rv.get("schemaname")
+            if schema:
+                catalog = rv.get("catalogname")
+                name = f"{catalog}.{schema}.{rel}" if catalog else f"{schema}.{rel}"
+            elif rel in self.ctes:
+                continue
+            else:
+                name = rel
+            seen.setdefault(name, None)
+        return tuple(seen)
+
+
+def _statement(kind: str, fields: dict[str, Any], b: _Builder, wf: _WriteFunctions) -> None:
+    """Fold one top-level statement into the builder."""
+    b.kinds.append(kind)
+    if kind == "TransactionStmt":
+        _transaction(fields, b)
+        return
+    if kind == "VariableSetStmt":
+        _variable_set(fields, b)
+        return
+    if kind == "VariableShowStmt":
+        name = str(fields.get("name", "")).lower()
+        if name.startswith("helios."):
+            b.effects |= Effect.HELIOS_SHOW
+            b.settings.append((name, None, False))
+        return  # SHOW is read-only
+    if kind == "ExplainStmt":
+        _explain(fields, b, wf)
+        return
+    b.read_only = b.read_only and kind == "SelectStmt"
+    scan = _Scan()
+    scan.walk({kind: fields}, wf)  # wrapped, so the statement's own node is inspected too
+    if kind == "SelectStmt" and (scan.lock or scan.into or scan.nested_write or scan.write_call):
+        b.read_only = False
+    b.absorb(scan)
+    if kind in _EXECUTING and scan.adv_lock:
+        b.effects |= Effect.ADVISORY_LOCK
+    if scan.temp and kind in _CREATING:
+        b.effects |= Effect.TEMP_TABLE
+    if kind == "CreateStmt":
+        if _is_temp_rel(fields.get("relation")):
+            b.effects |= Effect.TEMP_TABLE
+    elif kind == "CreateTableAsStmt":
+        if _is_temp_rel(fields.get("into", {}).get("rel")):
+            b.effects |= Effect.TEMP_TABLE
+    elif kind == "ViewStmt":
+        if _is_temp_rel(fields.get("view")):
+            b.effects |= Effect.TEMP_TABLE
+    elif kind == "CreateSeqStmt":
+        if _is_temp_rel(fields.get("sequence")):
+            b.effects |= Effect.TEMP_TABLE
+    elif kind == "DeclareCursorStmt":
+        if int(fields.get("options", 0)) & _CURSOR_OPT_HOLD:
+            b.effects |= Effect.HOLD_CURSOR
+    elif kind == "ListenStmt":
+        b.effects |= Effect.LISTEN
+    elif kind == "UnlistenStmt":
+        b.effects |= Effect.UNLISTEN
+    elif kind == "PrepareStmt":
+        b.effects |= Effect.PREPARE
+    elif kind == "DeallocateStmt":
+        b.effects |= Effect.DEALLOCATE
+    elif kind == "DiscardStmt" and fields.get("target") == "DISCARD_ALL":
+        b.effects |= Effect.DISCARD
+
+
+def _transaction(fields: dict[str, Any], b: _Builder) -> None:
+    b.read_only = False
+    tx = _TX_KINDS.get(str(fields.get("kind")))
+    if tx is TxControl.BEGIN:
+        for opt in fields.get("options", ()):
+            elem = opt.get("DefElem", {})
+            if elem.get("defname") == "transaction_read_only":
+                b.sensitive = True
+                ro = _const_text(elem.get("arg"))
+                tx = TxControl.BEGIN_READ_ONLY if ro not in (None, "0") else TxControl.BEGIN
+    if tx is not None:
+        b.tx = tx
+
+
+def _variable_set(fields: dict[str, Any], b: _Builder) -> None:
+    b.read_only = False
+    b.sensitive = True
+    kind = fields.get("kind")
+    raw_name = str(fields.get("name", ""))
+    name = raw_name.lower()
+    is_local = bool(fields.get("is_local", False))
+    helios = name.startswith("helios.")
+    if kind == "VAR_SET_VALUE":
+        b.settings.append((name, _flatten(name, fields.get("args", [])), is_local))
+        b.effects |= Effect.HELIOS_SET if helios else (Effect.SET_LOCAL if is_local else Effect.SET)
+    elif kind == "VAR_SET_DEFAULT":
+        b.settings.append((name, None, is_local))
+        b.effects |= Effect.HELIOS_SET if helios else (Effect.SET_LOCAL if is_local else Effect.SET)
+    elif kind == "VAR_RESET":
+        b.settings.append((name, None, False))
+        b.effects |= Effect.HELIOS_SET if helios else Effect.RESET
+    elif kind == "VAR_RESET_ALL":
+        b.settings.append(("all", None, False))
+        b.effects |= Effect.RESET
+    elif kind == "VAR_SET_MULTI" and raw_name == "SESSION CHARACTERISTICS":
+        for opt in fields.get("args", ()):
+            elem = opt.get("DefElem", {})
+            guc = _SESSION_CHARACTERISTICS.get(elem.get("defname", ""))
+            if guc is None:
+                continue
+            value = _const_text(elem.get("arg")) or ""
+            if guc != "default_transaction_isolation":
+                value = "off" if value == "0" else "on"
+            b.settings.append((guc, value, False))
+            b.effects |= Effect.SET
+    # VAR_SET_MULTI "TRANSACTION" (SET TRANSACTION ...) and VAR_SET_CURRENT: no session state.
+
+
+def _explain(fields: dict[str, Any], b: _Builder, wf: _WriteFunctions) -> None:
+    analyze = False
+    for opt in fields.get("options", ()):
+        elem = opt.get("DefElem", {})
+        if elem.get("defname") == "analyze":
+            if "arg" in elem:
+                b.sensitive = True
+            analyze = _defelem_bool(elem)
+    query = fields.get("query", {})
+    if not analyze:  # plain EXPLAIN executes nothing: read-only, no effects; keep the tables
+        scan = _Scan()
+        scan.walk(query, wf)
+        b.absorb(scan)
+        return
+    for inner_kind, inner_fields in query.items():
+        inner = _Builder()
+        _statement(inner_kind, inner_fields, inner, wf)
+        b.read_only = b.read_only and inner.read_only
+        b.ranges.extend(inner.ranges)
+        b.ctes |= inner.ctes
+        b.effects |= inner.effects
+        b.sensitive = b.sensitive or inner.sensitive
+
+
+_PINNING: Final = Effect.TEMP_TABLE | Effect.HOLD_CURSOR | Effect.ADVISORY_LOCK | Effect.LISTEN
+
+
+def _unparseable(sql: str) -> StatementInfo:
+    return StatementInfo(
+        read_only=False,
+        kinds=(),
+        tables=(),
+        normalized=sql,
+        fingerprint="",
+        tx=None,
+        effects=Effect.NONE,
+        settings=(),
+        statements=0,
+        parse_error=True,
+        pins=False,
+    )
+
+
+def _analyze(sql: str, normalized: str, wf: _WriteFunctions) -> tuple[StatementInfo, bool]:
+    """Parse `sql`; return its info and whether it may be reused for other literal values."""
+    if "\x00" in sql:  # libpg_query stops at NUL; PostgreSQL rejects such a Query message
+        return _unparseable(sql), False
+    try:
+        tree = json.loads(_pg.parse_sql_json(sql))
+        fingerprint = _pg.fingerprint(sql)
+    except Exception:
+        return _unparseable(sql), False
+    stmts = tree.get("stmts", [])
+    b = _Builder()
+    for raw in stmts:
+        for kind, fields in raw.get("stmt", {}).items():
+            _statement(kind, fields, b, wf)
+    effects = b.effects
+    info = StatementInfo(
+        read_only=b.read_only and bool(stmts),
+        kinds=tuple(b.kinds),
+        tables=b.tables(),
+        normalized=normalized,
+        fingerprint=fingerprint,
+        tx=b.tx,
+        effects=effects,
+        settings=tuple(b.settings),
+        statements=len(stmts),
+        parse_error=False,
+        pins=bool(effects & _PINNING),
+    )
+    return info, not b.sensitive and not b.settings
+
+
+def classify_uncached(sql: str, write_functions: Iterable[str] = DEFAULT_WRITE_FUNCTIONS) -> StatementInfo:
+    """Classify without any cache (tests, one-off use)."""
+    try:
+        normalized = _pg.normalize(sql)
+    except Exception:
+        normalized = sql
+    return _analyze(sql, normalized, _WriteFunctions(write_functions))[0]
+
+
+@dataclass(slots=True)
+class ClassifierStats:
+    """Counters of a Classifier: how each classify() call was answered."""
+
+    exact_hits: int = 0
+    fingerprint_hits: int = 0  # answered from the normalized-text (literal-independent) LRU
+    parses: int = 0
+
+
+class Classifier:
+    """Cached classifier: exact text LRU, then normalized-text LRU, then a parse.
+
+    The second level ("fingerprint hits") is keyed by pglast's normalize() text (constants
+    replaced by $n) rather than by fingerprint(): the fingerprint ignores schema names and
+    aliases (`SELECT a FROM s.t` and `FROM r.t` share one), so it cannot stand for the tables
+    or schema-qualified function names, while normalize() keeps everything but literal values,
+    costs no more, and makes `normalized` exact. Texts that differ only in comments or spacing
+    therefore miss that level. Records that depend on literal values (any SET/RESET/SHOW
+    helios.*, BEGIN with options, EXPLAIN (ANALYZE x)) are never
+    stored there, so each new text of those is parsed.
+    `stats`: exact_hits, fingerprint_hits (second-level hits), parses.
+    """
+
+    __slots__ = ("_by_norm", "_by_text", "_size", "_wf", "stats")
+
+    def __init__(self, cache_size: int = 10_000, write_functions: Iterable[str] = DEFAULT_WRITE_FUNCTIONS) -> None:
+        self._size = max(1, int(cache_size))
+        self._wf = _WriteFunctions(write_functions)
+        self._by_text: OrderedDict[str, StatementInfo] = OrderedDict()
+        self._by_norm: OrderedDict[str, StatementInfo] = OrderedDict()
+        self.stats = ClassifierStats()
+
+    def cache_sizes(self) -> tuple[int, int]:
+        """(entries in the exact-text LRU, entries in the normalized-text LRU)."""
+        return len(self._by_text), len(self._by_norm)
+
+    def classify(self, sql: str) -> StatementInfo:
+        by_text = self._by_text
+        info = by_text.get(sql)
+        if info is not None:
+            by_text.move_to_end(sql)
+            self.stats.exact_hits += 1
+            return info
+        return self._miss(sql)
+
+    def _miss(self, sql: str) -> StatementInfo:
+        try:
+            normalized: str | None = _pg.normalize(sql)
+        except Exception:
+            normalized = None
+        if normalized is not None:
+            by_norm = self._by_norm
+            shaped = by_norm.get(normalized)
+            if shaped is not None:
+                by_norm.move_to_end(normalized)
+                self.stats.fingerprint_hits += 1
+                self._remember(self._by_text, sql, shaped)
+                return shaped
+        self.stats.parses += 1
+        info, reusable = _analyze(sql, sql if normalized is None else normalized, self._wf)
+        self._remember(self._by_text, sql, info)
+        if reusable and normalized is not None:
+            self._remember(self._by_norm, normalized, info)
+        return info
+
+    def _remember(self, cache: OrderedDict[str, StatementInfo], key: str, info: StatementInfo) -> None:
+        cache[key] = info
+        if len(cache) > self._size:
+            cache.popitem(last=False)
+
+    def clear(self) -> None:
+        self._by_text.clear()
+        self._by_norm.clear()
