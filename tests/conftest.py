@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import pytest
 
 from tests.helpers.pgcluster import PgCluster
-from tests.helpers.proxy import ProxyProcess, base_config, deep_merge
+from tests.helpers.proxy import ProxyFactory, ProxyProcess, base_config, deep_merge
 
 
 @pytest.fixture(scope="session")
@@ -35,18 +35,6 @@ def cluster_factory() -> Iterator[Callable[..., PgCluster]]:
     yield make
     for c in reversed(made):
         c.stop()
-
-
-class ProxyFactory(Protocol):
-    def __call__(
-        self,
-        overrides: Mapping[str, Any] | None = None,
-        *,
-        cluster: PgCluster | None = None,
-        start: bool = True,
-        env: Mapping[str, str] | None = None,
-        **top_level: Any,
-    ) -> ProxyProcess: ...
 
 
 @pytest.fixture

@@ -140,6 +140,9 @@ class PgCluster:
         if _as_root():
             shutil.chown(self.base_dir, "postgres", "postgres")
         try:
+            if self._run(["test", "-w", str(self.base_dir)], check=False).returncode != 0:
+                raise PgError(f"the postgres OS user cannot write {self.base_dir} (is a parent "
+                              "directory closed to it?)")
             primary = PgNode("primary", 0, self.base_dir / "primary", "primary")
             self.nodes.append(primary)
             self._initdb(primary)

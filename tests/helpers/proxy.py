@@ -15,10 +15,13 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urlencode
 
 from . import REPO_ROOT, free_port, wait_for_tcp
+
+if TYPE_CHECKING:
+    from .pgcluster import PgCluster
 
 
 def _hostport(value: str) -> tuple[str, int]:
@@ -265,3 +268,17 @@ def base_config(nodes: list[dict[str, object]]) -> dict[str, Any]:
         "users": [dict(u) for u in TEST_USERS],
         "auth": {"method": "scram-sha-256"},
     }
+
+
+class ProxyFactory(Protocol):
+    """The type of the `proxy_factory` fixture (tests/conftest.py)."""
+
+    def __call__(
+        self,
+        overrides: Mapping[str, Any] | None = None,
+        *,
+        cluster: PgCluster | None = None,
+        start: bool = True,
+        env: Mapping[str, str] | None = None,
+        **top_level: Any,
+    ) -> ProxyProcess: ...

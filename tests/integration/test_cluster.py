@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 import asyncpg  # type: ignore[import-untyped]
 import psycopg
 import pytest
 
+from heliosproxy.config.load import load_config
 from tests.helpers.pgcluster import PgCluster, PgNode
+from tests.helpers.proxy import ProxyFactory
 
 
 def _connect(
@@ -130,3 +133,47 @@ def test_stop_and_start_a_standby(cluster: PgCluster) -> None:
     cluster.wait_replay()
     with _connect(standby, "app", "apppass") as conn:
         assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+
+
+def test_promote_and_follow(cluster_factory: Callable[..., PgCluster]) -> None:
+    c = cluster_factory(standbys=2)
+    old, new, other = c.primary, c.standbys[0], c.standbys[1]
+    c.sql(old, "CREATE TABLE t (x int); INSERT INTO t VALUES (1)", user="app", db="app")
+    c.wait_replay()
+    c.stop_node(old)  # immediate, like a crash
+    c.promote(new)
+    assert c.primary is new
+    assert c.sql(new, "SELECT pg_is_in_recovery()") == "f"
+    with _connect(new, "app", "apppass") as conn:
+        conn.execute("INSERT INTO t VALUES (2)")
+    c.follow(other)
+    c.wait_streaming()
+    c.wait_replay()
+    assert c.sql(other, "SELECT string_agg(x::text, ',' ORDER BY x) FROM t", db="app") == "1,2"
+    assert c.sql(other, "SELECT pg_is_in_recovery()") == "t"
+
+
+def test_proxy_factory_config(cluster: PgCluster, proxy_factory: ProxyFactory) -> None:
+    proxy = proxy_factory({"pool": {"size": 3}}, start=False, log={"level": "debug"})
+    cfg = load_config(proxy.config_path)
+    assert [(n.name, n.port, n.role.value) for n in cfg.nodes] == [
+        (n.name, n.port, n.role) for n in cluster.nodes
+    ]
+    assert [(u.name, u.password) for u in cfg.users] == [
+        ("app", "apppass"), ("md5user", "md5pass"), ("plainuser", "plainpass"),
+        ("trustuser", "trustpass"),
+    ]
+    assert cfg.auth.method.value == "scram-sha-256"
+    assert cfg.pool.size == 3 and cfg.log.level == "debug"
+    assert cfg.listen == f"127.0.0.1:{proxy.port}"
+    assert cfg.admin.listen == f"127.0.0.1:{proxy.admin_port}"
+    assert proxy.port != proxy.admin_port
+    assert proxy.dsn() == f"postgresql://app:apppass@127.0.0.1:{proxy.port}/app?sslmode=disable"
+
+
+def test_proxy_process_reports_a_failed_start(proxy_factory: ProxyFactory) -> None:
+    proxy = proxy_factory({"no_such_key": 1}, start=False)
+    with pytest.raises(RuntimeError, match=r"proxy exited with 1 before listening") as info:
+        proxy.start()
+    assert "no_such_key" in str(info.value)
+    assert "no_such_key" in proxy.output()
