@@ -158,6 +158,16 @@ pub fn init(ptr: i32, len: i32) i64 {
     return 0;
 }
 
+/// The answer of an `init` that cannot work with its config: the host refuses to load the plugin
+/// and logs `reason`.   export fn init(ptr: i32, len: i32) i64 { ...; return h.refuseConfig("…"); }
+pub fn refuseConfig(reason: []const u8) i64 {
+    var o = Out.init();
+    o.raw("{\"error\":");
+    o.string(reason);
+    o.byte('}');
+    return o.finish();
+}
+
 /// The plugin's config object ({} when the manifest has none or `init` is not exported).
 pub fn config() Value {
     return Value.of(config_json);
@@ -669,8 +679,8 @@ const host = struct {
     extern "helios" fn now_ms() i64;
 };
 
-/// Log levels (same numbering as proxy-wasm).
-pub const Level = enum(i32) { trace = 0, debug = 1, info = 2, warn = 3, err = 4 };
+/// Log levels as the host numbers them (anything else is logged as info).
+pub const Level = enum(i32) { debug = 0, info = 1, warn = 2, err = 3 };
 
 /// Write a line to the proxy's log, attributed to this plugin. Permission: log.
 pub fn log(level: Level, msg: []const u8) void {

@@ -56,9 +56,7 @@ pytestmark = pytest.mark.timeout(900)
 @pytest.fixture(scope="module")
 def built() -> Path:
     env = dict(os.environ, PYTHON=sys.executable)
-    proc = subprocess.run(
-        ["bash", str(PLUGINS / "build.sh")], env=env, capture_output=True, text=True, check=False
-    )
+    proc = subprocess.run(["bash", str(PLUGINS / "build.sh")], env=env, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return BUILD
 
@@ -86,9 +84,7 @@ def manifest_config(name: str) -> dict[str, Any]:
 class Guest:
     """One plugin instance with Python stand-ins for the `helios` host functions."""
 
-    def __init__(
-        self, name: str, config: dict[str, Any] | None = None, build: Path = BUILD
-    ) -> None:
+    def __init__(self, name: str, config: dict[str, Any] | None = None, build: Path = BUILD) -> None:
         self.engine = wasmtime.Engine()
         self.module = wasmtime.Module.from_file(self.engine, str(build / f"{name}.wasm"))
         self.store = wasmtime.Store(self.engine)
@@ -99,9 +95,7 @@ class Guest:
         self.imported = {(i.module, i.name or "") for i in self.module.imports}
         linker = wasmtime.Linker(self.engine)
         i32, i64, f64 = wasmtime.ValType.i32(), wasmtime.ValType.i64(), wasmtime.ValType.f64()
-        available: dict[
-            str, tuple[list[wasmtime.ValType], list[wasmtime.ValType], Callable[..., Any]]
-        ]
+        available: dict[str, tuple[list[wasmtime.ValType], list[wasmtime.ValType], Callable[..., Any]]]
         available = {
             "log": ([i32, i32, i32], [], self._log),
             "metric_add": ([i32, i32, f64], [], self._metric_add),
@@ -113,16 +107,15 @@ class Guest:
         for module, field in self.imported:
             assert module == "helios", f"{name} imports from {module!r}"
             params, results, fn = available[field]
-            linker.define_func(
-                "helios", field, wasmtime.FuncType(params, results), fn, access_caller=True
-            )
+            linker.define_func("helios", field, wasmtime.FuncType(params, results), fn, access_caller=True)
         self.instance = linker.instantiate(self.store, self.module)
         self.exports = self.instance.exports(self.store)
         memory = self.exports["memory"]
         assert isinstance(memory, wasmtime.Memory)
         self.memory = memory
+        self.init_answer: bytes | None = None
         if config is not None and "init" in self.exports:
-            assert self.call_raw("init", json.dumps(config).encode()) is None
+            self.init_answer = self.call_raw("init", json.dumps(config).encode())
 
     # -- host functions ---------------------------------------------------------------
     def _read(self, caller: wasmtime.Caller, ptr: int, length: int) -> bytes:
@@ -213,7 +206,9 @@ def query_context(
 @pytest.fixture()
 def guest(built: Path) -> Iterator[Callable[[str], Guest]]:
     def make(name: str) -> Guest:
-        return Guest(name, manifest_config(name))
+        g = Guest(name, manifest_config(name))
+        assert g.init_answer is None
+        return g
 
     yield make
 
@@ -237,9 +232,7 @@ def test_module_exports_abi_v1_and_imports_only_what_its_manifest_grants(
 
 def test_build_is_incremental(built: Path) -> None:
     env = dict(os.environ, PYTHON=sys.executable)
-    proc = subprocess.run(
-        ["bash", str(PLUGINS / "build.sh")], env=env, capture_output=True, text=True, check=True
-    )
+    proc = subprocess.run(["bash", str(PLUGINS / "build.sh")], env=env, capture_output=True, text=True, check=True)
     assert f"0 built, {len(EXAMPLES)} up to date" in proc.stdout
 
 
@@ -249,14 +242,10 @@ def test_build_fails_loudly_on_a_broken_plugin(built: Path, tmp_path: Path) -> N
     (tree / "sdk" / "helios.zig").write_bytes((PLUGINS / "sdk" / "helios.zig").read_bytes())
     (tree / "build.sh").write_bytes((PLUGINS / "build.sh").read_bytes())
     (tree / "broken").mkdir()
-    (tree / "broken" / "broken.zig").write_text(
-        "export fn pre_query(a: i32) i64 { return missing + a; }\n"
-    )
+    (tree / "broken" / "broken.zig").write_text("export fn pre_query(a: i32) i64 { return missing + a; }\n")
     (tree / "broken" / "broken.yaml").write_text("name: broken\n")
     env = dict(os.environ, PYTHON=sys.executable, PLUGINS_OUT=str(tmp_path / "out"))
-    proc = subprocess.run(
-        ["bash", str(tree / "build.sh")], env=env, capture_output=True, text=True, check=False
-    )
+    proc = subprocess.run(["bash", str(tree / "build.sh")], env=env, capture_output=True, text=True, check=False)
     assert proc.returncode != 0
     assert "FAILED to build plugin 'broken'" in proc.stderr
     assert not (tmp_path / "out" / "broken.wasm").exists()
@@ -386,9 +375,7 @@ def test_tenant_router_without_config_defaults(built: Path) -> None:
         ),
     ],
 )
-def test_add_limit_rewrites(
-    guest: Callable[[str], Guest], query: str, tables: list[str], expected: str
-) -> None:
+def test_add_limit_rewrites(guest: Callable[[str], Guest], query: str, tables: list[str], expected: str) -> None:
     g = guest("add_limit")
     answer = g.call("pre_query", query_context(query, tables=tables))
     assert answer == {"action": "rewrite", "query": expected}
@@ -407,9 +394,7 @@ def test_add_limit_rewrites(
         ("SELECT 'from orders'", []),
     ],
 )
-def test_add_limit_leaves_others_alone(
-    guest: Callable[[str], Guest], query: str, tables: list[str]
-) -> None:
+def test_add_limit_leaves_others_alone(guest: Callable[[str], Guest], query: str, tables: list[str]) -> None:
     g = guest("add_limit")
     assert g.call("pre_query", query_context(query, tables=tables)) is None
 
@@ -443,11 +428,11 @@ def test_audit_log_counts_outcomes(guest: Callable[[str], Guest]) -> None:
     assert g.kv[b"failed"] == b"1"
     assert len(g.logs) == 4
     level, line = g.logs[0]
-    assert level == 2  # info
+    assert level == 1  # info
     assert line.startswith("audit: ok n=1 elapsed_us=1234 target=primary user=alice")
     assert line.endswith('query="SELECT 1"')
     level, line = g.logs[3]
-    assert level == 3  # warn
+    assert level == 2  # warn
     assert line.startswith("audit: failed n=4")
     assert 'error="relation \\"x\\" does not exist"' in line
 
@@ -469,9 +454,7 @@ def test_audit_log_continues_from_existing_kv_count(guest: Callable[[str], Guest
         (None, None),
     ],
 )
-def test_api_key_auth(
-    guest: Callable[[str], Guest], password: str | None, expected: dict[str, Any] | None
-) -> None:
+def test_api_key_auth(guest: Callable[[str], Guest], password: str | None, expected: dict[str, Any] | None) -> None:
     g = guest("api_key_auth")
     request = {
         "hook_context": query_context("")["hook_context"],
@@ -494,9 +477,7 @@ def test_api_key_auth(
         ("SELECT 1 /*cache:other*/", None),
     ],
 )
-def test_cache_answer(
-    guest: Callable[[str], Guest], query: str, expected: dict[str, Any] | None
-) -> None:
+def test_cache_answer(guest: Callable[[str], Guest], query: str, expected: dict[str, Any] | None) -> None:
     g = guest("cache_answer")
     assert g.call("pre_query", query_context(query)) == expected
 
@@ -563,5 +544,9 @@ def test_readme_example_builds_and_works(built: Path, tmp_path: Path) -> None:
     assert {field for _, field in g.imported} == {"log"}
     answer = g.call("pre_query", query_context("  VACUUM FULL orders", identity="bob"))
     assert answer == {"action": "block", "reason": config["reason"]}
-    assert g.logs == [(3, "bob")]
+    assert g.logs == [(2, "bob")]
     assert g.call("pre_query", query_context("SELECT 1")) is None
+
+    refused = Guest("no_vacuum", {"reason": 5}, build=tree / "build")
+    assert refused.init_answer is not None
+    assert json.loads(refused.init_answer) == {"error": "no_vacuum: config.reason must be a string"}
