@@ -38,7 +38,8 @@ for dir in "$here"/*/; do
     wasm="$out/$name.wasm"
     if [ "$force" = "1" ] || [ ! -f "$wasm" ] || [ "$src" -nt "$wasm" ] || [ "$sdk" -nt "$wasm" ]; then
         echo "plugins/build.sh: building $name"
-        tmp="$out/.tmp-$name.wasm"
+        mkdir -p "$cache"
+        tmp="$cache/tmp-$name.wasm"  # outside the scanned dir: a watcher never sees half a module
         if ! "$python" -m ziglang build-exe \
             -target wasm32-freestanding -fno-entry -rdynamic -O ReleaseSmall --stack 65536 \
             --cache-dir "$cache" --global-cache-dir "$cache" \
