@@ -699,9 +699,11 @@ class ClientSession(asyncio.Protocol):
         info = ctx.classifier.classify(sql)
         effects = info.effects
         if effects & (Effect.HELIOS_SET | Effect.HELIOS_SHOW):
-            if info.statements == 1:
-                self._helios_statement(info)
+            if info.statements != 1:
+                self._answer_error("0A000", "SET/SHOW helios.* must be sent as a statement of its own")
                 return
+            self._helios_statement(info, sql)
+            return
         qctx: hooks.QueryContext | None = None
         plugins = ctx.plugins
         hints = parse_hints(sql)
@@ -821,7 +823,7 @@ class ClientSession(asyncio.Protocol):
             log.debug("client %s pinned to its server connection (SQL PREPARE)", self.peer)
 
     # ------------------------------------------------------------------ SET/SHOW helios.*
-    def _helios_statement(self, info: StatementInfo) -> None:
+    def _helios_statement(self, info: StatementInfo, sql: str) -> None:
         name, value, _ = info.settings[0] if info.settings else ("helios.route", None, False)
         key = name[len("helios."):]
         if info.effects & Effect.HELIOS_SHOW:
@@ -855,7 +857,8 @@ class ClientSession(asyncio.Protocol):
         except HeliosError as exc:
             self._answer_error(exc.sqlstate, exc.message)
             return
-        self._answer(messages.command_complete("RESET" if value is None and not info.effects & Effect.SET else "SET"))
+        tag = "RESET" if sql.lstrip().upper().startswith("RESET") else "SET"
+        self._answer(messages.command_complete(tag))
 
     # ------------------------------------------------------------------ answers from the proxy itself
     def _answer(self, body: bytes) -> None:
