@@ -157,12 +157,7 @@ class Server:
 def run(config: Config) -> int:
     """Entry point of `heliosproxy run`: one worker in this process."""
     setup_logging(config.log)
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        runner = asyncio.run
+    import uvloop
 
     async def main() -> int:
         server = Server(config)
@@ -172,4 +167,4 @@ def run(config: Config) -> int:
             log.error("cannot listen on %s: %s", config.listen, exc)
             return 1
 
-    return int(runner(main()))
+    return int(uvloop.run(main()))

@@ -8,7 +8,7 @@ import logging
 import struct
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 from heliosproxy.errors import BackendAuthError
 from heliosproxy.protocol import codes, messages
@@ -63,7 +63,7 @@ class BackendConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         owner = self.owner

@@ -9,7 +9,7 @@ import logging
 import os
 import struct
 import time
-from typing import Any
+from typing import Any, cast
 
 from heliosproxy.backends.connection import BackendConnection, send_cancel
 from heliosproxy.config.schema import AuthMethod, PoolMode
@@ -169,7 +169,7 @@ class ClientSession(asyncio.Protocol):
 
     # ================================================================== asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "unix")
         transport.set_write_buffer_limits(high=512 * 1024)
