@@ -62,9 +62,7 @@ _HOOK_ALIASES: dict[str, HookType] = {
     "custom": HookType.CUSTOM,
     "custom_hook": HookType.CUSTOM,
 }
-_OBSERVERS = frozenset(
-    {HookType.POST_QUERY, HookType.ON_CONNECT, HookType.ON_DISCONNECT, HookType.METRICS}
-)
+_OBSERVERS = frozenset({HookType.POST_QUERY, HookType.ON_CONNECT, HookType.ON_DISCONNECT, HookType.METRICS})
 
 
 class PluginError(Exception):
@@ -158,15 +156,13 @@ class PostQueryOutcome:
         ).encode()
 
 
-def auth_request_json(
-    hook: HookContext, user: str, database: str, client_addr: str, password: str | None
-) -> bytes:
+def auth_request_json(hook: HookContext, user: str, database: str, client_addr: str, password: str | None) -> bytes:
     """The authenticate/authorize input document (ABI v1)."""
     return _encode(
         {
-            "username": user,
+            "user": user,
             "database": database,
-            "client_ip": client_addr,
+            "client_addr": client_addr,
             "password": password,
             "hook_context": hook.to_dict(),
         }
@@ -257,6 +253,8 @@ AuthResult = AuthSuccess | AuthDenied | AuthDefer
 AUTH_DEFER = AuthDefer()
 
 DEFAULT_BLOCK_REASON = "blocked by plugin"
+_CONTINUE_JSON = b'{"action":"continue"}'  # the common answers skip json.loads
+_DEFAULT_JSON = b'{"action":"default"}'
 
 
 def _load(raw: bytes) -> dict[str, Any]:
@@ -272,9 +270,7 @@ def _load(raw: bytes) -> dict[str, Any]:
     return doc
 
 
-def _text(
-    doc: dict[str, Any], key: str, *, alt: str | None = None, default: str | None = None
-) -> str:
+def _text(doc: dict[str, Any], key: str, *, alt: str | None = None, default: str | None = None) -> str:
     value = doc.get(key)
     if value is None and alt is not None:
         value = doc.get(alt)
@@ -298,7 +294,7 @@ def _cell(value: Any) -> str | None:
 
 
 def parse_pre_query(raw: bytes | None) -> PreQueryResult:
-    if raw is None:
+    if raw is None or raw == _CONTINUE_JSON:
         return CONTINUE
     doc = _load(raw)
     action = doc["action"]
@@ -330,7 +326,7 @@ def parse_pre_query(raw: bytes | None) -> PreQueryResult:
 
 
 def parse_route(raw: bytes | None) -> RouteResult:
-    if raw is None:
+    if raw is None or raw == _DEFAULT_JSON:
         return ROUTE_DEFAULT
     doc = _load(raw)
     action = doc["action"]

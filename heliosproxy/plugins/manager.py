@@ -106,9 +106,7 @@ class PluginManager:
         self._wake: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.directory = Path(cfg.dir) if cfg.dir else None
-        self.watcher = (
-            DirectoryWatcher(self.directory, cfg.debounce) if self.directory is not None else None
-        )
+        self.watcher = DirectoryWatcher(self.directory, cfg.debounce) if self.directory is not None else None
 
     # -- events / logging -------------------------------------------------------------------
 
@@ -131,9 +129,7 @@ class PluginManager:
         loaded: dict[str, LoadedPlugin] = {}
         for wasm_path in sorted(self.directory.glob("*.wasm")):
             if len(loaded) >= self.cfg.max_plugins:
-                self._refuse(
-                    wasm_path.stem, f"plugins.max_plugins ({self.cfg.max_plugins}) reached"
-                )
+                self._refuse(wasm_path.stem, f"plugins.max_plugins ({self.cfg.max_plugins}) reached")
                 continue
             plugin = self._try_load(wasm_path)
             if plugin is not None:
@@ -192,17 +188,13 @@ class PluginManager:
             sig_path = wasm_path.with_suffix(".sig")
             if not sig_path.exists():
                 raise signing.SignatureError(f"unsigned: {sig_path.name} not found")
-            signed_by = signing.verify_bytes(
-                wasm, manifest_bytes, sig_path.read_bytes(), Path(self.cfg.trust_root)
-            )
+            signed_by = signing.verify_bytes(wasm, manifest_bytes, sig_path.read_bytes(), Path(self.cfg.trust_root))
         manifest = load_manifest(manifest_path, self.cfg.limits, expect_name=name)
         compiled = self.runtime.compile(wasm)
         holder: list[LoadedPlugin] = []
         kv = self.kv.namespace(name) if "kv" in manifest.permissions else None
         host = HostBindings(
-            log=lambda level, msg: log.log(
-                _LOG_LEVELS.get(level, logging.INFO), "plugin %s: %s", name, msg
-            ),
+            log=lambda level, msg: log.log(_LOG_LEVELS.get(level, logging.INFO), "plugin %s: %s", name, msg),
             metric_add=lambda metric, value: self._metric(name, holder, metric, value),
             kv=kv,
         )
@@ -217,7 +209,7 @@ class PluginManager:
             hooks=[h.export_name() for h in manifest.hooks],
         )
         if "init" in instance.exports:
-            config = json.dumps(manifest.config, separators=(",", ":")).encode()
+            config = json.dumps(manifest.config or {}, separators=(",", ":")).encode()
             try:
                 out = instance.call("init", config)
             except PluginError as e:
@@ -242,10 +234,7 @@ class PluginManager:
     def _rebuild(self) -> None:
         """Recompute the per-hook chains (priority, then name) and swap them in at once."""
         ordered = sorted(self.plugins.values(), key=lambda p: (p.manifest.priority, p.name))
-        chains = {
-            hook: tuple(p for p in ordered if hook in p.manifest.hooks and not p.disabled)
-            for hook in HookType
-        }
+        chains = {hook: tuple(p for p in ordered if hook in p.manifest.hooks and not p.disabled) for hook in HookType}
         self._chains = chains
         self.has_pre_query = bool(chains[HookType.PRE_QUERY])
         self.has_route = bool(chains[HookType.ROUTE])
@@ -258,9 +247,7 @@ class PluginManager:
 
     # -- calling ------------------------------------------------------------------------------
 
-    def _run(
-        self, p: LoadedPlugin, hook: HookType, data: bytes, parse: Callable[[bytes | None], _R]
-    ) -> _R:
+    def _run(self, p: LoadedPlugin, hook: HookType, data: bytes, parse: Callable[[bytes | None], _R]) -> _R:
         """One hook call and the parse of its answer, with accounting.
 
         Any failure (of the call or of the answer) is counted, logged and re-raised.
@@ -358,9 +345,7 @@ class PluginManager:
 
     def post_query(self, ctx: QueryContext, outcome: PostQueryOutcome) -> None:
         if self._chains[HookType.POST_QUERY]:
-            self._enqueue(
-                HookType.POST_QUERY, b"[" + ctx.to_json() + b"," + outcome.to_json() + b"]"
-            )
+            self._enqueue(HookType.POST_QUERY, b"[" + ctx.to_json() + b"," + outcome.to_json() + b"]")
 
     def on_connect(self, hook: HookContext) -> None:
         if self._chains[HookType.ON_CONNECT]:

@@ -114,9 +114,7 @@ def parse_manifest(doc: Any, defaults: PluginLimits, *, expect_name: str | None 
     perms = _list(doc, "permissions")
     for p in perms:
         if p not in PERMISSIONS:
-            raise PluginLoadError(
-                f"permissions: unknown permission {p!r} (known: {', '.join(sorted(PERMISSIONS))})"
-            )
+            raise PluginLoadError(f"permissions: unknown permission {p!r} (known: {', '.join(sorted(PERMISSIONS))})")
     priority = doc.get("priority", DEFAULT_PRIORITY)
     if not isinstance(priority, int) or isinstance(priority, bool):
         raise PluginLoadError(f"priority: expected an integer, got {priority!r}")
@@ -168,9 +166,7 @@ def _limits(raw: Any, defaults: PluginLimits) -> PluginLimits:
     return PluginLimits(memory=memory, fuel=fuel, timeout_ms=timeout)
 
 
-def load_manifest(
-    path: Path, defaults: PluginLimits, *, expect_name: str | None = None
-) -> Manifest:
+def load_manifest(path: Path, defaults: PluginLimits, *, expect_name: str | None = None) -> Manifest:
     try:
         doc = load_yaml_file(path)
     except OSError as e:

@@ -29,9 +29,7 @@ Signature = tuple[tuple[str, int, int], ...]  # (suffix, mtime_ns, size) per exi
 class DirectoryWatcher:
     """Reports a plugin as changed once its files stayed unchanged for `debounce` s (two polls)."""
 
-    def __init__(
-        self, directory: Path, debounce: float, clock: Callable[[], float] = time.monotonic
-    ):
+    def __init__(self, directory: Path, debounce: float, clock: Callable[[], float] = time.monotonic):
         self.directory = Path(directory)
         self.debounce = debounce
         self.clock = clock
@@ -52,11 +50,7 @@ class DirectoryWatcher:
             except OSError:
                 continue
             files.setdefault(p.stem, []).append((p.suffix, st.st_mtime_ns, st.st_size))
-        return {
-            name: tuple(sorted(sig))
-            for name, sig in files.items()
-            if any(s[0] == ".wasm" for s in sig)
-        }
+        return {name: tuple(sorted(sig)) for name, sig in files.items() if any(s[0] == ".wasm" for s in sig)}
 
     def prime(self) -> None:
         """Take the current directory state as already applied (after the initial load)."""

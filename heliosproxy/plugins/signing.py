@@ -35,9 +35,7 @@ def signature_path(wasm_path: Path) -> Path:
 
 
 def signed_message(wasm: bytes, manifest: bytes) -> bytes:
-    return b"".join(
-        (_DOMAIN, struct.pack(">Q", len(wasm)), wasm, struct.pack(">Q", len(manifest)), manifest)
-    )
+    return b"".join((_DOMAIN, struct.pack(">Q", len(wasm)), wasm, struct.pack(">Q", len(manifest)), manifest))
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -58,9 +56,7 @@ def keygen(out_dir: Path, name: str) -> tuple[Path, Path]:
         if p.exists():
             raise SignatureError(f"{p} already exists; refusing to overwrite a key")
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pem)

@@ -134,19 +134,13 @@ class CompiledModule:
         for module, name, sig in self.imports:
             spec = HOST_IMPORTS.get(name) if module == "helios" else None
             if spec is None:
-                raise PluginLoadError(
-                    f"import {module}.{name} is not provided by the host (ABI v1)"
-                )
+                raise PluginLoadError(f"import {module}.{name} is not provided by the host (ABI v1)")
             perm, params, results = spec
             if sig != (params, results):
                 got = _fmt(sig) if sig else "a non-function"
-                raise PluginLoadError(
-                    f"import helios.{name} must be {_fmt((params, results))}, module declares {got}"
-                )
+                raise PluginLoadError(f"import helios.{name} must be {_fmt((params, results))}, module declares {got}")
             if perm not in permissions:
-                raise PluginLoadError(
-                    f"import helios.{name} needs permission {perm!r}, not granted by the manifest"
-                )
+                raise PluginLoadError(f"import helios.{name} needs permission {perm!r}, not granted by the manifest")
 
     def check_exports(self, hooks: list[str]) -> None:
         if not isinstance(self.exports.get("memory"), wasmtime.MemoryType):
@@ -163,9 +157,7 @@ class CompiledModule:
         for hook in hooks:
             got = self.export_sig(hook)
             if got is None:
-                raise PluginLoadError(
-                    f"manifest declares hook {hook!r} but the module does not export it"
-                )
+                raise PluginLoadError(f"manifest declares hook {hook!r} but the module does not export it")
             if got != HOOK_SIG and got != OBSERVER_SIG:
                 raise PluginLoadError(f"export {hook} must be {_fmt(HOOK_SIG)}, is {_fmt(got)}")
 
@@ -181,6 +173,7 @@ class WasmRuntime:
         cfg.cranelift_opt_level = "speed"
         self.engine = wasmtime.Engine(cfg)
         self.tick_ms = tick_ms
+        self.epoch = 0  # ticks seen by Python (lets calls skip re-arming an unchanged deadline)
         self._ticker: threading.Thread | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -210,6 +203,7 @@ class WasmRuntime:
         engine, stop = self.engine, self._stop
         while not stop.wait(interval):
             engine.increment_epoch()
+            self.epoch += 1  # after the engine: a reader may see a deadline 1 tick short
 
     def close(self) -> None:
         with self._lock:
@@ -311,6 +305,7 @@ class WasmInstance:
         self._trapp = ctypes.addressof(self._trap)
         self._base = 0
         self._size = 0
+        self._armed_epoch = -1
         self._refresh()
         self.exports: dict[str, tuple[int, bool]] = {}  # name -> (func address, returns i64)
         self._generic: dict[str, wasmtime.Func] = {}
@@ -323,9 +318,7 @@ class WasmInstance:
                 self.exports[name] = (ctypes.addressof(f._func), bool(sig and sig[1]))
         version = self._call_abi_version(abi)
         if version != ABI_VERSION:
-            raise PluginLoadError(
-                f"unsupported plugin ABI version {version} (this host speaks ABI v{ABI_VERSION})"
-            )
+            raise PluginLoadError(f"unsupported plugin ABI version {version} (this host speaks ABI v{ABI_VERSION})")
 
     # -- host imports ---------------------------------------------------------------------
 
@@ -405,9 +398,7 @@ class WasmInstance:
             msg = _cause(trap.message)
             kind = _trap_kind(trap.trap_code, msg)
         else:
-            error = wasmtime.WasmtimeError._from_ptr(
-                ctypes.cast(err or 0, ctypes.POINTER(ffi.wasmtime_error_t))
-            )
+            error = wasmtime.WasmtimeError._from_ptr(ctypes.cast(err or 0, ctypes.POINTER(ffi.wasmtime_error_t)))
             msg = _cause(str(error))
             kind = _trap_kind(None, msg)
         if exc is not None:
@@ -419,13 +410,16 @@ class WasmInstance:
         addr, returns = self.exports[name]
         ctx = self._ctx
         call = _CALL
-        argp, trapp, a0, a1 = self._argp, self._trapp, self._a0, self._a1
+        argp, trapp, a0, a1, trap = self._argp, self._trapp, self._a0, self._a1, self._trap
         _SET_FUEL(ctx, self.fuel)
-        _SET_DEADLINE(ctx, self.ticks)
+        epoch = self.runtime.epoch
+        if epoch != self._armed_epoch:  # the deadline (ticks + 1 of slack) is still current
+            _SET_DEADLINE(ctx, self.ticks)
+            self._armed_epoch = epoch
         n = len(data)
         a0.i32 = n
         err = call(ctx, self._alloc, argp, 1, trapp)
-        if err or self._trap.value:
+        if err or trap.value:
             raise self._fail(err, "alloc")
         p = a0.i32 & 0xFFFFFFFF
         if p + n > self._size:
@@ -436,7 +430,7 @@ class WasmInstance:
         a0.i32 = p
         a1.i32 = n
         err = call(ctx, addr, argp, 2, trapp)
-        if err or self._trap.value:
+        if err or trap.value:
             raise self._fail(err, name)
         out = None
         if returns:
@@ -454,12 +448,12 @@ class WasmInstance:
                 a0.i32 = op
                 a1.i32 = ol
                 err = call(ctx, self._dealloc, argp, 2, trapp)
-                if err or self._trap.value:
+                if err or trap.value:
                     raise self._fail(err, "dealloc")
         a0.i32 = p
         a1.i32 = n
         err = call(ctx, self._dealloc, argp, 2, trapp)
-        if err or self._trap.value:
+        if err or trap.value:
             raise self._fail(err, "dealloc")
         return out
 
@@ -468,6 +462,7 @@ class WasmInstance:
         store = self.store
         store.set_fuel(self.fuel)
         store.set_epoch_deadline(self.ticks)
+        self._armed_epoch = -1
         mem, alloc = self._memory_obj, self._alloc_obj
         assert mem is not None and alloc is not None
         dealloc = self._keep[3]

@@ -87,9 +87,7 @@ def query(sql: str = "SELECT 1", **attrs: str) -> QueryContext:
         normalized=sql,
         tables=["users"],
         is_read_only=sql.lstrip().upper().startswith("SELECT"),
-        hook_context=HookContext(
-            request_id="req-1", client_id="client-1", database="app", attributes=dict(attrs)
-        ),
+        hook_context=HookContext(request_id="req-1", client_id="client-1", database="app", attributes=dict(attrs)),
     )
 
 

@@ -34,9 +34,7 @@ def test_state_persists_metrics_and_logs(
     with caplog.at_level(logging.INFO, "heliosproxy.plugins"):
         results = [m.pre_query(query()) for _ in range(4)]
     assert results == [Continue(), Continue(), Block("third call"), Block("third call")]
-    assert [e for e in events.named("plugin_metric")] == [
-        {"plugin": "counter", "metric": "calls", "value": 1.0}
-    ] * 4
+    assert [e for e in events.named("plugin_metric")] == [{"plugin": "counter", "metric": "calls", "value": 1.0}] * 4
     assert m.stats()[0]["metrics"] == {"calls": 4.0}
     assert caplog.text.count("plugin counter: counted") == 4
 
@@ -71,9 +69,7 @@ def test_kv_survives_reload_namespace_is_per_plugin(pdir: Path, manager: Make) -
     assert len(m.kv.namespace("other")) == 0
 
 
-def test_init_gets_config_and_observers_run_off_the_hot_path(
-    pdir: Path, manager: Make, events: Events
-) -> None:
+def test_init_gets_config_and_observers_run_off_the_hot_path(pdir: Path, manager: Make, events: Events) -> None:
     install(
         pdir,
         "obs",

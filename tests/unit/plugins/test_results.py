@@ -98,9 +98,7 @@ def test_auth_kinds(pdir: Path, manager: Make) -> None:
         ({"action": "denied", "reason": "bad key"}, AuthDenied("bad key")),
     ]
     for i, (answer, expected) in enumerate(cases):
-        install(
-            pdir, f"a{i}", wat2wasm(respond_wat({"authenticate": answer})), hooks=["authenticate"]
-        )
+        install(pdir, f"a{i}", wat2wasm(respond_wat({"authenticate": answer})), hooks=["authenticate"])
         m = manager()
         assert m.has_auth
         assert m.authenticate(hc, "app", "app", "127.0.0.1", "secret") == expected, answer

@@ -129,8 +129,7 @@ def test_hook_declared_but_not_exported(pdir: Path, manager: Make, events: Event
     m = manager()
     assert m.plugins == {}
     assert (
-        "declares hook 'route' but the module does not export it"
-        in (events.named("plugin_load_failed")[0]["reason"])
+        "declares hook 'route' but the module does not export it" in (events.named("plugin_load_failed")[0]["reason"])
     )
 
 

@@ -55,9 +55,7 @@ def test_pem_public_key_accepted(tmp_path: Path, keys: tuple[Path, Path]) -> Non
     assert signing.verify(wasm, trust) == "ops"
 
 
-def run_case(
-    pdir: Path, manager: Make, trust: Path, caplog: pytest.LogCaptureFixture
-) -> PluginManager:
+def run_case(pdir: Path, manager: Make, trust: Path, caplog: pytest.LogCaptureFixture) -> PluginManager:
     with caplog.at_level(logging.ERROR, "heliosproxy.plugins"):
         return manager(trust_root=str(trust))
 
@@ -98,9 +96,7 @@ def test_refused(
     assert m.plugins == {}
     refused = events.named("plugin_signature_refused")
     assert len(refused) == 1 and refused[0]["plugin"] == "p"
-    expected = (
-        "unsigned: p.sig not found" if case == "unsigned" else "does not match any trusted key"
-    )
+    expected = "unsigned: p.sig not found" if case == "unsigned" else "does not match any trusted key"
     assert expected in refused[0]["reason"]
     assert "plugin p refused: signature:" in caplog.text
 
