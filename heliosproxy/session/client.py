@@ -984,12 +984,39 @@ class ClientSession(asyncio.Protocol):
                     read_only = False
         if not any_stmt:
             read_only = False
+        if self.backend is None and not self.pending and self.mode is PoolMode.TRANSACTION and self._local_batch(batch, sync):
+            return
         try:
             target = self._route(info, hints, qctx, read_only) if info is not None else None
         except HeliosError as exc:
             self._batch_error(batch, exc.sqlstate, exc.message, sync)
             return
         self._dispatch(Plan(target, None, batch, info, qctx, sync, not read_only))
+
+    def _local_batch(self, batch: list[tuple[int, bytes, Any]], sync: bool) -> bool:
+        """Answer Parse/Close of named statements without a backend when the server side is known.
+
+        A Parse whose text every backend already accepted once (same text and types) needs no
+        server round trip: the statement is prepared lazily where the client's Bind lands. This
+        also keeps clients that prepare synchronously (pgbench -M prepared) from waiting for a
+        backend while holding none."""
+        known = self.ctx.known_statements
+        out: list[bytes] = []
+        for t, _msg, dec in batch:
+            if t == codes.F_PARSE and dec[0]:
+                st = self.statements.get(dec[0])
+                if st is None or st.server not in known:
+                    return False
+                out.append(messages.PARSE_COMPLETE)
+            elif t == codes.F_CLOSE and dec[0] == ord("S") and dec[1]:
+                self.statements.pop(dec[1], None)
+                out.append(messages.CLOSE_COMPLETE)
+            elif t != codes.F_SYNC and t != codes.F_FLUSH:
+                return False
+        if sync:
+            out.append(messages.ready_for_query(self.tx_status))
+        self._write(b"".join(out))
+        return True
 
     def _batch_error(self, batch: list[tuple[int, bytes, Any]], sqlstate: str, message: str, sync: bool) -> None:
         """Answer a batch that must not run: the error, then (at Sync) ReadyForQuery, like a server."""
@@ -1171,7 +1198,7 @@ class ClientSession(asyncio.Protocol):
                         fix.append(Expect(0, SYNTH, messages.PARSE_COMPLETE))
                     else:
                         out.append(messages.parse(st.server, st.sql, st.tail))
-                        fix.append(Expect(t))
+                        fix.append(Expect(t, PASS, st.server.encode()))
                         self._remember(conn, st.server, out, fix)
                     need_fix = True
                 elif rename and t == codes.F_BIND and dec[1]:
@@ -1235,7 +1262,7 @@ class ClientSession(asyncio.Protocol):
             conn.prepared.move_to_end(st.server)
             return
         out.append(messages.parse(st.server, st.sql, st.tail))
-        fix.append(Expect(codes.F_PARSE, HIDE))
+        fix.append(Expect(codes.F_PARSE, HIDE, st.server.encode()))
         self._remember(conn, st.server, out, fix)
 
     def _sync_settings_sql(self, conn: BackendConnection) -> str:
@@ -1290,6 +1317,8 @@ class ClientSession(asyncio.Protocol):
                 continue
             head = expect[0] if expect else None
             if t == codes.B_ERROR:
+                if head is not None and head.kind == codes.F_PARSE and head.data:
+                    conn.prepared.pop(head.data.decode(), None)
                 if head is not None and head.action == HIDE:
                     f = messages.parse_error_fields(m[5:])
                     log.warning("client %s: hidden statement failed on %s: %s", self.peer, conn.node, f.get("M"))
@@ -1320,6 +1349,8 @@ class ClientSession(asyncio.Protocol):
                 conn.tx_status = m[5]
             if done:
                 expect.popleft()
+                if t == codes.B_PARSE_COMPLETE and head.data:
+                    self.ctx.remember_statement(head.data.decode())
         if pos:
             del rbuf[:pos]
         if out:

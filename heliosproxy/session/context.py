@@ -59,6 +59,7 @@ class ProxyContext:
     paused: set[str] = field(default_factory=set)  # databases paused by the admin (PAUSE db); "*" = all
     admin: Any = None  # admin console (heliosproxy.admin.console.AdminConsole) set by server.py
     on_cancel_miss: Callable[[int, int], None] | None = None  # multi-worker cancel forwarding
+    known_statements: dict[str, None] = field(default_factory=dict)  # server names some backend accepted
     shutting_down: bool = False
     _pid_counter: int = 0
 
@@ -70,6 +71,13 @@ class ProxyContext:
                 return None
             secret = self.scram_secrets[user] = ScramSecret.from_password(u.password)
         return secret
+
+    def remember_statement(self, server_name: str) -> None:
+        known = self.known_statements
+        if server_name not in known:
+            if len(known) >= 50_000:
+                known.pop(next(iter(known)))
+            known[server_name] = None
 
     def new_key(self) -> tuple[int, int]:
         """A proxy-issued (pid, secret) pair; the worker id sits in the low byte of the secret."""
