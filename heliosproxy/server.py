@@ -8,17 +8,23 @@ import logging
 import signal
 from typing import Any
 
+from heliosproxy.admin.console import AdminConsole
+from heliosproxy.admin.http import AdminHttp
+from heliosproxy.backends.failover import FailoverManager
+from heliosproxy.backends.health import HealthMonitor
 from heliosproxy.backends.registry import Registry
 from heliosproxy.config.load import load_config
 from heliosproxy.config.schema import Config
 from heliosproxy.errors import ConfigError
 from heliosproxy.listener import start_listener
 from heliosproxy.logsetup import setup_logging
+from heliosproxy.metrics import ProxyCollector
 from heliosproxy.plugins.manager import PluginManager
 from heliosproxy.pool.manager import PoolManager
 from heliosproxy.routing.router import Router
 from heliosproxy.session.context import ProxyContext
 from heliosproxy.sql.classify import Classifier
+from heliosproxy.workers import WorkerLink, supervise
 
 log = logging.getLogger("heliosproxy.server")
 
@@ -26,10 +32,11 @@ log = logging.getLogger("heliosproxy.server")
 class Server:
     """Owns the components of one worker process and their start, reload and stop."""
 
-    def __init__(self, config: Config, worker_id: int = 0, reuse_port: bool = False):
+    def __init__(self, config: Config, worker_id: int = 0, link: WorkerLink | None = None):
         self.config = config
         self.worker_id = worker_id
-        self.reuse_port = reuse_port
+        self.link = link  # set in multi-worker mode: cancel forwarding and snapshots of all workers
+        self.reuse_port = link is not None
         registry = Registry(config)
         pools = PoolManager(config)
         self.plugins = PluginManager(config.plugins, on_event=self._plugin_event)
@@ -49,6 +56,15 @@ class Server:
         self.reloads_failed = 0
         self.last_reload_error: str | None = None
         self.extras: list[Any] = []  # admin/health/metrics components with start()/stop()/configure()
+        # Operations: health checks feed the registry, failover follows promotions, admin and metrics read.
+        self.health = HealthMonitor(config, registry)
+        self.health.on_down.append(pools.drain_node)
+        self.failover = FailoverManager(config, registry, self.health, pools.drain_node)
+        self.admin_console = AdminConsole(self)
+        self.ctx.admin = self.admin_console
+        self.metrics = ProxyCollector(self, self.failover, self.health)
+        self.admin_http = AdminHttp(self, self.metrics)
+        self.extras.extend([self.health, self.failover, self.metrics, self.admin_http])
 
     def _plugin_event(self, name: str, data: dict[str, Any]) -> None:
         log.debug("plugin event %s %s", name, data)
@@ -59,9 +75,45 @@ class Server:
             self.plugins.load_all()
         await self.plugins.start()
         self.ctx.pools.start()
+        if self.link is not None:
+            link = self.link
+            link.snapshot = self.snapshot
+            link.on_cancel = self._cancel_from_peer
+            self.ctx.on_cancel_miss = link.forward_cancel
+            await link.start()
         for extra in self.extras:
             await extra.start()
         self.listener = await start_listener(self.ctx, reuse_port=self.reuse_port)
+
+    def _cancel_from_peer(self, pid: int, key: int) -> bool:
+        client = self.ctx.cancel_keys.get((pid, key))
+        if client is None:
+            return False
+        client.cancel_running()
+        return True
+
+    def snapshot(self) -> dict[str, Any]:
+        """This worker's numbers, as plain data (aggregated across workers by worker 0)."""
+        ctx = self.ctx
+        c = ctx.counters
+        return {
+            "worker": self.worker_id,
+            "clients": [cl.describe() for cl in ctx.clients],
+            "pools": [p.snapshot() for p in ctx.pools.pools.values()],
+            "counters": {
+                "clients_total": c.clients_total,
+                "clients_refused": c.clients_refused,
+                "login_failures": c.login_failures,
+                "protocol_errors": c.protocol_errors,
+                "bytes_in": c.bytes_in,
+                "bytes_out": c.bytes_out,
+                "queries": [[*k, v] for k, v in c.queries.items()],
+            },
+            "queries": {
+                fp: [q.normalized, q.calls, q.total_us, q.errors] for fp, q in ctx.query_stats.items()
+            },
+            "plugins": self.plugins.stats(),
+        }
 
     async def serve(self) -> int:
         loop = asyncio.get_running_loop()
@@ -117,6 +169,8 @@ class Server:
                 await extra.stop()
         await self.plugins.stop()
         await ctx.pools.stop()
+        if self.link is not None:
+            await self.link.stop()
         log.info("stopped")
 
     # ------------------------------------------------------------------ reload
@@ -155,12 +209,19 @@ class Server:
 
 
 def run(config: Config) -> int:
-    """Entry point of `heliosproxy run`: one worker in this process."""
-    setup_logging(config.log)
+    """Entry point of `heliosproxy run`: one worker in this process, or a supervisor of `workers` processes."""
+    if config.workers > 1:
+        setup_logging(config.log)
+        return supervise(config, _run_worker)
+    return _run_worker(config, 0, None)
+
+
+def _run_worker(config: Config, worker_id: int, link: WorkerLink | None) -> int:
+    setup_logging(config.log, worker_id if link is not None else None)
     import uvloop
 
     async def main() -> int:
-        server = Server(config)
+        server = Server(config, worker_id, link)
         try:
             return await server.serve()
         except OSError as exc:

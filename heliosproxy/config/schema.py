@@ -133,6 +133,8 @@ class HealthConfig:
     timeout: float = 1.0
     failures_before_down: int = 3
     successes_before_up: int = 2
+    user: str | None = None  # checks log in as this user from `users`; None = the first with a password
+    database: str = "postgres"  # database the checks connect to
 
 
 @dataclass(frozen=True, slots=True)

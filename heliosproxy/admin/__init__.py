@@ -1,0 +1,266 @@
+"""Operator views shared by the SQL console, the HTTP API and metrics: nodes, pools, clients, queries, config."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import time
+from typing import Any, Protocol
+
+from heliosproxy import __version__
+from heliosproxy.backends.registry import Node, NodeState
+from heliosproxy.config.schema import Config
+
+VERSION = f"HeliosProxy {__version__}"
+_SECRET_KEYS = ("password", "token")
+
+
+class ServerControl(Protocol):
+    """What the admin needs from the running server (heliosproxy.server.Server)."""
+
+    @property
+    def ctx(self) -> Any: ...  # heliosproxy.session.context.ProxyContext (a higher layer)
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def reloads_ok(self) -> int: ...
+
+    @property
+    def reloads_failed(self) -> int: ...
+
+    @property
+    def last_reload_error(self) -> str | None: ...
+
+    def reload(self) -> tuple[bool, str]: ...
+
+    def request_shutdown(self) -> None: ...
+
+
+class AdminError(Exception):
+    """A refused admin action; `status` for HTTP, `sqlstate` for the SQL console."""
+
+    def __init__(self, message: str, *, status: int = 400, sqlstate: str = "22023"):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.sqlstate = sqlstate
+
+
+# ---------------------------------------------------------------------- nodes
+def node_view(node: Node, primary: str | None, active: int) -> dict[str, Any]:
+    return {
+        "name": node.name,
+        "host": node.cfg.host,
+        "port": node.cfg.port,
+        "configured_role": node.cfg.role.value,
+        "role": node.role.value,
+        "state": node.state.value,
+        "write_target": node.name == primary,
+        "disabled": node.disabled,
+        "usable": node.usable,
+        "lag_bytes": node.lag_bytes,
+        "lag_ms": None if node.lag_ms is None else round(node.lag_ms, 3),
+        "timeline": node.timeline,
+        "in_recovery": node.in_recovery,
+        "weight": node.cfg.weight,
+        "priority": node.cfg.priority,
+        "active_connections": active,
+        "last_check_age_s": None if not node.last_check else round(time.monotonic() - node.last_check, 3),
+        "last_error": node.last_error,
+    }
+
+
+def nodes_view(server: ServerControl) -> list[dict[str, Any]]:
+    ctx = server.ctx
+    reg = ctx.registry
+    return [node_view(n, reg.primary, ctx.pools.active_on(n.name)) for n in reg.nodes.values()]
+
+
+def set_node_disabled(server: ServerControl, name: str, disabled: bool) -> dict[str, Any]:
+    """DISABLE/ENABLE: a disabled node gets no new statements (its open transactions finish)."""
+    ctx = server.ctx
+    node: Node | None = ctx.registry.nodes.get(name)
+    if node is None:
+        known = ", ".join(ctx.registry.nodes)
+        raise AdminError(f'node "{name}" does not exist (nodes: {known})', status=404, sqlstate="42704")
+    if node.disabled != disabled:
+        node.disabled = disabled
+        node.changed_at = time.monotonic()
+        ctx.registry.changed()
+    return node_view(node, ctx.registry.primary, ctx.pools.active_on(name))
+
+
+def primary_reachable(server: ServerControl) -> bool:
+    node = server.ctx.registry.primary_node()
+    return node is not None and node.state in (NodeState.UP, NodeState.LAGGING)
+
+
+# ---------------------------------------------------------------------- pools / servers / clients
+def pools_view(server: ServerControl) -> list[dict[str, Any]]:
+    out = []
+    for pool in list(server.ctx.pools.pools.values()):
+        out.append(dict(pool.snapshot()))
+    return out
+
+
+def servers_view(server: ServerControl) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    now_wall = time.time()
+    now_mono = time.monotonic()
+    for pool in list(server.ctx.pools.pools.values()):
+        for state, conns in (("active", list(pool.active)), ("idle", list(pool.idle))):
+            for c in conns:
+                owner = c.owner if c.owner is not None else c.pinned_by
+                out.append(
+                    {
+                        "type": "S",
+                        "user": pool.key.user,
+                        "database": pool.key.database,
+                        "node": pool.key.node,
+                        "state": state,
+                        "addr": c.host,
+                        "port": c.port,
+                        "connect_time": _iso(now_wall - (now_mono - c.created_at)),
+                        "request_time": _iso(now_wall - (now_mono - c.last_used)),
+                        "remote_pid": c.pid,
+                        "link": getattr(owner, "client_id", None) or None,
+                        "tx_status": chr(c.tx_status),
+                        "prepared_statements": len(c.prepared),
+                    }
+                )
+    return out
+
+
+def clients_view(server: ServerControl) -> list[dict[str, Any]]:
+    out = []
+    for client in list(server.ctx.clients):
+        d = dict(client.describe())
+        if getattr(client, "stalled", None) is not None:
+            d["state"] = "waiting"
+        out.append(d)
+    out.sort(key=lambda d: d.get("connected_at") or 0)
+    return out
+
+
+def kill_clients(server: ServerControl, target: str) -> int:
+    """Close the client with this client_id, or every client of this database; how many."""
+    clients = list(server.ctx.clients)
+    chosen = [c for c in clients if getattr(c, "client_id", None) == target]
+    if not chosen:
+        chosen = [c for c in clients if getattr(c, "database", None) == target]
+    if not chosen:
+        raise AdminError(f'no client with client_id or database "{target}" (see SHOW CLIENTS)',
+                         status=404, sqlstate="42704")
+    for c in chosen:
+        c.close("57P01", "terminating connection due to administrator command (KILL)")
+    return len(chosen)
+
+
+# ---------------------------------------------------------------------- queries / stats
+def queries_view(server: ServerControl, limit: int = 100) -> list[dict[str, Any]]:
+    stats = server.ctx.query_stats
+    items = sorted(stats.items(), key=lambda kv: kv[1].total_us, reverse=True)[:limit]
+    return [
+        {
+            "fingerprint": fp,
+            "query": st.normalized,
+            "calls": st.calls,
+            "total_ms": round(st.total_us / 1000.0, 3),
+            "mean_ms": round(st.total_us / 1000.0 / st.calls, 3) if st.calls else 0.0,
+            "errors": st.errors,
+        }
+        for fp, st in items
+    ]
+
+
+def stats_view(server: ServerControl) -> list[dict[str, Any]]:
+    """One row per (node, route) with query counts; a first row '*' with the process totals."""
+    ctx = server.ctx
+    c = ctx.counters
+    per: dict[tuple[str, str], list[int]] = {}
+    for (node, route, result), n in list(c.queries.items()):
+        row = per.setdefault((node, route), [0, 0])
+        row[0] += n
+        if result != "ok":
+            row[1] += n
+    total_q = sum(v[0] for v in per.values())
+    total_err = sum(v[1] for v in per.values())
+    total_us = sum(st.total_us for st in ctx.query_stats.values())
+    calls = sum(st.calls for st in ctx.query_stats.values())
+    rows: list[dict[str, Any]] = [
+        {
+            "node": "*",
+            "route": "*",
+            "total_query_count": total_q,
+            "total_error_count": total_err,
+            "total_received": c.bytes_in,
+            "total_sent": c.bytes_out,
+            "total_query_time": total_us,
+            "avg_query_time": (total_us // calls) if calls else 0,
+            "total_client_connections": c.clients_total,
+            "refused_client_connections": c.clients_refused,
+            "login_failures": c.login_failures,
+            "protocol_errors": c.protocol_errors,
+        }
+    ]
+    for (node, route), (q, err) in sorted(per.items()):
+        rows.append({"node": node, "route": route, "total_query_count": q, "total_error_count": err})
+    return rows
+
+
+# ---------------------------------------------------------------------- config
+def _flatten(value: Any, prefix: str, out: list[tuple[str, Any]]) -> None:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            _flatten(getattr(value, f.name), f"{prefix}.{f.name}" if prefix else f.name, out)
+    else:
+        out.append((prefix, value))
+
+
+def _render(key: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if any(key.endswith("." + s) or key == s for s in _SECRET_KEYS):
+        return "********"
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        if value and dataclasses.is_dataclass(value[0]):
+            return ", ".join(getattr(v, "name", str(i)) for i, v in enumerate(value))
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+_RESTART_ONLY = ("listen", "workers", "admin.listen")
+
+
+def config_view(config: Config) -> list[dict[str, Any]]:
+    """key / value / default / changeable, PgBouncer's SHOW CONFIG shape; secrets masked."""
+    defaults = Config(nodes=())
+    cur: list[tuple[str, Any]] = []
+    _flatten(config, "", cur)
+    dflt: dict[str, Any] = {}
+    dl: list[tuple[str, Any]] = []
+    _flatten(defaults, "", dl)
+    dflt = dict(dl)
+    rows = []
+    for key, value in cur:
+        if key == "source":
+            continue
+        rows.append(
+            {
+                "key": key,
+                "value": _render(key, value),
+                "default": _render(key, dflt.get(key)) if key in dflt and key != "nodes" else None,
+                "changeable": "no" if key in _RESTART_ONLY else "yes",
+            }
+        )
+    return rows
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))

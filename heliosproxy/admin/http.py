@@ -1,0 +1,287 @@
+"""HTTP admin on admin.listen: /metrics, /health, /ready, /live and the JSON /api/... (a small HTTP/1.1 server)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import re
+from typing import Any
+
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from heliosproxy.admin import (
+    VERSION,
+    AdminError,
+    ServerControl,
+    clients_view,
+    nodes_view,
+    pools_view,
+    primary_reachable,
+    queries_view,
+    set_node_disabled,
+)
+from heliosproxy.config.schema import Config, split_hostport
+from heliosproxy.metrics import ProxyCollector
+
+log = logging.getLogger("heliosproxy.admin.http")
+
+MAX_HEAD = 16 * 1024  # request line + headers
+MAX_BODY = 64 * 1024
+READ_TIMEOUT = 10.0
+MAX_REQUESTS_PER_CONNECTION = 100
+
+_REASONS = {
+    200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
+    408: "Request Timeout", 411: "Length Required", 413: "Payload Too Large",
+    431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable",
+    505: "HTTP Version Not Supported", 422: "Unprocessable Entity",
+}
+_NODE_ACTION = re.compile(r"^/api/nodes/([^/]+)/(disable|enable)$")
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Response:
+    def __init__(self, status: int, body: bytes, content_type: str = "application/json",
+                 headers: dict[str, str] | None = None):
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        self.headers = headers or {}
+
+
+def json_response(status: int, data: Any) -> Response:
+    return Response(status, (json.dumps(data, default=str, indent=None) + "\n").encode())
+
+
+def error_response(status: int, message: str) -> Response:
+    extra = {"WWW-Authenticate": 'Bearer realm="heliosproxy"'} if status == 401 else None
+    r = json_response(status, {"error": message, "status": status})
+    if extra:
+        r.headers.update(extra)
+    return r
+
+
+class AdminHttp:
+    """The HTTP admin server (a Server extra: start/stop/configure)."""
+
+    def __init__(self, server: ServerControl, metrics: ProxyCollector):
+        self.server = server
+        self.metrics = metrics
+        self.config: Config = server.config
+        self.listener: asyncio.Server | None = None
+        self.bound: tuple[str, int] | None = None
+        self._conns: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        listen = self.config.admin.listen
+        if not listen:
+            return
+        host, port = split_hostport(listen)
+        self.listener = await asyncio.start_server(self._handle, host, port, limit=MAX_HEAD + 1024)
+        sock = self.listener.sockets[0].getsockname()
+        self.bound = (sock[0], sock[1])
+        log.info("admin HTTP listening on %s:%s", sock[0], sock[1])
+
+    async def stop(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+            for t in list(self._conns):
+                t.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.listener.wait_closed(), 2)
+            self.listener = None
+
+    def configure(self, config: Config) -> None:
+        if config.admin.listen != self.config.admin.listen:
+            log.warning("admin.listen changed to %s: takes effect at the next restart", config.admin.listen)
+        self.config = config
+
+    # ------------------------------------------------------------------ connection
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._conns.add(task)
+        try:
+            for _ in range(MAX_REQUESTS_PER_CONNECTION):
+                keep = await self._one(reader, writer)
+                if not keep:
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass
+        except Exception:
+            log.exception("admin HTTP: unexpected error")
+        finally:
+            if task is not None:
+                self._conns.discard(task)
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial.strip():
+                await self._send(writer, error_response(400, "incomplete request"), False)
+            return False
+        except asyncio.LimitOverrunError:
+            await self._send(writer, error_response(431, f"request head over {MAX_HEAD} bytes"), False)
+            return False
+        except TimeoutError:
+            await self._send(writer, error_response(408, "request timed out"), False)
+            return False
+        if len(head) > MAX_HEAD:
+            await self._send(writer, error_response(431, f"request head over {MAX_HEAD} bytes"), False)
+            return False
+        try:
+            method, path, version, headers = _parse_head(head)
+        except HttpError as exc:
+            await self._send(writer, error_response(exc.status, exc.message), False)
+            return False
+        keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+        body = b""
+        if "transfer-encoding" in headers:
+            await self._send(writer, error_response(411, "chunked bodies are not accepted; send Content-Length"),
+                             False)
+            return False
+        length_text = headers.get("content-length", "0")
+        if not length_text.isdigit():
+            await self._send(writer, error_response(400, "bad Content-Length"), False)
+            return False
+        length = int(length_text)
+        if length > MAX_BODY:
+            await self._send(writer, error_response(413, f"body over {MAX_BODY} bytes"), False)
+            return False
+        if length:
+            try:
+                body = await asyncio.wait_for(reader.readexactly(length), READ_TIMEOUT)
+            except (TimeoutError, asyncio.IncompleteReadError):
+                return False
+        try:
+            response = self.dispatch(method, path, headers, body)
+        except HttpError as exc:
+            response = error_response(exc.status, exc.message)
+        except AdminError as exc:
+            response = error_response(exc.status, exc.message)
+        except Exception as exc:
+            log.exception("admin HTTP %s %s failed", method, path)
+            response = error_response(500, f"internal error: {exc.__class__.__name__}")
+        await self._send(writer, response, keep, head_only=method == "HEAD")
+        return keep
+
+    async def _send(self, writer: asyncio.StreamWriter, r: Response, keep: bool, head_only: bool = False) -> None:
+        lines = [
+            f"HTTP/1.1 {r.status} {_REASONS.get(r.status, 'Status')}",
+            f"Content-Type: {r.content_type}",
+            f"Content-Length: {len(r.body)}",
+            f"Connection: {'keep-alive' if keep else 'close'}",
+            "Cache-Control: no-store",
+            *(f"{k}: {v}" for k, v in r.headers.items()),
+        ]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head_only else r.body))
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+
+    # ------------------------------------------------------------------ routing
+    def dispatch(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Response:
+        path = target.split("?", 1)[0]
+        if len(path) > 1:
+            path = path.rstrip("/")
+        token = self.config.admin.token
+        if token:
+            auth = headers.get("authorization", "")
+            scheme, _, given = auth.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+                raise HttpError(401, "missing or wrong bearer token")
+        get = method in ("GET", "HEAD")
+        if path == "/metrics":
+            _allow(method, get)
+            data, ctype = self.metrics.exposition()
+            return Response(200, data, ctype or CONTENT_TYPE_LATEST)
+        if path == "/live":
+            _allow(method, get)
+            return json_response(200, {"status": "live", "version": VERSION})
+        if path == "/health":
+            _allow(method, get)
+            ok = primary_reachable(self.server)
+            reg = self.server.ctx.registry
+            return json_response(200 if ok else 503, {
+                "status": "ok" if ok else "no primary reachable",
+                "primary": reg.primary if ok else None,
+                "nodes": {n.name: n.state.value for n in reg.nodes.values()},
+            })
+        if path == "/ready":
+            _allow(method, get)
+            ctx = self.server.ctx
+            usable = [n.name for n in ctx.registry.nodes.values() if n.usable]
+            ready = not ctx.shutting_down and bool(usable) and ctx.registry.primary_node() is not None
+            reason = ("shutting down" if ctx.shutting_down else "ready" if ready else "no usable primary")
+            return json_response(200 if ready else 503, {"status": reason, "usable_nodes": usable})
+        if path == "/api/nodes":
+            _allow(method, get)
+            return json_response(200, nodes_view(self.server))
+        if path == "/api/pools":
+            _allow(method, get)
+            return json_response(200, pools_view(self.server))
+        if path == "/api/clients":
+            _allow(method, get)
+            return json_response(200, clients_view(self.server))
+        if path == "/api/plugins":
+            _allow(method, get)
+            return json_response(200, self.server.ctx.plugins.stats())
+        if path == "/api/queries":
+            _allow(method, get)
+            return json_response(200, queries_view(self.server))
+        if path == "/api/reload":
+            _allow(method, method == "POST", "POST")
+            ok, message = self.server.reload()
+            if ok:
+                return json_response(200, {"ok": True, "message": message})
+            return json_response(422, {"ok": False, "error": message, "status": 422})
+        m = _NODE_ACTION.match(path)
+        if m:
+            _allow(method, method == "POST", "POST")
+            node = set_node_disabled(self.server, m.group(1), m.group(2) == "disable")
+            log.info("admin HTTP: %s node %s", m.group(2), m.group(1))
+            return json_response(200, node)
+        raise HttpError(404, f"no such endpoint: {path}")
+
+
+def _allow(method: str, ok: bool, allowed: str = "GET") -> None:
+    if not ok:
+        raise HttpError(405, f"method {method} not allowed here (use {allowed})")
+
+
+def _parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]]:
+    try:
+        text = head.decode("latin-1")
+    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes any byte
+        raise HttpError(400, "undecodable request") from None
+    lines = text.split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3:
+        raise HttpError(400, "malformed request line")
+    method, target, version = parts
+    if not method.isalpha() or not method.isupper():
+        raise HttpError(400, "malformed method")
+    if version not in ("HTTP/1.1", "HTTP/1.0"):
+        raise HttpError(505 if version.startswith("HTTP/") else 400, f"unsupported protocol {version[:20]!r}")
+    if not target.startswith("/"):
+        raise HttpError(400, "the request target must be a path")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip():
+            raise HttpError(400, "malformed header line")
+        headers[name.lower()] = value.strip()
+    return method, target, version, headers

@@ -1,0 +1,269 @@
+"""Prometheus metrics computed at scrape time from the proxy's plain counters (the hot path never touches this).
+
+| metric | type | labels | meaning |
+|---|---|---|---|
+| heliosproxy_info | gauge | version, worker | always 1 |
+| heliosproxy_client_connections | gauge | state: active, idle, idle_in_transaction, waiting, login | clients now |
+| heliosproxy_client_connections_total | counter | | client connections accepted |
+| heliosproxy_client_connections_refused_total | counter | | refused (limit reached, shutting down) |
+| heliosproxy_login_failures_total | counter | | failed client logins |
+| heliosproxy_protocol_errors_total | counter | | client protocol violations |
+| heliosproxy_server_connections | gauge | node, database, user, state: active/idle/connecting | backend conns |
+| heliosproxy_pool_size | gauge | node, database, user | the pool's size limit |
+| heliosproxy_pool_waiting_clients | gauge | node, database, user | clients waiting for a server connection |
+| heliosproxy_pool_acquires_total | counter | node, database, user | server connections handed out |
+| heliosproxy_pool_wait_seconds | summary | node, database, user | time waiting for a server connection |
+| heliosproxy_pool_timeouts_total | counter | node, database, user | acquire timeouts (53300) |
+| heliosproxy_pool_connect_errors_total | counter | node, database, user | failed backend connects |
+| heliosproxy_queries_total | counter | node, route, result (ok, error) | statements completed |
+| heliosproxy_query_duration_seconds | histogram | | statement duration, proxy to last reply |
+| heliosproxy_client_received_bytes_total | counter | | bytes received from clients |
+| heliosproxy_client_sent_bytes_total | counter | | bytes sent to clients |
+| heliosproxy_node_up | gauge | node | 1 when the last checks succeeded (up or lagging) |
+| heliosproxy_node_state | gauge | node, state (unknown, up, down, lagging, conflict) | 1 for the node's state |
+| heliosproxy_node_role | gauge | node, role (primary, standby) | 1 for the role the server reports |
+| heliosproxy_node_write_target | gauge | node | 1 for the node writes go to |
+| heliosproxy_node_disabled | gauge | node | 1 when disabled by an admin |
+| heliosproxy_node_replication_lag_bytes | gauge | node | primary WAL LSN minus replayed LSN |
+| heliosproxy_node_replication_lag_seconds | gauge | node | replay delay (0 when caught up) |
+| heliosproxy_node_timeline | gauge | node | the node's timeline |
+| heliosproxy_health_checks_total | counter | result (ok, failed) | health checks run |
+| heliosproxy_failovers_total | counter | | changes of the write target |
+| heliosproxy_primary_conflicts_total | counter | | nodes fenced off for claiming primary beside a newer one |
+| heliosproxy_promotions_total | counter | result (ok, failed) | promotions run by the proxy (failover.promote) |
+| heliosproxy_paused | gauge | | 1 while PAUSE is in effect for some database |
+| heliosproxy_plugin_calls_total | counter | plugin, hook | plugin hook calls |
+| heliosproxy_plugin_errors_total | counter | plugin, hook | failed plugin hook calls |
+| heliosproxy_plugin_duration_seconds_total | counter | plugin, hook | time spent in plugin hook calls |
+| heliosproxy_plugin_disabled | gauge | plugin | 1 when disabled after repeated errors |
+| heliosproxy_plugin_metric_total | counter | plugin, name | values a plugin added with helios.metric_add |
+| heliosproxy_config_reloads_total | counter | result (ok, failed) | config reloads |
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+from heliosproxy import __version__
+from heliosproxy.backends.registry import NodeState
+from heliosproxy.config.schema import Role
+
+PREFIX = "heliosproxy_"
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+
+
+class DurationHistogram:
+    """Cumulative bucket counts fed from drained samples (ctx.counters.durations)."""
+
+    def __init__(self, buckets: tuple[float, ...] = DURATION_BUCKETS):
+        self.bounds = list(buckets)
+        self.counts = [0] * (len(buckets) + 1)  # last = above the highest bound
+        self.sum = 0.0
+        self.count = 0
+
+    def add_all(self, samples: list[float]) -> None:
+        bounds, counts = self.bounds, self.counts
+        for s in samples:
+            counts[bisect.bisect_left(bounds, s)] += 1
+        self.sum += sum(samples)
+        self.count += len(samples)
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        acc = 0
+        for bound, n in zip(self.bounds, self.counts, strict=False):
+            acc += n
+            out.append((_fmt(bound), acc))
+        out.append(("+Inf", self.count))
+        return out
+
+
+def _fmt(v: float) -> str:
+    return repr(float(v))
+
+
+class ProxyCollector(Collector):
+    """Reads the server's counters, pools, registry and plugin stats on every scrape."""
+
+    def __init__(self, server: Any, failover: Any = None, health: Any = None):
+        self.server = server  # heliosproxy.server.Server (admin.ServerControl)
+        self.failover = failover  # backends.failover.FailoverManager
+        self.health = health  # backends.health.HealthMonitor
+        self.durations = DurationHistogram()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+        self._task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle (a Server extra)
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._drain_loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _drain_loop(self) -> None:
+        while True:  # keep the duration sample list short even if nobody scrapes
+            await asyncio.sleep(1.0)
+            self.drain()
+
+    def drain(self) -> None:
+        counters = self.server.ctx.counters
+        samples = counters.durations
+        if samples:
+            counters.durations = []
+            self.durations.add_all(samples)
+
+    # ------------------------------------------------------------------ exposition
+    def exposition(self) -> tuple[bytes, str]:
+        """(body, content type) of the Prometheus text format."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def collect(self) -> Iterator[Metric]:
+        self.drain()
+        server = self.server
+        ctx = server.ctx
+        c = ctx.counters
+        p = PREFIX
+
+        info = GaugeMetricFamily(p + "info", "HeliosProxy version", labels=["version", "worker"])
+        info.add_metric([__version__, str(ctx.worker_id)], 1)
+        yield info
+
+        # clients
+        states = {"active": 0, "idle": 0, "idle_in_transaction": 0, "waiting": 0, "login": 0}
+        for client in list(ctx.clients):
+            if getattr(client, "stalled", None) is not None:
+                states["waiting"] += 1
+                continue
+            state = client.describe()["state"]
+            key = state.replace(" ", "_")
+            states[key] = states.get(key, 0) + 1
+        g = GaugeMetricFamily(p + "client_connections", "Client connections by state", labels=["state"])
+        for k, v in states.items():
+            g.add_metric([k], v)
+        yield g
+        yield _counter(p + "client_connections_total", "Client connections accepted", c.clients_total)
+        yield _counter(p + "client_connections_refused_total", "Client connections refused", c.clients_refused)
+        yield _counter(p + "login_failures_total", "Failed client logins", c.login_failures)
+        yield _counter(p + "protocol_errors_total", "Client protocol violations", c.protocol_errors)
+        yield _counter(p + "client_received_bytes_total", "Bytes received from clients", c.bytes_in)
+        yield _counter(p + "client_sent_bytes_total", "Bytes sent to clients", c.bytes_out)
+
+        # pools
+        pl = ["node", "database", "user"]
+        sconn = GaugeMetricFamily(p + "server_connections", "Backend connections by state", labels=[*pl, "state"])
+        size = GaugeMetricFamily(p + "pool_size", "Pool size limit", labels=pl)
+        waiting = GaugeMetricFamily(p + "pool_waiting_clients", "Clients waiting for a server connection", labels=pl)
+        acq = CounterMetricFamily(p + "pool_acquires", "Server connections handed out", labels=pl)
+        wait = SummaryMetricFamily(p + "pool_wait_seconds", "Time spent waiting for a server connection", labels=pl)
+        tmo = CounterMetricFamily(p + "pool_timeouts", "Acquire timeouts", labels=pl)
+        cerr = CounterMetricFamily(p + "pool_connect_errors", "Failed backend connects", labels=pl)
+        for pool in list(ctx.pools.pools.values()):
+            lv = [pool.key.node, pool.key.database, pool.key.user]
+            sconn.add_metric([*lv, "active"], len(pool.active))
+            sconn.add_metric([*lv, "idle"], len(pool.idle))
+            sconn.add_metric([*lv, "connecting"], pool.connecting)
+            size.add_metric(lv, pool.size)
+            waiting.add_metric(lv, len(pool.waiters))
+            acq.add_metric(lv, pool.acquired_total)
+            wait.add_metric(lv, count_value=pool.waited_count, sum_value=pool.wait_total_s)
+            tmo.add_metric(lv, pool.timeouts)
+            cerr.add_metric(lv, pool.connect_errors)
+        yield from (sconn, size, waiting, acq, wait, tmo, cerr)
+
+        # queries
+        q = CounterMetricFamily(p + "queries", "Statements completed", labels=["node", "route", "result"])
+        for (node, route, result), n in list(c.queries.items()):
+            q.add_metric([node, route, result], n)
+        yield q
+        h = HistogramMetricFamily(p + "query_duration_seconds", "Statement duration")
+        h.add_metric([], self.durations.cumulative(), sum_value=self.durations.sum)
+        yield h
+
+        # nodes
+        reg = ctx.registry
+        up = GaugeMetricFamily(p + "node_up", "1 when the node's checks succeed", labels=["node"])
+        st = GaugeMetricFamily(p + "node_state", "1 for the node's state", labels=["node", "state"])
+        role = GaugeMetricFamily(p + "node_role", "1 for the role the server reports", labels=["node", "role"])
+        wt = GaugeMetricFamily(p + "node_write_target", "1 for the node writes go to", labels=["node"])
+        dis = GaugeMetricFamily(p + "node_disabled", "1 when disabled by an admin", labels=["node"])
+        lagb = GaugeMetricFamily(p + "node_replication_lag_bytes", "Replication lag in bytes", labels=["node"])
+        lags = GaugeMetricFamily(p + "node_replication_lag_seconds", "Replay delay in seconds", labels=["node"])
+        tl = GaugeMetricFamily(p + "node_timeline", "Timeline of the node", labels=["node"])
+        for n in list(reg.nodes.values()):
+            up.add_metric([n.name], 1 if n.state in (NodeState.UP, NodeState.LAGGING) else 0)
+            for s in NodeState:
+                st.add_metric([n.name, s.value], 1 if n.state is s else 0)
+            for r in Role:
+                role.add_metric([n.name, r.value], 1 if n.role is r else 0)
+            wt.add_metric([n.name], 1 if n.name == reg.primary else 0)
+            dis.add_metric([n.name], 1 if n.disabled else 0)
+            if n.lag_bytes is not None:
+                lagb.add_metric([n.name], n.lag_bytes)
+            if n.lag_ms is not None:
+                lags.add_metric([n.name], n.lag_ms / 1000.0)
+            if n.timeline is not None:
+                tl.add_metric([n.name], n.timeline)
+        yield from (up, st, role, wt, dis, lagb, lags, tl)
+
+        hc = CounterMetricFamily(p + "health_checks", "Health checks run", labels=["result"])
+        if self.health is not None:
+            hc.add_metric(["ok"], self.health.checks_total - self.health.check_failures_total)
+            hc.add_metric(["failed"], self.health.check_failures_total)
+        yield hc
+        yield _counter(p + "failovers_total", "Changes of the write target", reg.failovers)
+        fo = self.failover
+        yield _counter(p + "primary_conflicts_total", "Nodes fenced off for claiming primary beside a newer one",
+                       fo.conflicts_total if fo is not None else 0)
+        pr = CounterMetricFamily(p + "promotions", "Promotions run by the proxy", labels=["result"])
+        pr.add_metric(["ok"], fo.promotions_ok if fo is not None else 0)
+        pr.add_metric(["failed"], fo.promotions_failed if fo is not None else 0)
+        yield pr
+        yield GaugeMetricFamily(p + "paused", "1 while PAUSE is in effect", value=1 if ctx.paused else 0)
+
+        # plugins
+        pc = CounterMetricFamily(p + "plugin_calls", "Plugin hook calls", labels=["plugin", "hook"])
+        pe = CounterMetricFamily(p + "plugin_errors", "Failed plugin hook calls", labels=["plugin", "hook"])
+        pd = CounterMetricFamily(p + "plugin_duration_seconds", "Time in plugin hook calls", labels=["plugin", "hook"])
+        pdis = GaugeMetricFamily(p + "plugin_disabled", "1 when disabled after repeated errors", labels=["plugin"])
+        pm = CounterMetricFamily(p + "plugin_metric", "Values added by plugins (helios.metric_add)",
+                                 labels=["plugin", "name"])
+        for plugin in ctx.plugins.stats():
+            name = plugin["name"]
+            for hook, s in plugin.get("calls", {}).items():
+                pc.add_metric([name, hook], s["calls"])
+                pe.add_metric([name, hook], s["errors"])
+                pd.add_metric([name, hook], s["total_us"] / 1e6)
+            pdis.add_metric([name], 1 if plugin.get("disabled") else 0)
+            for mname, value in plugin.get("metrics", {}).items():
+                pm.add_metric([name, mname], value)
+        yield from (pc, pe, pd, pdis, pm)
+
+        rl = CounterMetricFamily(p + "config_reloads", "Config reloads", labels=["result"])
+        rl.add_metric(["ok"], server.reloads_ok)
+        rl.add_metric(["failed"], server.reloads_failed)
+        yield rl
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
