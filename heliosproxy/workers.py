@@ -1,0 +1,164 @@
+"""Multi-process mode: a supervisor forks N workers sharing the port (SO_REUSEPORT) and links them over unix sockets.
+
+Each worker listens on its own unix socket in a run directory made by the supervisor. A worker
+that receives a CancelRequest for a key another worker issued (the worker id sits in the key's
+low byte) forwards it there; worker 0 asks every worker for a stats snapshot when the admin
+console or /metrics wants the whole process group's numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import struct
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from heliosproxy.config.schema import Config
+
+log = logging.getLogger("heliosproxy.workers")
+_II = struct.Struct("!II")
+
+
+class WorkerLink:
+    """This worker's end of the inter-worker channel (cancel forwarding and snapshots)."""
+
+    def __init__(self, rundir: Path, worker_id: int, workers: int):
+        self.rundir = rundir
+        self.worker_id = worker_id
+        self.workers = workers
+        self.on_cancel: Callable[[int, int], bool] | None = None
+        self.snapshot: Callable[[], dict[str, Any]] | None = None
+        self._server: asyncio.AbstractServer | None = None
+
+    def path(self, worker: int) -> str:
+        return str(self.rundir / f"w{worker}.sock")
+
+    async def start(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path(self.worker_id))
+        self._server = await asyncio.start_unix_server(self._handle, self.path(self.worker_id))
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path(self.worker_id))
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            op = await asyncio.wait_for(reader.readexactly(1), 2.0)
+            if op == b"C":
+                pid, key = _II.unpack(await asyncio.wait_for(reader.readexactly(8), 2.0))
+                if self.on_cancel is not None:
+                    self.on_cancel(pid, key)
+            elif op == b"S":
+                data = json.dumps(self.snapshot() if self.snapshot else {}, default=str).encode()
+                writer.write(struct.pack("!I", len(data)) + data)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def forward_cancel(self, pid: int, key: int) -> None:
+        """A cancel key this worker does not know: send it to the worker that issued it."""
+        target = key & 0xFF
+        if target == self.worker_id or target >= self.workers:
+            return
+        asyncio.get_running_loop().create_task(self._send_cancel(target, pid, key))
+
+    async def _send_cancel(self, worker: int, pid: int, key: int) -> None:
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_unix_connection(self.path(worker)), 2.0)
+        except (OSError, TimeoutError) as exc:
+            log.warning("cannot forward a cancel request to worker %d: %s", worker, exc)
+            return
+        writer.write(b"C" + _II.pack(pid, key))
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()
+
+    async def gather(self) -> list[dict[str, Any]]:
+        """Snapshots of every worker (this one included), for aggregated admin views and metrics."""
+        out: list[dict[str, Any]] = []
+        for w in range(self.workers):
+            if w == self.worker_id:
+                out.append(self.snapshot() if self.snapshot else {})
+                continue
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(self.path(w)), 1.0)
+                writer.write(b"S")
+                n = struct.unpack("!I", await asyncio.wait_for(reader.readexactly(4), 2.0))[0]
+                out.append(json.loads(await asyncio.wait_for(reader.readexactly(n), 2.0)))
+                writer.close()
+            except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+                log.debug("worker %d did not answer a snapshot request: %s", w, exc)
+        return out
+
+
+def supervise(config: Config, run_worker: Callable[[Config, int, WorkerLink], int]) -> int:
+    """Fork `config.workers` processes and keep them running; forward SIGTERM/SIGINT/SIGHUP to all."""
+    n = config.workers
+    rundir = Path(tempfile.mkdtemp(prefix="heliosproxy-"))
+    children: dict[int, int] = {}  # pid -> worker id
+    stopping = False
+
+    def spawn(worker: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(s, signal.SIG_DFL)
+            code = 1
+            try:
+                code = run_worker(config, worker, WorkerLink(rundir, worker, n))
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        children[pid] = worker
+
+    def forward(sig: int, _frame: object) -> None:
+        nonlocal stopping
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, forward)
+    for w in range(n):
+        spawn(w)
+    log.info("started %d workers sharing %s", n, config.listen)
+    exit_code = 0
+    try:
+        while children:
+            try:
+                pid, status = os.wait()
+            except InterruptedError:
+                continue
+            except ChildProcessError:
+                break
+            worker = children.pop(pid, None)
+            if worker is None:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            if code != 0:
+                exit_code = code if code > 0 else 1
+            if not stopping:
+                log.error("worker %d exited with %s; restarting it", worker, code)
+                time.sleep(0.2)
+                spawn(worker)
+    finally:
+        shutil.rmtree(rundir, ignore_errors=True)
+    return 0 if stopping else exit_code

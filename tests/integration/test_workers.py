@@ -1,0 +1,48 @@
+"""Multi-process mode: workers share the port, cancel requests reach the right worker, signals reach all."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import psycopg
+import pytest
+from psycopg import errors
+
+from tests.helpers.proxy import ProxyFactory
+
+
+def _cancel_after(conn: psycopg.Connection, delay: float) -> threading.Thread:
+    t = threading.Thread(target=lambda: (time.sleep(delay), conn.cancel()))
+    t.start()
+    return t
+
+
+def test_two_workers_serve_cancel_and_drain(proxy_factory: ProxyFactory) -> None:
+    proxy = proxy_factory({"workers": 2, "routing": {"read_write_split": False}, "admin": {"listen": None}})
+    conns = [psycopg.connect(proxy.dsn(), autocommit=True) for _ in range(12)]
+    try:
+        for c in conns:
+            assert c.execute("select 1").fetchone() == (1,)
+        out = proxy.output()
+        assert "[w0]" in out and "[w1]" in out, "both workers should have accepted clients"
+        # Cancel requests open new connections that land on either worker; every one must work.
+        for c in conns[:6]:
+            t = _cancel_after(c, 0.3)
+            started = time.monotonic()
+            with pytest.raises(errors.QueryCanceled):
+                c.execute("select pg_sleep(30)")
+            assert time.monotonic() - started < 2.5
+            t.join()
+            assert c.execute("select 2").fetchone() == (2,)
+        proxy.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while proxy.output().count("SIGHUP reload") < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proxy.output().count("SIGHUP reload") == 2, "SIGHUP must reach every worker"
+    finally:
+        for c in conns:
+            c.close()
+    proxy.signal(signal.SIGTERM)
+    assert proxy.wait(timeout=15) == 0
