@@ -1,0 +1,271 @@
+"""The SQL admin console (psql/psycopg on database `heliosproxy`) and the HTTP admin API, against a real cluster."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.helpers.pgcluster import PgCluster
+from tests.helpers.proxy import ProxyFactory, ProxyProcess
+
+ADMIN = {"admin": {"users": ["app"]}, "health": {"interval": "300ms"}}
+
+
+def _admin(proxy: ProxyProcess) -> psycopg.Connection[tuple[Any, ...]]:
+    return psycopg.connect(proxy.dsn(dbname="heliosproxy"), autocommit=True)
+
+
+def _rows(conn: psycopg.Connection[tuple[Any, ...]], sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    cur = conn.execute(sql)
+    assert cur.description is not None
+    return [d.name for d in cur.description], cur.fetchall()
+
+
+def _dicts(conn: psycopg.Connection[tuple[Any, ...]], sql: str) -> list[dict[str, Any]]:
+    cols, rows = _rows(conn, sql)
+    return [dict(zip(cols, r, strict=True)) for r in rows]
+
+
+def _http(proxy: ProxyProcess, path: str, method: str = "GET", token: str | None = None,
+          body: bytes | None = None) -> tuple[int, Any]:
+    req = urllib.request.Request(proxy.admin_url + path, method=method, data=body)
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            raw = r.read()
+            status = r.status
+            ctype = r.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as e:
+        raw, status, ctype = e.read(), e.code, e.headers.get("Content-Type", "")
+    return status, json.loads(raw) if "json" in ctype else raw.decode()
+
+
+def _raw(proxy: ProxyProcess, data: bytes) -> bytes:
+    assert proxy.admin_port is not None
+    with socket.create_connection(("127.0.0.1", proxy.admin_port), timeout=5) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out
+
+
+def _wait(cond: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_show_commands(cluster: PgCluster, proxy_factory: ProxyFactory) -> None:
+    proxy = proxy_factory(ADMIN)
+    with psycopg.connect(proxy.dsn(application_name="worker-1"), autocommit=True) as app:
+        app.execute("SELECT 42")
+        app.execute("CREATE TEMP TABLE IF NOT EXISTS t(x int)")  # pins the client to its backend
+        with _admin(proxy) as adm:
+            _wait(lambda: all(n["state"] == "up" for n in _dicts(adm, "SHOW NODES")))
+            nodes = {n["name"]: n for n in _dicts(adm, "SHOW NODES")}
+            assert set(nodes) == {"primary", "standby1", "standby2"}
+            assert nodes["primary"]["role"] == "primary" and nodes["primary"]["write_target"] == "t"
+            assert nodes["standby1"]["role"] == "standby" and nodes["standby1"]["lag_bytes"] is not None
+            assert nodes["primary"]["port"] == str(cluster.primary.port)
+
+            pools = _dicts(adm, "SHOW POOLS")
+            cols, _ = _rows(adm, "SHOW POOLS")
+            assert cols[:8] == ["database", "user", "cl_active", "cl_waiting", "sv_active", "sv_idle",
+                                "sv_login", "pool_mode"]
+            assert any(p["database"] == "app" and p["user"] == "app" and p["pool_mode"] == "transaction"
+                       and p["sv_active"] == "1" for p in pools), pools
+
+            clients = _dicts(adm, "SHOW CLIENTS")
+            mine = [c for c in clients if c["application_name"] == "worker-1"]
+            assert len(mine) == 1 and mine[0]["type"] == "C" and mine[0]["database"] == "app"
+            assert mine[0]["pinned"] == "t" and mine[0]["remote_pid"] is not None
+            assert any(c["database"] == "heliosproxy" for c in clients)
+
+            servers = _dicts(adm, "SHOW SERVERS")
+            assert any(s["link"] == mine[0]["client_id"] and s["state"] == "active"
+                       and s["remote_pid"] == mine[0]["remote_pid"] for s in servers), servers
+
+            stats = _dicts(adm, "SHOW STATS")
+            assert stats[0]["node"] == "*" and int(stats[0]["total_query_count"]) >= 2
+            assert int(stats[0]["total_received"]) > 0 and int(stats[0]["total_sent"]) > 0
+
+            queries = _dicts(adm, "SHOW QUERIES")
+            assert list(queries[0]) == ["fingerprint", "query", "calls", "total_ms", "mean_ms", "errors"]
+            assert any("SELECT" in q["query"] and int(q["calls"]) >= 1 for q in queries)
+
+            assert _rows(adm, "SHOW VERSION")[1][0][0].startswith("HeliosProxy ")
+            assert _rows(adm, "SHOW PLUGINS")[0][:3] == ["name", "version", "state"]
+            cfg = {r["key"]: r for r in _dicts(adm, "show config;")}
+            assert cfg["pool.size"]["value"] == "20" and cfg["pool.size"]["default"] == "20"
+            assert cfg["health.interval"]["value"] == "0.3"
+            assert cfg["listen"]["changeable"] == "no"
+            assert "apppass" not in json.dumps(list(cfg.values()))
+            assert "SHOW NODES" in [r[0] for r in _rows(adm, "SHOW HELP")[1]]
+
+
+def test_errors_and_access(cluster: PgCluster, proxy_factory: ProxyFactory) -> None:
+    proxy = proxy_factory(ADMIN)
+    with _admin(proxy) as adm:
+        with pytest.raises(psycopg.errors.SyntaxError, match='unknown admin command "FROB"'):
+            adm.execute("FROB the knob")
+        with pytest.raises(psycopg.errors.SyntaxError, match='unknown SHOW item "MOON"'):
+            adm.execute("SHOW MOON")
+        with pytest.raises(psycopg.errors.UndefinedObject, match='node "nope" does not exist'):
+            adm.execute("DISABLE nope")
+        with pytest.raises(psycopg.errors.UndefinedObject, match="no client"):
+            adm.execute("KILL c1234")
+        assert adm.execute("SHOW VERSION").fetchone() is not None  # the session goes on
+    with pytest.raises(psycopg.OperationalError, match='user "md5user" is not an admin'):
+        psycopg.connect(proxy.dsn(user="md5user", password="md5pass", dbname="heliosproxy"))
+    # psql works too
+    out = subprocess.run(["psql", proxy.dsn(dbname="heliosproxy"), "-AtXc", "SHOW VERSION"],
+                         capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0 and out.stdout.startswith("HeliosProxy"), out.stderr
+
+
+def test_disable_enable_pause_resume_kill(cluster: PgCluster, proxy_factory: ProxyFactory) -> None:
+    proxy = proxy_factory(ADMIN)
+    s1, s2 = cluster.standbys
+    with _admin(proxy) as adm, psycopg.connect(proxy.dsn(), autocommit=True) as app:
+        _wait(lambda: all(n["state"] == "up" for n in _dicts(adm, "SHOW NODES")))
+
+        def read_ports(n: int = 8) -> set[int]:
+            return {app.execute("SELECT inet_server_port()").fetchone()[0] for _ in range(n)}  # type: ignore[index]
+
+        assert read_ports() == {s1.port, s2.port}
+        adm.execute("DISABLE standby1")
+        assert read_ports() == {s2.port}
+        assert {n["name"]: n for n in _dicts(adm, "SHOW NODES")}["standby1"]["disabled"] == "t"
+        adm.execute("ENABLE standby1")
+        assert read_ports() == {s1.port, s2.port}
+
+        # PAUSE holds new statements; RESUME releases them.
+        adm.execute("PAUSE app")
+        done = threading.Event()
+        result: list[Any] = []
+
+        def paused_query() -> None:
+            with psycopg.connect(proxy.dsn(), autocommit=True) as c:
+                result.append(c.execute("SELECT 7").fetchone())
+            done.set()
+
+        t = threading.Thread(target=paused_query, daemon=True)
+        t.start()
+        assert not done.wait(1.0), "a statement ran while the database was paused"
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+            adm.execute("RESUME otherdb")
+        adm.execute("RESUME app")
+        assert done.wait(5.0) and result == [(7,)]
+        adm.execute("PAUSE")
+        adm.execute("RESUME")
+
+        # KILL by client_id: that client gets 57P01, others go on.
+        victim = psycopg.connect(proxy.dsn(application_name="victim"), autocommit=True)
+        victim.execute("SELECT 1")
+        cid = next(c["client_id"] for c in _dicts(adm, "SHOW CLIENTS") if c["application_name"] == "victim")
+        adm.execute(f"KILL {cid}")
+        with pytest.raises(psycopg.OperationalError) as ei:
+            victim.execute("SELECT 1")
+        assert ei.value.sqlstate == "57P01" or "administrator command" in str(ei.value)
+        victim.close()
+        assert app.execute("SELECT 1").fetchone() == (1,)
+        assert all(c["client_id"] != cid for c in _dicts(adm, "SHOW CLIENTS"))
+
+
+def test_reload_and_shutdown_from_console(cluster: PgCluster, proxy_factory: ProxyFactory) -> None:
+    proxy = proxy_factory(ADMIN)
+    with _admin(proxy) as adm:
+        new = dict(proxy.config)
+        new["pool"] = {"size": 7}
+        proxy.rewrite_config(new)
+        adm.execute("RELOAD")
+        assert {r["key"]: r["value"] for r in _dicts(adm, "SHOW CONFIG")}["pool.size"] == "7"
+        bad = dict(proxy.config)
+        bad["pool"] = {"size": "lots"}
+        proxy.rewrite_config(bad)
+        with pytest.raises(psycopg.Error) as ei:
+            adm.execute("RELOAD")
+        assert ei.value.sqlstate == "F0000"
+        assert "heliosproxy.yaml:" in str(ei.value) and "pool.size" in str(ei.value)
+        assert {r["key"]: r["value"] for r in _dicts(adm, "SHOW CONFIG")}["pool.size"] == "7"
+        adm.execute("SHUTDOWN")
+    assert proxy.wait(15) == 0
+
+
+def test_http_endpoints(cluster: PgCluster, proxy_factory: ProxyFactory) -> None:
+    proxy = proxy_factory(ADMIN)
+    with psycopg.connect(proxy.dsn(application_name="http-test"), autocommit=True) as app:
+        app.execute("SELECT 1")
+        _wait(lambda: _http(proxy, "/health")[0] == 200)
+        assert _http(proxy, "/health")[1]["primary"] == "primary"
+        assert _http(proxy, "/ready") == (200, {"status": "ready", "usable_nodes": ["primary", "standby1",
+                                                                                     "standby2"]})
+        assert _http(proxy, "/live")[0] == 200
+        status, nodes = _http(proxy, "/api/nodes")
+        assert status == 200 and [n["name"] for n in nodes] == ["primary", "standby1", "standby2"]
+        assert nodes[0]["write_target"] is True and nodes[1]["role"] == "standby"
+        status, pools = _http(proxy, "/api/pools")
+        assert status == 200 and any(p["database"] == "app" for p in pools)
+        status, clients = _http(proxy, "/api/clients")
+        assert status == 200 and any(c["application_name"] == "http-test" for c in clients)
+        assert _http(proxy, "/api/plugins") == (200, [])
+        status, queries = _http(proxy, "/api/queries")
+        assert status == 200 and any(q["calls"] >= 1 for q in queries)
+        status, text = _http(proxy, "/metrics")
+        assert status == 200 and "heliosproxy_queries_total" in text
+
+        status, node = _http(proxy, "/api/nodes/standby2/disable", "POST")
+        assert status == 200 and node["disabled"] is True and node["usable"] is False
+        ports = {app.execute("SELECT inet_server_port()").fetchone()[0] for _ in range(6)}  # type: ignore[index]
+        assert ports == {cluster.standbys[0].port}
+        assert _http(proxy, "/api/nodes/standby2/enable", "POST")[1]["disabled"] is False
+
+        assert _http(proxy, "/api/reload", "POST") == (200, {"ok": True, "message": f"reloaded {proxy.config_path}"})
+        bad = dict(proxy.config)
+        bad["frobnicate"] = True
+        proxy.rewrite_config(bad)
+        status, err = _http(proxy, "/api/reload", "POST")
+        assert status == 422 and err["ok"] is False and "frobnicate" in err["error"]
+        assert "heliosproxy.yaml:" in err["error"]
+
+        # Bad requests: 4xx with a JSON error, and the server keeps serving.
+        assert _http(proxy, "/nope")[0] == 404 and "error" in _http(proxy, "/nope")[1]
+        assert _http(proxy, "/api/nodes/ghost/disable", "POST")[0] == 404
+        assert _http(proxy, "/api/nodes/standby1/explode", "POST")[0] == 404
+        assert _http(proxy, "/api/reload")[0] == 405
+        assert _http(proxy, "/api/nodes", "DELETE")[0] == 405
+        assert _raw(proxy, b"\x00\xff garbage\r\n\r\n").startswith(b"HTTP/1.1 400")
+        assert _raw(proxy, b"GET /live HTTP/9.9\r\n\r\n").startswith(b"HTTP/1.1 505")
+        assert _raw(proxy, b"GET /live HTTP/1.1\r\nX: " + b"a" * 40000 + b"\r\n\r\n").startswith(b"HTTP/1.1 431")
+        assert _raw(proxy, b"POST /api/reload HTTP/1.1\r\nContent-Length: 999999\r\n\r\n").startswith(b"HTTP/1.1 413")
+        assert _raw(proxy, b"POST /api/reload HTTP/1.1\r\nContent-Length: x\r\n\r\n").startswith(b"HTTP/1.1 400")
+        assert _raw(proxy, b"GET /li").startswith(b"HTTP/1.1 400")  # cut short
+        assert _raw(proxy, b"") == b""  # connect and close: nothing to answer
+        keep = _raw(proxy, b"GET /live HTTP/1.1\r\n\r\nGET /live HTTP/1.1\r\nConnection: close\r\n\r\n")
+        assert keep.count(b"HTTP/1.1 200") == 2
+        assert _http(proxy, "/live")[0] == 200
+        assert app.execute("SELECT 2").fetchone() == (2,)
+
+
+def test_http_bearer_token(cluster: PgCluster, proxy_factory: ProxyFactory) -> None:
+    proxy = proxy_factory({"admin": {"token": "s3cret"}})
+    for path in ("/metrics", "/health", "/api/nodes"):
+        status, body = _http(proxy, path)
+        assert status == 401 and body["error"] == "missing or wrong bearer token"
+        assert _http(proxy, path, token="wrong")[0] == 401
+    assert _http(proxy, "/api/nodes", token="s3cret")[0] == 200
+    assert _http(proxy, "/api/reload", "POST")[0] == 401
+    assert _http(proxy, "/api/reload", "POST", token="s3cret")[0] == 200
