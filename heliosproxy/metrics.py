@@ -4,7 +4,7 @@
 |---|---|---|---|
 | heliosproxy_info | gauge | version, worker | always 1 |
 | heliosproxy_client_connections | gauge | state: active, idle, idle_in_transaction, waiting, login | clients now |
-| heliosproxy_client_connections_total | counter | | client connections accepted |
+| heliosproxy_client_connections_accepted_total | counter | | client connections accepted |
 | heliosproxy_client_connections_refused_total | counter | | refused (limit reached, shutting down) |
 | heliosproxy_login_failures_total | counter | | failed client logins |
 | heliosproxy_protocol_errors_total | counter | | client protocol violations |
@@ -162,7 +162,7 @@ class ProxyCollector(Collector):
         for k, v in states.items():
             g.add_metric([k], v)
         yield g
-        yield _counter(p + "client_connections_total", "Client connections accepted", c.clients_total)
+        yield _counter(p + "client_connections_accepted_total", "Client connections accepted", c.clients_total)
         yield _counter(p + "client_connections_refused_total", "Client connections refused", c.clients_refused)
         yield _counter(p + "login_failures_total", "Failed client logins", c.login_failures)
         yield _counter(p + "protocol_errors_total", "Client protocol violations", c.protocol_errors)
