@@ -87,6 +87,10 @@ def data_row(values: Sequence[str | None]) -> bytes:
     return msg(codes.B_DATA_ROW, b"".join(parts))
 
 
+def parameter_description(oids: Sequence[int]) -> bytes:
+    return msg(codes.B_PARAMETER_DESCRIPTION, _H.pack(len(oids)) + b"".join(_I.pack(o) for o in oids))
+
+
 def result_set(columns: Sequence[str], rows: Iterable[Sequence[str | None]]) -> bytes:
     """RowDescription, DataRow per row and CommandComplete `SELECT n` (no ReadyForQuery)."""
     out = [row_description(columns)]

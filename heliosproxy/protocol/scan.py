@@ -6,25 +6,29 @@ import struct
 
 _I = struct.Struct("!I")
 _Z = ord("Z")
+_E = ord("E")
+ERROR_SEEN = 0x100  # or-ed into a status when an ErrorResponse came since the previous ReadyForQuery
 
 
 class ReplyScanner:
     """Tracks message framing across chunks of a backend stream.
 
     `feed(chunk)` walks only the 5-byte headers and returns the ReadyForQuery statuses seen in
-    this chunk (in order). Bodies are skipped, never copied, so the caller can forward the chunk
+    this chunk (in order), each or-ed with ERROR_SEEN when an ErrorResponse preceded it. Bodies are skipped, never copied, so the caller can forward the chunk
     as is. Headers split across chunks are kept in a small carry buffer.
     """
 
-    __slots__ = ("_carry", "_skip", "_want_status", "bytes_seen")
+    __slots__ = ("_carry", "_err", "_skip", "_want_status", "bytes_seen")
 
     def __init__(self) -> None:
         self._skip = 0  # body bytes of the current message still to skip
         self._carry = b""  # partial header from the previous chunk
         self._want_status = False  # the next byte is a ReadyForQuery status
+        self._err = 0
         self.bytes_seen = 0
 
     def reset(self) -> None:
+        self._err = 0
         self._skip = 0
         self._carry = b""
         self._want_status = False
@@ -37,7 +41,8 @@ class ReplyScanner:
         if self._want_status:
             if n == 0:
                 return statuses
-            statuses.append(chunk[0])
+            statuses.append(chunk[0] | self._err)
+            self._err = 0
             self._want_status = False
             pos = 1
         if self._skip:
@@ -55,9 +60,12 @@ class ReplyScanner:
             self._carry = b""
             pos += need
             length = _I.unpack_from(head, 1)[0] - 4
-            if head[0] == _Z:
+            if head[0] == _E:
+                self._err = ERROR_SEEN
+            elif head[0] == _Z:
                 if pos < n:
-                    statuses.append(chunk[pos])
+                    statuses.append(chunk[pos] | self._err)
+                    self._err = 0
                     pos += 1
                 else:
                     self._want_status = True
@@ -71,9 +79,12 @@ class ReplyScanner:
         while pos + 5 <= n:
             t = chunk[pos]
             end = pos + 1 + unpack(chunk, pos + 1)[0]
-            if t == _Z:
+            if t == _E:
+                self._err = ERROR_SEEN
+            elif t == _Z:
                 if pos + 5 < n:
-                    statuses.append(chunk[pos + 5])
+                    statuses.append(chunk[pos + 5] | self._err)
+                    self._err = 0
                 else:
                     self._want_status = True
                     return statuses

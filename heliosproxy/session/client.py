@@ -21,7 +21,7 @@ from heliosproxy.plugins import hooks
 from heliosproxy.pool.pool import Pool
 from heliosproxy.protocol import codes, messages
 from heliosproxy.protocol.auth import SCRAM_MECHANISM, ScramError, ScramServer, md5_password
-from heliosproxy.protocol.scan import ReplyScanner
+from heliosproxy.protocol.scan import ERROR_SEEN, ReplyScanner
 from heliosproxy.routing.router import Target
 from heliosproxy.session.context import ProxyContext, QueryStat
 from heliosproxy.session.prepared import Statement, server_name
@@ -53,9 +53,10 @@ _ASYNC = frozenset((codes.B_NOTICE, codes.B_NOTIFICATION, codes.B_PARAMETER_STAT
 PASS, HIDE, SYNTH = 0, 1, 2
 
 
-def _apply_setting(d: dict[str, str], name: str, value: str | None) -> None:
+def _apply_setting(d: dict[str, str], name: str, value: str | None, startup: dict[str, str]) -> None:
     if name == "all" and value is None:
         d.clear()
+        d.update(startup)
     elif value is None:
         d.pop(name, None)
     else:
@@ -129,6 +130,7 @@ class ClientSession(asyncio.Protocol):
         self.app_name = ""
         self.startup: dict[str, str] = {}
         self.settings: dict[str, str] = {}  # session GUCs the client set (startup params, SET)
+        self.startup_settings: dict[str, str] = {}  # what RESET goes back to
         self.attrs: dict[str, str] = {}  # helios.* attributes (SET helios.tenant = ...), seen by plugins
         self.tx_settings: dict[str, str | None] = {}  # SETs inside the open transaction
         self.route_pref: str | None = None  # SET helios.route
@@ -152,7 +154,7 @@ class ClientSession(asyncio.Protocol):
         self.rbuf = bytearray()
         self.batch: list[tuple[int, bytes, Any]] = []
         self.statements: dict[str, Statement] = {}
-        self.unnamed: StatementInfo | None = None
+        self.unnamed: Statement | None = None
         self.inflight: collections.deque[Inflight] = collections.deque()
         self.request_seq = 0
         self.hook_ctx: hooks.HookContext | None = None
@@ -406,6 +408,7 @@ class ClientSession(asyncio.Protocol):
             self.attrs[low[7:]] = value
         else:
             self.settings[low] = value
+            self.startup_settings[low] = value
 
     # ================================================================== authentication
     def _auth_failed(self) -> None:
@@ -808,12 +811,15 @@ class ClientSession(asyncio.Protocol):
             for name, value, is_local in info.settings:
                 if is_local or name.startswith("helios."):
                     continue
+                if value is None:
+                    # RESET goes back to what the client asked for at startup, as on a direct connection.
+                    value = self.startup_settings.get(name) if name != "all" else None
                 if in_tx:
                     self.tx_settings[name] = value
                 else:
-                    _apply_setting(self.settings, name, value)
+                    _apply_setting(self.settings, name, value, self.startup_settings)
         if effects & Effect.DISCARD:
-            self.settings.clear()
+            self.settings = dict(self.startup_settings)
         if info.pins and not self.pinned and self.mode is PoolMode.TRANSACTION:
             self.pinned = True
             log.debug("client %s pinned to its server connection (%s)", self.peer, ",".join(info.kinds))
@@ -832,7 +838,8 @@ class ClientSession(asyncio.Protocol):
             if key not in cur:
                 self._answer_error("42704", f'unrecognized configuration parameter "{name}"')
                 return
-            self._answer(messages.result_set([name], [[cur[key]]]).replace(b"SELECT 1\x00", b"SHOW\x00"))
+            rows = messages.row_description([name]) + messages.data_row([cur[key]])
+            self._answer(rows + messages.command_complete("SHOW"))
             return
         v = (value or "").strip().strip("'\"") or None
         try:
@@ -932,60 +939,70 @@ class ClientSession(asyncio.Protocol):
                 self._write(messages.ready_for_query(self.tx_status))
             return
         ctx = self.ctx
-        read_only = True
-        info: StatementInfo | None = None
-        qctx: hooks.QueryContext | None = None
-        any_stmt = False
         plugins = ctx.plugins
+        want_ctx = plugins.has_pre_query or plugins.has_route or plugins.has_post_query
+        read_only = True
+        any_stmt = False
+        info: StatementInfo | None = None
         hints: Hints | None = None
+        qctx: hooks.QueryContext | None = None
+        rename = self.mode is PoolMode.TRANSACTION
         for i, (t, msg, dec) in enumerate(batch):
             if t == codes.F_PARSE:
                 name, sql, tail = dec
+                if name and rename and name in self.statements:
+                    self._batch_error(batch, "42P05", f'prepared statement "{name}" already exists', sync)
+                    return
                 sinfo = ctx.classifier.classify(sql)
-                any_stmt = True
-                if plugins.has_pre_query or plugins.has_route or plugins.has_post_query:
-                    qctx = self._query_ctx(sql, sinfo)
-                    if plugins.has_pre_query:
-                        res = plugins.pre_query(qctx)
-                        if isinstance(res, hooks.Block):
-                            self._batch_error(batch, "42000", res.reason, sync)
-                            return
-                        if isinstance(res, hooks.Rewrite):
-                            sql = res.query
-                            sinfo = ctx.classifier.classify(sql)
-                            msg = messages.parse(name, sql, tail)
-                            batch[i] = (t, msg, (name, sql, tail))
-                            qctx = self._query_ctx(sql, sinfo)
-                        elif isinstance(res, hooks.Cached):
-                            self._batch_cached(batch, res, sync)
-                            return
+                verdict: hooks.Cached | None = None
                 if sinfo.effects & (Effect.HELIOS_SET | Effect.HELIOS_SHOW):
                     self._batch_error(batch, "0A000", "SET/SHOW helios.* must be sent as a simple query", sync)
                     return
+                if plugins.has_pre_query:
+                    pctx = self._query_ctx(sql, sinfo)
+                    res = plugins.pre_query(pctx)
+                    if isinstance(res, hooks.Block):
+                        self._batch_error(batch, "42000", res.reason, sync)
+                        return
+                    if isinstance(res, hooks.Rewrite):
+                        sql = res.query
+                        sinfo = ctx.classifier.classify(sql)
+                        msg = messages.parse(name, sql, tail)
+                        batch[i] = (t, msg, (name, sql, tail))
+                    elif isinstance(res, hooks.Cached):
+                        verdict = res
+                st = Statement(name, sql, tail, sinfo, server_name(sql, tail), parse_hints(sql), verdict)
                 if name:
-                    self.statements[name] = Statement(name, sql, tail, sinfo, server_name(sql, tail))
+                    self.statements[name] = st
                 else:
-                    self.unnamed = sinfo
-                h = parse_hints(sql)
-                if h is not None:
-                    hints = h
-                info = sinfo
-                read_only = read_only and sinfo.read_only
+                    self.unnamed = st
                 self._track_effects(sinfo)
             elif t == codes.F_BIND:
                 stmt_name = dec[1]
-                st = self.statements.get(stmt_name) if stmt_name else None
-                sinfo2 = st.info if st is not None else (self.unnamed if not stmt_name else None)
-                if sinfo2 is not None:
-                    any_stmt = True
-                    info = info or sinfo2
-                    read_only = read_only and sinfo2.read_only
-                elif stmt_name:
-                    read_only = False
+                st2 = self.statements.get(stmt_name) if stmt_name else self.unnamed
+                if st2 is None:
+                    read_only = False  # unknown to us: the server answers for it (26000)
+                    continue
+                if st2.cached is not None:
+                    self._batch_cached(batch, st2, sync)
+                    return
+                any_stmt = True
+                info = st2.info
+                read_only = read_only and st2.info.read_only
+                if st2.hints is not None:
+                    hints = st2.hints
+                if want_ctx:
+                    qctx = self._query_ctx(st2.sql, st2.info)
+            elif t == codes.F_DESCRIBE and dec[0] == ord("S"):
+                st3 = self.statements.get(dec[1]) if dec[1] else self.unnamed
+                if st3 is not None and st3.cached is not None and not any_stmt:
+                    self._batch_cached(batch, st3, sync)
+                    return
         if not any_stmt:
-            read_only = False
-        if self.backend is None and not self.pending and self.mode is PoolMode.TRANSACTION and self._local_batch(batch, sync):
-            return
+            # Parse/Describe/Close only: nothing executes, any node that knows the statement will do.
+            read_only = all(t != codes.F_EXECUTE for t, _m, _d in batch)
+            if self.backend is None and not self.pending and rename and self._local_batch(batch, sync):
+                return
         try:
             target = self._route(info, hints, qctx, read_only) if info is not None else None
         except HeliosError as exc:
@@ -1029,7 +1046,11 @@ class ClientSession(asyncio.Protocol):
     def _answer_error_nosync(self, sqlstate: str, message: str) -> None:
         self._write(messages.error_response("ERROR", sqlstate, message))
 
-    def _batch_cached(self, batch: list[tuple[int, bytes, Any]], res: hooks.Cached, sync: bool) -> None:
+    def _batch_cached(self, batch: list[tuple[int, bytes, Any]], st: Statement, sync: bool) -> None:
+        """Answer a batch about a statement a plugin answered from cache, as a server would."""
+        res = st.cached
+        assert res is not None
+        nparams = st.param_count()
         out: list[bytes] = []
         for t, _msg, dec in batch:
             if t == codes.F_PARSE:
@@ -1038,12 +1059,14 @@ class ClientSession(asyncio.Protocol):
                 out.append(messages.BIND_COMPLETE)
             elif t == codes.F_DESCRIBE:
                 if dec[0] == ord("S"):
-                    out.append(messages.msg(codes.B_PARAMETER_DESCRIPTION, b"\x00\x00"))
+                    out.append(messages.parameter_description([25] * nparams))
                 out.append(messages.row_description(res.columns))
             elif t == codes.F_EXECUTE:
                 rs = messages.result_set(res.columns, res.rows)
                 out.append(rs[len(messages.row_description(res.columns)):])
             elif t == codes.F_CLOSE:
+                if dec[0] == ord("S") and dec[1]:
+                    self.statements.pop(dec[1], None)
                 out.append(messages.CLOSE_COMPLETE)
         body = b"".join(out)
         if sync:
@@ -1290,6 +1313,10 @@ class ClientSession(asyncio.Protocol):
         statuses = self.scanner.feed(data)
         self._write(data)
         for status in statuses:
+            if status & ERROR_SEEN:
+                if self.inflight:
+                    self.inflight[0].error = "error"
+                status &= 0xFF
             self._on_ready(conn, status)
 
     def _slow_feed(self, conn: BackendConnection, data: bytes) -> None:
@@ -1375,8 +1402,8 @@ class ClientSession(asyncio.Protocol):
             if committed:
                 # The backend kept them too.
                 for k, v in self.tx_settings.items():
-                    _apply_setting(self.settings, k, v)
-                    _apply_setting(conn.applied, k, v)
+                    _apply_setting(self.settings, k, v, self.startup_settings)
+                    _apply_setting(conn.applied, k, v, self.startup_settings)
             self.tx_settings.clear()
         if (
             status == codes.TX_IDLE
@@ -1410,6 +1437,8 @@ class ClientSession(asyncio.Protocol):
         if fl.info is not None:
             self._record(fl.info, elapsed, error)
         route = fl.target.route if fl.target is not None else "primary"
+        if route == "standby" and conn.node == ctx.registry.primary:
+            route = "primary"  # it ran inside a transaction that began on the primary
         key = (conn.node, route, "error" if error else "ok")
         q = ctx.counters.queries
         q[key] = q.get(key, 0) + 1

@@ -17,21 +17,35 @@ from heliosproxy.protocol.auth import (
     md5_password,
     parse_sasl_mechanisms,
 )
-from heliosproxy.protocol.scan import ReplyScanner
+from heliosproxy.protocol.scan import ERROR_SEEN, ReplyScanner
 
 _reply = st.one_of(
     st.builds(lambda s: messages.ready_for_query(s), st.sampled_from([codes.TX_IDLE, codes.TX_IN_BLOCK, codes.TX_FAILED])),
     st.builds(lambda n: messages.data_row(["x" * n]), st.integers(0, 300)),
     st.builds(lambda t: messages.command_complete(t), st.sampled_from(["SELECT 1", "INSERT 0 1"])),
+    st.just(messages.error_response("ERROR", "42P01", "no such table")),
     st.just(messages.PARSE_COMPLETE),
     st.just(messages.row_description(["a", "b"])),
 )
+
+
+def _errors_before_each_ready(replies: list[bytes]) -> list[bool]:
+    out: list[bool] = []
+    err = False
+    for r in replies:
+        if r[0] == codes.B_ERROR:
+            err = True
+        elif r[0] == codes.B_READY_FOR_QUERY:
+            out.append(err)
+            err = False
+    return out
 
 
 @given(st.lists(_reply, min_size=1, max_size=30), st.lists(st.integers(1, 64), min_size=1, max_size=50))
 def test_scanner_finds_every_ready_for_query_across_any_split(replies: list[bytes], cuts: list[int]) -> None:
     stream = b"".join(replies)
     expected = [r[5] for r in replies if r[0] == codes.B_READY_FOR_QUERY]
+    errors_before = _errors_before_each_ready(replies)
     scanner = ReplyScanner()
     seen: list[int] = []
     pos = 0
@@ -41,7 +55,8 @@ def test_scanner_finds_every_ready_for_query_across_any_split(replies: list[byte
         seen.extend(scanner.feed(stream[pos : pos + step]))
         pos += step
         i += 1
-    assert seen == expected
+    assert [s & 0xFF for s in seen] == expected
+    assert [bool(s & ERROR_SEEN) for s in seen] == errors_before
     assert scanner.bytes_seen == len(stream)
 
 
