@@ -21,7 +21,8 @@ pytestmark = pytest.mark.timeout(60)
 SPLIT_OFF = {"read_write_split": False}
 
 
-def connect(proxy: ProxyProcess, autocommit: bool = True, **params: str | int) -> Conn:
+def connect(proxy: ProxyProcess, autocommit: bool = True, application_name: str | None = None) -> Conn:
+    params = {} if application_name is None else {"application_name": application_name}
     return psycopg.connect(proxy.dsn(**params), autocommit=autocommit, connect_timeout=10)
 
 
@@ -125,7 +126,7 @@ def test_200_clients_over_a_pool_of_10(setup_db: PgCluster, proxy_factory: Proxy
 
     with BackendSampler(setup_db) as sampler:
         errors = run_threads(n, client, timeout=90)
-    assert errors == [], errors[:5]
+    assert errors == [], f"{errors[:3]}\n--- proxy log (tail) ---\n{proxy.output()[-4000:]}"
     with psycopg.connect(setup_db.dsn(setup_db.primary)) as direct:
         row = direct.execute("SELECT count(*), count(DISTINCT client) FROM pl_rows WHERE v = %s", (tag,)).fetchone()
         assert row == (3 * n, n)
@@ -170,7 +171,7 @@ def test_settings_survive_backend_changes(setup_db: PgCluster, proxy_factory: Pr
                     pids[i].add(_check_settings(conn, schema, tz, app))
 
     errors = run_threads(len(profiles), client)
-    assert errors == [], errors[:5]
+    assert errors == [], f"{errors[:3]}\n--- proxy log (tail) ---\n{proxy.output()[-4000:]}"
     # the point of the test: clients did change backends
     assert all(len(p) >= 2 for p in pids.values()), pids
 

@@ -1,4 +1,4 @@
-"""Prepared statements under transaction pooling: protocol-level renaming, SQL PREPARE, asyncpg and pgbench -M prepared."""
+"""Prepared statements under transaction pooling: renaming, SQL PREPARE, asyncpg and pgbench -M prepared."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def setup_db(cluster: PgCluster) -> PgCluster:
 
 def _ok(res: pq.abc.PGresult, what: str) -> pq.abc.PGresult:
     assert res.status in (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK), (
-        f"{what}: {res.status.name} {res.error_message.decode(errors='replace')}")
+        f"{what}: {pq.ExecStatus(res.status).name} {res.error_message.decode(errors='replace')}")
     return res
 
 
@@ -184,7 +184,7 @@ async def test_asyncpg_50_tasks_over_a_pool_of_5(setup_db: PgCluster, proxy_fact
             await conn.close()
 
     await asyncio.wait_for(asyncio.gather(*(task(i) for i in range(50))), 80)
-    assert errors == [], errors[:5]
+    assert errors == [], f"{errors[:3]}\n--- proxy log (tail) ---\n{proxy.output()[-4000:]}"
 
 
 def _pgbench(args: list[str], port: int, timeout: float = 60) -> subprocess.CompletedProcess[str]:

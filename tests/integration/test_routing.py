@@ -44,6 +44,12 @@ def where(conn: Conn, cluster: PgCluster, sql: str = WHERE) -> str:
     return name
 
 
+def one(conn: Conn, sql: str) -> tuple[Any, ...]:
+    row = conn.execute(sql).fetchone()
+    assert row is not None, sql
+    return row
+
+
 def all_rows(cur: psycopg.Cursor[tuple[Any, ...]]) -> list[list[tuple[Any, ...]]]:
     """Every result set of a multi-statement simple query, in order."""
     sets = [cur.fetchall() if cur.description else []]
@@ -348,15 +354,13 @@ def test_set_helios_branch(setup_db: PgCluster, proxy: ProxyProcess) -> None:
 def test_transaction_sticks_to_the_primary(setup_db: PgCluster, proxy: ProxyProcess) -> None:
     cluster = setup_db
     with connect(proxy, autocommit=False) as conn:  # psycopg sends BEGIN first
-        seen = set()
-        row = conn.execute(WHERE).fetchone()
-        seen.add(row)
-        row = conn.execute("INSERT INTO rt_items(v) VALUES ('tx') "
-                           "RETURNING pg_is_in_recovery(), inet_server_port(), pg_backend_pid()").fetchone()
-        seen.add(row)
-        seen.add(conn.execute(WHERE).fetchone())
-        seen.add(conn.execute("SELECT pg_is_in_recovery(), inet_server_port(), pg_backend_pid() "
-                              "FROM rt_items LIMIT 1").fetchone())
+        seen = {
+            one(conn, WHERE),
+            one(conn, "INSERT INTO rt_items(v) VALUES ('tx') "
+                      "RETURNING pg_is_in_recovery(), inet_server_port(), pg_backend_pid()"),
+            one(conn, WHERE),
+            one(conn, "SELECT pg_is_in_recovery(), inet_server_port(), pg_backend_pid() FROM rt_items LIMIT 1"),
+        }
         conn.commit()
         assert len(seen) == 1, seen
         (in_recovery, port, _pid), = seen
@@ -378,7 +382,7 @@ def test_transaction_sticks_to_the_primary(setup_db: PgCluster, proxy: ProxyProc
 def test_begin_forms(setup_db: PgCluster, proxy: ProxyProcess, begin: str, expected: str) -> None:
     with connect(proxy) as conn:
         conn.execute(begin)
-        rows = {conn.execute(WHERE).fetchone() for _ in range(3)}
+        rows = {one(conn, WHERE) for _ in range(3)}
         conn.execute("COMMIT")
         assert len(rows) == 1, f"{begin}: statements ran on {rows}"
         (_, port, _), = rows
@@ -389,7 +393,7 @@ def test_psycopg_read_only_transaction_on_a_standby(setup_db: PgCluster, proxy: 
     with connect(proxy, autocommit=False) as conn:
         conn.read_only = True
         for _ in range(2):
-            rows = {conn.execute(WHERE).fetchone() for _ in range(3)}
+            rows = {one(conn, WHERE) for _ in range(3)}
             conn.commit()
             assert len(rows) == 1
             (in_recovery, port, _), = rows
