@@ -138,7 +138,7 @@ def test_modify_under_load_zero_errors(proxy_factory: ProxyFactory, tmp_path: Pa
         assert not drop_blocked(proxy)
         time.sleep(0.3)
         assert all(c > b for c, b in zip(load.counts, before, strict=True)), (before, load.counts)
-    assert load.errors == []
+    assert load.errors == [], (load.errors, proxy.output()[-4000:])
     assert sum(load.counts) > 200, load.counts
     assert proxy.running()
 
@@ -163,7 +163,7 @@ def test_broken_update_keeps_old_version(proxy_factory: ProxyFactory, tmp_path: 
         install_example(d, "block_ddl", version="1.0.1")
         proxy.wait_output("plugin block_ddl reloaded: 1.0.0 -> 1.0.1", timeout=10)
         assert drop_blocked(proxy)
-    assert load.errors == []
+    assert load.errors == [], (load.errors, proxy.output()[-4000:])
 
 
 def test_add_and_remove(proxy_factory: ProxyFactory, tmp_path: Path) -> None:
@@ -178,4 +178,4 @@ def test_add_and_remove(proxy_factory: ProxyFactory, tmp_path: Path) -> None:
         (d / "block_ddl.wasm").unlink()
         proxy.wait_output("plugin block_ddl removed", timeout=10)
         assert not drop_blocked(proxy)
-    assert load.errors == []
+    assert load.errors == [], (load.errors, proxy.output()[-4000:])

@@ -395,19 +395,19 @@ def test_post_query_outcome_and_audit_log(proxy_factory: ProxyFactory, tmp_path:
             await aconn.close()
 
     asyncio.run(run())
-    n = 8
-    seen = wait_until(lambda: len(_watched(proxy)) >= n and len(plugin_log_lines(proxy, "audit_log")) >= n,
-                      what=f"8 post_query calls in:\n{proxy.output()[-3000:]}")
-    del seen
-    watched = _watched(proxy)
-    tags = {"simple-1", "ext-2", "big-3", "no_such_table_4", "ext-fail-5", "slow-6", "where-7", "apg-8"}
-    by_tag: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
-    for ctx, outcome in watched:
-        for tag in tags:
-            if tag in ctx["query"]:
-                by_tag[tag] = (ctx, outcome)
-    assert set(by_tag) == tags, watched
-    for tag, (ctx, outcome) in by_tag.items():
+    psycopg_tags = {"simple-1", "ext-2", "big-3", "no_such_table_4", "ext-fail-5", "slow-6", "where-7"}
+
+    def by_tag() -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+        out = {}
+        for ctx, outcome in _watched(proxy):
+            for tag in [*psycopg_tags, "apg-8"]:
+                if tag in ctx["query"]:
+                    out[tag] = (ctx, outcome)
+        return out
+
+    seen = wait_until(lambda: psycopg_tags <= set(by_tag()) and by_tag(),
+                      what=f"7 post_query calls in:\n{proxy.output()[-3000:]}")
+    for tag, (ctx, outcome) in seen.items():
         assert set(outcome) >= {"success", "target_node", "elapsed_us", "response_bytes", "error"}, outcome
         assert outcome["elapsed_us"] > 0, (tag, outcome)
         assert outcome["response_bytes"] > 0, (tag, outcome)
@@ -420,23 +420,36 @@ def test_post_query_outcome_and_audit_log(proxy_factory: ProxyFactory, tmp_path:
             assert outcome["error"], (tag, outcome)
         else:
             assert outcome["error"] is None, (tag, outcome)
-    assert "no_such_table_4" in by_tag["no_such_table_4"][1]["error"]
-    assert "division by zero" in by_tag["ext-fail-5"][1]["error"]
-    # bytes: 20 rows of 5000 characters went to the client; a bare SELECT is small
-    assert by_tag["big-3"][1]["response_bytes"] > 100_000
-    assert by_tag["simple-1"][1]["response_bytes"] < 200
-    assert by_tag["slow-6"][1]["elapsed_us"] >= 50_000
-    assert by_tag["where-7"][1]["target_node"] == standby_ports[port]
-    assert by_tag["where-7"][0]["is_read_only"] is True
+    assert "no_such_table_4" in seen["no_such_table_4"][1]["error"]
+    assert "division by zero" in seen["ext-fail-5"][1]["error"]
+    # every byte sent to the client, framing included:
+    # RowDescription 1+4+2+(9+18) + DataRow 1+4+2+4+8 + CommandComplete 1+4+9 + ReadyForQuery 6
+    assert seen["simple-1"][1]["response_bytes"] == 34 + 19 + 14 + 6
+    # ParseComplete 5 + BindComplete 5 + RowDescription 1+4+2+27+23 + DataRow 1+4+2+9+5 + 14 + 6
+    assert seen["ext-2"][1]["response_bytes"] == 5 + 5 + 57 + 21 + 14 + 6
+    by_tag_now = seen
+    assert by_tag_now["big-3"][1]["response_bytes"] > 100_000
+    assert by_tag_now["slow-6"][1]["elapsed_us"] >= 50_000
+    assert by_tag_now["where-7"][1]["target_node"] == standby_ports[port]
+    assert by_tag_now["where-7"][0]["is_read_only"] is True
+    # the asyncpg statement (named prepared statement, executed in a later batch) is observed too
+    n = 8
+    seen = wait_until(lambda: "apg-8" in by_tag() and by_tag(),
+                      what=f"post_query for the asyncpg statement in:\n{proxy.output()[-3000:]}")
+    assert seen["apg-8"][1]["success"] is True
+    assert seen["apg-8"][1]["response_bytes"] > 0
     # audit_log: one line per statement with its running total, failures flagged
-    lines = plugin_log_lines(proxy, "audit_log")
+    lines = wait_until(lambda: len(plugin_log_lines(proxy, "audit_log")) >= n and plugin_log_lines(proxy, "audit_log"),
+                       what="audit_log lines")
     assert len(lines) == n, lines
     assert sum(1 for line in lines if line.startswith("audit: failed")) == 2, lines
     assert any(f" n={n} " in line for line in lines), lines
-    plugins = admin_plugins(proxy)
-    if plugins is not None:  # the admin HTTP API, once it exists, shows the plugin's counters
-        audit = next(p for p in plugins if p["name"] == "audit_log")
-        assert audit["metrics"] == {"queries_ok": 6.0, "queries_failed": 2.0}, audit
+    plugins = admin_plugins(proxy)  # the admin HTTP API shows the plugin's counters
+    assert plugins is not None, "GET /api/plugins failed"
+    audit = next(p for p in plugins if p["name"] == "audit_log")
+    assert audit["metrics"] == {"queries_ok": 6.0, "queries_failed": 2.0}, audit
+    assert audit["calls"]["post_query"]["calls"] == n, audit
+    assert audit["calls"]["post_query"]["errors"] == 0, audit
 
 
 # ================================================================== bad plugins are contained
@@ -481,7 +494,8 @@ def test_bad_plugin_is_contained(proxy_factory: ProxyFactory, tmp_path: Path, pl
     d = tmp_path / "p"
     install_wat(d, plugin)
     install_example(d, "block_ddl")  # runs after the bad plugin (priority 10 > 5) and must still work
-    proxy = proxy_factory(plugin_config(d, disable_after=100_000))
+    # spin's manifest asks for 1e9 fuel; raise the proxy's ceiling so the deadline, not fuel, stops it
+    proxy = proxy_factory(plugin_config(d, disable_after=100_000, limits={"fuel": 1_000_000_000}))
     rss_before = proxy_rss_kib(proxy)
     with Background(proxy) as bg, connect(proxy) as conn:
         for i in range(5):
@@ -544,8 +558,10 @@ def test_disable_after_consecutive_errors(proxy_factory: ProxyFactory, tmp_path:
     out = proxy.wait_output("plugin trap disabled after 3 consecutive errors")
     assert out.count("plugin trap pre_query failed") == 3, out[-3000:]
     plugins = admin_plugins(proxy)
-    if plugins is not None:
-        assert next(p for p in plugins if p["name"] == "trap")["state"] == "disabled"
+    assert plugins is not None, "GET /api/plugins failed"
+    trap = next(p for p in plugins if p["name"] == "trap")
+    assert trap["state"] == "disabled", trap
+    assert trap["calls"]["pre_query"] == {"calls": 3, "errors": 3, "total_us": trap["calls"]["pre_query"]["total_us"]}
 
 
 @pytest.mark.parametrize(
