@@ -976,6 +976,9 @@ class ClientSession(asyncio.Protocol):
                     self.statements[name] = st
                 else:
                     self.unnamed = st
+                if verdict is not None:
+                    self._batch_cached(batch, st, sync)
+                    return
                 self._track_effects(sinfo)
             elif t == codes.F_BIND:
                 stmt_name = dec[1]
@@ -1266,11 +1269,27 @@ class ClientSession(asyncio.Protocol):
             self.inflight.append(Inflight(plan.info, plan.target, plan.qctx, self.scanner.bytes_seen))
         if plan.write:
             self.last_write_at = time.monotonic()
+        info = plan.info
+        if info is not None and info.effects & Effect.RESET:
+            # The server resets to its own default; the next statement re-applies the client's value.
+            for name, value, is_local in info.settings:
+                if value is None and not is_local:
+                    keys = list(self.startup_settings) if name == "all" else [name]
+                    for k in keys:
+                        conn.applied[k] = "\x00reset"
         data = b"".join(out)
         conn.write(data)
         if not out and self.slow:
             # Everything was synthesized: flush the synthetic answers now.
             self._slow_feed(conn, b"")
+
+    def _forget_failed(self, conn: BackendConnection, server: str) -> None:
+        """A Parse failed on the server: no backend has it and no client name may point at it."""
+        conn.prepared.pop(server, None)
+        for name in [n for n, st in self.statements.items() if st.server == server]:
+            del self.statements[name]
+        if self.unnamed is not None and self.unnamed.server == server:
+            self.unnamed = None
 
     def _remember(self, conn: BackendConnection, name: str, out: list[bytes], fix: list[Expect]) -> None:
         conn.prepared[name] = None
@@ -1345,7 +1364,7 @@ class ClientSession(asyncio.Protocol):
             head = expect[0] if expect else None
             if t == codes.B_ERROR:
                 if head is not None and head.kind == codes.F_PARSE and head.data:
-                    conn.prepared.pop(head.data.decode(), None)
+                    self._forget_failed(conn, head.data.decode())
                 if head is not None and head.action == HIDE:
                     f = messages.parse_error_fields(m[5:])
                     log.warning("client %s: hidden statement failed on %s: %s", self.peer, conn.node, f.get("M"))

@@ -129,7 +129,7 @@ class ProxyProcess:
             auth += ":" + quote(password, safe="")
         query = {"sslmode": "disable", **{k: str(v) for k, v in params.items()}}
         return (f"postgresql://{auth}@{self.host}:{self.port}/{quote(dbname, safe='')}"
-                f"?{urlencode(query)}")
+                f"?{urlencode(query, quote_via=quote)}")
 
     # ---------------------------------------------------------------- process
 
