@@ -559,7 +559,7 @@ def test_psycopg_copy_in_out_then_next_statement(tx_proxy: ProxyProcess) -> None
 
     def run() -> None:
         try:
-            for round_ in range(8):
+            for round_ in range(16):
                 name = f"t_{uuid.uuid4().hex[:12]}"
                 conn.execute(f"CREATE TABLE {name} (id int primary key, t text, f float8)")
                 with conn.cursor().copy(f"COPY {name} FROM STDIN") as copy:
@@ -577,10 +577,10 @@ def test_psycopg_copy_in_out_then_next_statement(tx_proxy: ProxyProcess) -> None
 
     worker = threading.Thread(target=run, daemon=True)
     worker.start()
-    worker.join(30)
+    worker.join(45)
     try:
         assert not worker.is_alive(), f"hung after {len(done)} rounds of COPY FROM + COPY TO + DROP"
         assert not failure, failure
-        assert done == list(range(8))
+        assert done == list(range(16))
     finally:
         conn.close()
