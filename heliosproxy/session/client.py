@@ -165,6 +165,7 @@ class ClientSession(asyncio.Protocol):
         self._scram: ScramServer | None = None
         self._login_timer: asyncio.TimerHandle | None = None
         self._reading_paused = False
+        self._write_paused = False
         self._processing = False
         self._closing = False
         self.query_count = 0
@@ -219,6 +220,8 @@ class ClientSession(asyncio.Protocol):
         if conn is not None:
             self.backend = None
             conn.owner = None
+            if self._write_paused and conn.transport is not None and not conn.closed:
+                conn.transport.resume_reading()
             pool = self.backend_pool
             busy = self.pending > 0 or self.tx_status != codes.TX_IDLE or bool(self.expect)
             if busy:
@@ -244,10 +247,13 @@ class ClientSession(asyncio.Protocol):
             )
 
     def pause_writing(self) -> None:
+        # The client reads slower than the backend sends: stop reading the backend (bounded memory).
+        self._write_paused = True
         if self.backend is not None and self.backend.transport is not None:
             self.backend.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self._write_paused = False
         if self.backend is not None and self.backend.transport is not None:
             self.backend.transport.resume_reading()
 
@@ -1181,6 +1187,8 @@ class ClientSession(asyncio.Protocol):
             self._process()
 
     def _bind(self, conn: BackendConnection, pool: Pool) -> None:
+        if self._write_paused and conn.transport is not None:
+            conn.transport.pause_reading()
         self.backend = conn
         self.backend_pool = pool
         self.scanner.reset()
@@ -1193,6 +1201,8 @@ class ClientSession(asyncio.Protocol):
         pool = self.backend_pool
         self.backend = None
         self.backend_pool = None
+        if conn is not None and self._write_paused and conn.transport is not None and not conn.closed:
+            conn.transport.resume_reading()  # never hand a paused connection to someone else
         if conn is not None and pool is not None:
             pool.release(conn, reusable)
 
