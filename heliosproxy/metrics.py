@@ -57,6 +57,7 @@ from prometheus_client.core import (
     SummaryMetricFamily,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from heliosproxy import __version__
@@ -93,6 +94,31 @@ class DurationHistogram:
             out.append((_fmt(bound), acc))
         out.append(("+Inf", self.count))
         return out
+
+
+class _Families(Collector):
+    def __init__(self, families: list[Metric]):
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+
+def merge_worker_expositions(parts: list[tuple[int, bytes]]) -> bytes:
+    """One exposition from several workers' texts: each sample gets a `worker` label."""
+    families: dict[str, Metric] = {}
+    for worker, text in parts:
+        for fam in text_string_to_metric_families(text.decode()):
+            target = families.get(fam.name)
+            if target is None:
+                target = families[fam.name] = Metric(fam.name, fam.documentation, fam.type, fam.unit)
+            for sample in fam.samples:
+                labels = dict(sample.labels)
+                labels.setdefault("worker", str(worker))
+                target.add_sample(sample.name, labels, sample.value, sample.timestamp, sample.exemplar)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(list(families.values())))
+    return generate_latest(registry)
 
 
 def _fmt(v: float) -> str:
@@ -134,9 +160,13 @@ class ProxyCollector(Collector):
             self.durations.add_all(samples)
 
     # ------------------------------------------------------------------ exposition
-    def exposition(self) -> tuple[bytes, str]:
-        """(body, content type) of the Prometheus text format."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+    def exposition(self, peers: list[tuple[int, bytes]] | None = None) -> tuple[bytes, str]:
+        """(body, content type) of the Prometheus text format; with `peers` (other workers' expositions),
+        every worker's samples, labelled `worker`."""
+        own = generate_latest(self.registry)
+        if not peers:
+            return own, CONTENT_TYPE_LATEST
+        return merge_worker_expositions([(self.server.ctx.worker_id, own), *peers]), CONTENT_TYPE_LATEST
 
     def collect(self) -> Iterator[Metric]:
         self.drain()

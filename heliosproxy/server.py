@@ -64,7 +64,10 @@ class Server:
         self.ctx.admin = self.admin_console
         self.metrics = ProxyCollector(self, self.failover, self.health)
         self.admin_http = AdminHttp(self, self.metrics)
-        self.extras.extend([self.health, self.failover, self.metrics, self.admin_http])
+        self.extras.extend([self.health, self.failover, self.metrics])
+        if worker_id == 0:
+            # One HTTP admin for the process group (workers share the client port, not this one).
+            self.extras.append(self.admin_http)
 
     def _plugin_event(self, name: str, data: dict[str, Any]) -> None:
         log.debug("plugin event %s %s", name, data)
@@ -79,6 +82,7 @@ class Server:
             link = self.link
             link.snapshot = self.snapshot
             link.on_cancel = self._cancel_from_peer
+            link.handlers[b"M"] = lambda: self.metrics.exposition()[0]
             self.ctx.on_cancel_miss = link.forward_cancel
             await link.start()
         for extra in self.extras:

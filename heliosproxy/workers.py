@@ -38,6 +38,8 @@ class WorkerLink:
         self.workers = workers
         self.on_cancel: Callable[[int, int], bool] | None = None
         self.snapshot: Callable[[], dict[str, Any]] | None = None
+        # Other requests a peer may make: op byte -> function returning the answer's bytes.
+        self.handlers: dict[bytes, Callable[[], bytes]] = {}
         self._server: asyncio.AbstractServer | None = None
 
     def path(self, worker: int) -> str:
@@ -65,6 +67,10 @@ class WorkerLink:
                 data = json.dumps(self.snapshot() if self.snapshot else {}, default=str).encode()
                 writer.write(struct.pack("!I", len(data)) + data)
                 await writer.drain()
+            elif op in self.handlers:
+                data = self.handlers[op]()
+                writer.write(struct.pack("!I", len(data)) + data)
+                await writer.drain()
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
             pass
         finally:
@@ -87,6 +93,22 @@ class WorkerLink:
         with contextlib.suppress(ConnectionError):
             await writer.drain()
         writer.close()
+
+    async def ask_all(self, op: bytes) -> list[tuple[int, bytes]]:
+        """Ask every other worker for `op` (see handlers); workers that do not answer are left out."""
+        out: list[tuple[int, bytes]] = []
+        for w in range(self.workers):
+            if w == self.worker_id:
+                continue
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(self.path(w)), 1.0)
+                writer.write(op)
+                n = struct.unpack("!I", await asyncio.wait_for(reader.readexactly(4), 2.0))[0]
+                out.append((w, await asyncio.wait_for(reader.readexactly(n), 2.0)))
+                writer.close()
+            except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+                log.debug("worker %d did not answer %r: %s", w, op, exc)
+        return out
 
     async def gather(self) -> list[dict[str, Any]]:
         """Snapshots of every worker (this one included), for aggregated admin views and metrics."""

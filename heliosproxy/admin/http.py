@@ -165,6 +165,10 @@ class AdminHttp:
                 body = await asyncio.wait_for(reader.readexactly(length), READ_TIMEOUT)
             except (TimeoutError, asyncio.IncompleteReadError):
                 return False
+        self._peer_metrics: list[tuple[int, bytes]] | None = None
+        link = getattr(self.server, "link", None)
+        if link is not None and path.split("?", 1)[0].rstrip("/") == "/metrics":
+            self._peer_metrics = await link.ask_all(b"M")
         try:
             response = self.dispatch(method, path, headers, body)
         except HttpError as exc:
@@ -204,7 +208,7 @@ class AdminHttp:
         get = method in ("GET", "HEAD")
         if path == "/metrics":
             _allow(method, get)
-            data, ctype = self.metrics.exposition()
+            data, ctype = self.metrics.exposition(getattr(self, "_peer_metrics", None))
             return Response(200, data, ctype or CONTENT_TYPE_LATEST)
         if path == "/live":
             _allow(method, get)

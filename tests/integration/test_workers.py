@@ -6,7 +6,10 @@ import signal
 import threading
 import time
 
+import urllib.request
+
 import psycopg
+from prometheus_client.parser import text_string_to_metric_families
 import pytest
 from psycopg import errors
 
@@ -20,7 +23,7 @@ def _cancel_after(conn: psycopg.Connection, delay: float) -> threading.Thread:
 
 
 def test_two_workers_serve_cancel_and_drain(proxy_factory: ProxyFactory) -> None:
-    proxy = proxy_factory({"workers": 2, "routing": {"read_write_split": False}, "admin": {"listen": None}})
+    proxy = proxy_factory({"workers": 2, "routing": {"read_write_split": False}})
     conns = [psycopg.connect(proxy.dsn(), autocommit=True) for _ in range(12)]
     try:
         for c in conns:
@@ -36,6 +39,14 @@ def test_two_workers_serve_cancel_and_drain(proxy_factory: ProxyFactory) -> None
             assert time.monotonic() - started < 2.5
             t.join()
             assert c.execute("select 2").fetchone() == (2,)
+        # /metrics (served by worker 0) carries every worker's samples, labelled by worker.
+        with urllib.request.urlopen(proxy.admin_url + "/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        fams = {f.name: f for f in text_string_to_metric_families(text)}
+        accepted = {s.labels["worker"]: s.value for s in fams["heliosproxy_client_connections_accepted"].samples
+                    if s.name.endswith("_total")}
+        assert set(accepted) == {"0", "1"}
+        assert sum(accepted.values()) >= 12
         proxy.signal(signal.SIGHUP)
         deadline = time.monotonic() + 5
         while proxy.output().count("SIGHUP reload") < 2 and time.monotonic() < deadline:
