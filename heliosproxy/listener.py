@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 
@@ -16,14 +17,14 @@ class _Session(ClientSession):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
+            with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
         super().connection_made(transport)
 
 
-async def start_listener(ctx: ProxyContext, *, reuse_port: bool = False, sock: socket.socket | None = None) -> asyncio.Server:
+async def start_listener(
+    ctx: ProxyContext, *, reuse_port: bool = False, sock: socket.socket | None = None
+) -> asyncio.Server:
     loop = asyncio.get_running_loop()
     cfg = ctx.config
     if sock is not None:

@@ -1,9 +1,10 @@
-"""One connection to a PostgreSQL backend: connect, log in (trust/cleartext/md5/SCRAM), then relay bytes to its owner."""
+"""One connection to a PostgreSQL backend: log in (trust/cleartext/md5/SCRAM), then relay bytes to its owner."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import struct
 import time
@@ -105,10 +106,8 @@ class BackendConnection(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
-            try:
+            with contextlib.suppress(Exception):  # closing anyway
                 self.transport.write(messages.TERMINATE)
-            except Exception:
-                pass
             self.transport.close()
         self.closed = True
 

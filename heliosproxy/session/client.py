@@ -1,4 +1,4 @@
-"""One client connection: startup, authentication, then the per-statement loop (classify → plugins → route → pool → relay)."""
+"""One client connection: startup, auth, then the statement loop (classify, plugins, route, pool, relay)."""
 
 from __future__ import annotations
 
@@ -83,7 +83,9 @@ class Inflight:
 
     __slots__ = ("error", "info", "qctx", "start", "start_bytes", "target")
 
-    def __init__(self, info: StatementInfo | None, target: Target | None, qctx: hooks.QueryContext | None, start_bytes: int):
+    def __init__(
+        self, info: StatementInfo | None, target: Target | None, qctx: hooks.QueryContext | None, start_bytes: int
+    ):
         self.start = time.perf_counter()
         self.info = info
         self.target = target
@@ -188,9 +190,7 @@ class ClientSession(asyncio.Protocol):
             self.phase = CLOSED
             return
         ctx.clients.add(self)
-        self._login_timer = asyncio.get_running_loop().call_later(
-            ctx.config.client_login_timeout, self._login_timeout
-        )
+        self._login_timer = asyncio.get_running_loop().call_later(ctx.config.client_login_timeout, self._login_timeout)
 
     def data_received(self, data: bytes) -> None:
         self.ctx.counters.bytes_in += len(data)
@@ -230,9 +230,7 @@ class ClientSession(asyncio.Protocol):
                     asyncio.get_running_loop().create_task(self._cancel_and_close(conn, pool))
             elif pool is not None:
                 if self.mode is PoolMode.SESSION or self.pinned:
-                    asyncio.get_running_loop().create_task(
-                        pool.reset_and_release(conn, ctx.config.pool.reset_query)
-                    )
+                    asyncio.get_running_loop().create_task(pool.reset_and_release(conn, ctx.config.pool.reset_query))
                 else:
                     pool.release(conn)
         if prev >= READY and self.hook_ctx is not None and ctx.plugins.has_connect:
@@ -289,7 +287,9 @@ class ClientSession(asyncio.Protocol):
         if self.phase < READY:
             self._fatal("08006", "client login timed out")
 
-    def close(self, sqlstate: str = "57P01", message: str = "terminating connection due to administrator command") -> None:
+    def close(
+        self, sqlstate: str = "57P01", message: str = "terminating connection due to administrator command"
+    ) -> None:
         self._fatal(sqlstate, message)
 
     def describe(self) -> dict[str, Any]:
@@ -300,7 +300,9 @@ class ClientSession(asyncio.Protocol):
             "database": self.database,
             "addr": self.peer,
             "application_name": self.app_name,
-            "state": ("active" if self.pending else ("idle in transaction" if self.tx_status != codes.TX_IDLE else "idle"))
+            "state": (
+                "active" if self.pending else ("idle in transaction" if self.tx_status != codes.TX_IDLE else "idle")
+            )
             if self.phase == READY
             else "login",
             "connected_at": self.connected_at,
@@ -333,8 +335,7 @@ class ClientSession(asyncio.Protocol):
             if code >> 16 != 3:
                 self._fatal(
                     "0A000",
-                    f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: "
-                    "server supports 3.0 to 3.0",
+                    f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: server supports 3.0 to 3.0",
                 )
                 return
             try:
@@ -532,9 +533,15 @@ class ClientSession(asyncio.Protocol):
                     return
                 self.admin = True
                 self.pid, self.key = ctx.new_key()
-                params = {"server_version": "15.0 (heliosproxy)", "client_encoding": "UTF8",
-                          "server_encoding": "UTF8", "DateStyle": "ISO, MDY", "integer_datetimes": "on",
-                          "standard_conforming_strings": "on", "application_name": self.app_name}
+                params = {
+                    "server_version": "15.0 (heliosproxy)",
+                    "client_encoding": "UTF8",
+                    "server_encoding": "UTF8",
+                    "DateStyle": "ISO, MDY",
+                    "integer_datetimes": "on",
+                    "standard_conforming_strings": "on",
+                    "application_name": self.app_name,
+                }
             else:
                 if "@" in self.database:
                     db, _, branch = self.database.rpartition("@")
@@ -586,8 +593,13 @@ class ClientSession(asyncio.Protocol):
         self.hook_ctx = self._make_hook_ctx()
         if ctx.plugins.has_connect:
             ctx.plugins.on_connect(self.hook_ctx)
-        log.info("client %s user=%s db=%s connected (%s mode)", self.peer, self.user, self.database,
-                 "admin" if self.admin else self.mode.value)
+        log.info(
+            "client %s user=%s db=%s connected (%s mode)",
+            self.peer,
+            self.user,
+            self.database,
+            "admin" if self.admin else self.mode.value,
+        )
         self._resume_reading()
         if self.buf:
             self._process()
@@ -699,7 +711,7 @@ class ClientSession(asyncio.Protocol):
         try:
             sql = msg[5:-1].decode()
         except UnicodeDecodeError:
-            self._answer_error("22021", "invalid byte sequence for encoding \"UTF8\"")
+            self._answer_error("22021", 'invalid byte sequence for encoding "UTF8"')
             return
         if self.admin:
             self._admin_query(sql)
@@ -837,7 +849,7 @@ class ClientSession(asyncio.Protocol):
     # ------------------------------------------------------------------ SET/SHOW helios.*
     def _helios_statement(self, info: StatementInfo, sql: str) -> None:
         name, value, _ = info.settings[0] if info.settings else ("helios.route", None, False)
-        key = name[len("helios."):]
+        key = name[len("helios.") :]
         if info.effects & Effect.HELIOS_SHOW:
             cur = {"route": self.route_pref or "auto", "node": self.node_pref or "", "branch": self.branch_pref or ""}
             cur.update(self.attrs)
@@ -851,8 +863,10 @@ class ClientSession(asyncio.Protocol):
         try:
             if key == "route":
                 if v not in (None, "primary", "standby", "auto"):
-                    self._answer_error("22023", f'invalid value for parameter "helios.route": "{v}"',
-                                       )
+                    self._answer_error(
+                        "22023",
+                        f'invalid value for parameter "helios.route": "{v}"',
+                    )
                     return
                 self.route_pref = None if v in (None, "auto") else v
             elif key == "node":
@@ -877,7 +891,9 @@ class ClientSession(asyncio.Protocol):
     def _answer(self, body: bytes) -> None:
         """Respond to a Query without a backend: body, then ReadyForQuery (after anything pending)."""
         if self.pending or self.expect:
-            self._defer(Plan(None, None, None, None, None, False, False), body + messages.ready_for_query(self.tx_status))
+            self._defer(
+                Plan(None, None, None, None, None, False, False), body + messages.ready_for_query(self.tx_status)
+            )
             return
         self._write(body + messages.ready_for_query(self.tx_status))
 
@@ -1072,7 +1088,7 @@ class ClientSession(asyncio.Protocol):
                 out.append(messages.row_description(res.columns))
             elif t == codes.F_EXECUTE:
                 rs = messages.result_set(res.columns, res.rows)
-                out.append(rs[len(messages.row_description(res.columns)):])
+                out.append(rs[len(messages.row_description(res.columns)) :])
             elif t == codes.F_CLOSE:
                 if dec[0] == ord("S") and dec[1]:
                     self.statements.pop(dec[1], None)
@@ -1245,7 +1261,9 @@ class ClientSession(asyncio.Protocol):
                         continue
                     self._ensure_prepared(conn, st, out, fix)
                     portal = dec[0]
-                    out.append(messages.msg(codes.F_BIND, messages.cstr(portal) + messages.cstr(st.server) + msg[dec[2]:]))
+                    out.append(
+                        messages.msg(codes.F_BIND, messages.cstr(portal) + messages.cstr(st.server) + msg[dec[2] :])
+                    )
                     fix.append(Expect(t))
                     need_fix = True
                 elif rename and t == codes.F_DESCRIBE and dec[0] == ord("S") and dec[1]:
@@ -1522,10 +1540,7 @@ class ClientSession(asyncio.Protocol):
         self.inflight.clear()
         self.tx_status = codes.TX_IDLE
         if owed:
-            self._write(
-                messages.error_response("ERROR", "08006", msg)
-                + messages.READY_IDLE * owed
-            )
+            self._write(messages.error_response("ERROR", "08006", msg) + messages.READY_IDLE * owed)
         if self.stalled is not None:
             plan = self.stalled
             self.stalled = None

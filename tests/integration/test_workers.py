@@ -5,12 +5,11 @@ from __future__ import annotations
 import signal
 import threading
 import time
-
 import urllib.request
 
 import psycopg
-from prometheus_client.parser import text_string_to_metric_families
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from psycopg import errors
 
 from tests.helpers.proxy import ProxyFactory
