@@ -40,10 +40,10 @@ sys.path.insert(0, str(BENCH_DIR))
 import pgbouncer as pgb  # noqa: E402
 
 USER, PASSWORD, DBNAME = "app", "apppass", "app"
-ALL_TARGETS = ("direct", "pgbouncer", "heliosproxy", "heliosproxy-rw", "heliosproxy-wasm")
+ALL_TARGETS = ("direct", "pgbouncer", "heliosproxy", "heliosproxy-rw", "heliosproxy-wasm", "heliosproxy-2w")
 ALL_MODES = ("simple", "extended", "prepared")
 CONNECT_TARGETS = ("direct", "pgbouncer", "heliosproxy")
-PROXY_TARGETS = ("heliosproxy", "heliosproxy-rw", "heliosproxy-wasm")
+PROXY_TARGETS = ("heliosproxy", "heliosproxy-rw", "heliosproxy-wasm", "heliosproxy-2w")
 NOOP_PLUGIN = REPO_ROOT / "plugins" / "build"
 RESULTS_DIR = BENCH_DIR / "results"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -60,6 +60,7 @@ def proxy_config(
     plugins_dir: str | None = None,
     pool_size: int = 20,
     max_client_connections: int = 1000,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """A HeliosProxy config (YAML keys) for one bench target: transaction pooling, SCRAM clients."""
     cfg: dict[str, Any] = {
@@ -74,6 +75,7 @@ def proxy_config(
         "admin": {"listen": None},
         # PgBouncer runs with log_connections = 0; the proxy logs connections at info level.
         "log": {"level": "warning"},
+        "workers": workers,
     }
     if plugins_dir is not None:
         cfg["plugins"] = {"enabled": True, "dir": plugins_dir}
@@ -720,7 +722,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if name not in plan.targets:
                     continue
                 plugins = str(noop_plugin_dir(plugin_tmp)) if name == "heliosproxy-wasm" else None
-                cfg = proxy_config(nodes, read_write_split=name == "heliosproxy-rw", plugins_dir=plugins)
+                # The 2-worker row keeps 20 server connections in all: pool limits are per worker.
+                two = name == "heliosproxy-2w"
+                cfg = proxy_config(nodes, read_write_split=name == "heliosproxy-rw", plugins_dir=plugins,
+                                   workers=2 if two else 1, pool_size=10 if two else 20)
                 cfg.pop("listen")  # ProxyProcess picks a free port
                 proxy = ProxyProcess(cfg)
                 proxies.append(proxy)

@@ -8,9 +8,8 @@ import sys
 from typing import Any
 
 import pytest
-import yaml  # only to read docker-compose.yml; the proxy's own config goes through check-config
 
-from heliosproxy.config.load import load_config
+from heliosproxy.config.load import load_config, load_yaml_file
 from tests.helpers import REPO_ROOT
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"
@@ -19,7 +18,7 @@ CONFIG_IN_IMAGE = "/etc/heliosproxy/heliosproxy.yaml"
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    data = yaml.safe_load(COMPOSE.read_text())
+    data = load_yaml_file(COMPOSE)
     assert isinstance(data, dict)
     return data
 
@@ -163,3 +162,15 @@ def test_check_config_accepts_docker_yaml() -> None:
     )
     assert res.returncode == 0, res.stdout + res.stderr
 
+
+
+def test_readme_agrees_with_compose(services: dict[str, dict[str, Any]]) -> None:
+    """The README's docker-compose section names the same services and ports as the file."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index("### docker-compose"):]
+    for name in services:
+        assert f"(`{name}`" in section, f"README does not name service {name}"
+    published = {str(p).split(":")[0] for svc in services.values() for p in svc.get("ports", [])}
+    assert published == {"6432", "9187"}
+    for port in published:
+        assert port in section, f"README does not mention port {port}"
