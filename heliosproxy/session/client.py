@@ -18,7 +18,7 @@ from heliosproxy.errors import (
     HeliosError,
 )
 from heliosproxy.plugins import hooks
-from heliosproxy.pool.pool import Pool
+from heliosproxy.pool.pool import Pool, PoolWait
 from heliosproxy.protocol import codes, messages
 from heliosproxy.protocol.auth import SCRAM_MECHANISM, ScramError, ScramServer, md5_password
 from heliosproxy.protocol.scan import ERROR_SEEN, ReplyScanner
@@ -168,6 +168,7 @@ class ClientSession(asyncio.Protocol):
         self._login_timer: asyncio.TimerHandle | None = None
         self._reading_paused = False
         self._write_paused = False
+        self._pool_wait: PoolWait | None = None
         self._processing = False
         self._closing = False
         self.query_count = 0
@@ -216,6 +217,9 @@ class ClientSession(asyncio.Protocol):
         ctx.cancel_keys.pop((self.pid, self.key), None)
         if self._login_timer is not None:
             self._login_timer.cancel()
+        if self._pool_wait is not None:
+            self._pool_wait.cancel()
+            self._pool_wait = None
         conn = self.backend
         if conn is not None:
             self.backend = None
@@ -1142,9 +1146,29 @@ class ClientSession(asyncio.Protocol):
                 self._bind(conn, pool)
                 self._send(conn, plan)
                 return
+            # Queue in the pool: the connection is handed over by the next release, no Task needed.
+            self.stalled = plan
+            self._pause_reading()
+            self._pool_wait = pool.wait(lambda c, e: self._on_pool_wait(pool, plan, c, e))
+            return
         self.stalled = plan
         self._pause_reading()
         asyncio.get_running_loop().create_task(self._acquire_then_send(plan))
+
+    def _on_pool_wait(self, pool: Pool, plan: Plan, conn: BackendConnection | None, exc: Exception | None) -> None:
+        self._pool_wait = None
+        if self.phase != READY:
+            if conn is not None:
+                pool.release(conn)
+            return
+        self.stalled = None
+        if conn is None:
+            err = exc if isinstance(exc, HeliosError) else BackendUnavailable(str(exc or "no server connection"))
+            self._answer_plan_error(plan, err)
+        else:
+            self._bind(conn, pool)
+            self._send(conn, plan)
+        asyncio.get_running_loop().call_soon(self._continue)
 
     def _is_paused(self) -> bool:
         p = self.ctx.paused
