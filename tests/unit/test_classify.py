@@ -482,6 +482,119 @@ def test_records_are_immutable() -> None:
         i.read_only = False  # type: ignore[misc]
 
 
+# ---------------------------------------------------------------- literal pre-key (no normalize() per new literal)
+
+
+def test_new_literal_after_a_verified_shape_is_a_prekey_hit() -> None:
+    c = Classifier()
+    a = c.classify("SELECT abalance FROM pgbench_accounts WHERE aid = 123")
+    b = c.classify("SELECT abalance FROM pgbench_accounts WHERE aid = 456")
+    assert b is a and c.stats.prekey_hits == 1 and c.stats.parses == 1
+    assert c.classify("SELECT abalance FROM pgbench_accounts WHERE aid = 7") is a  # other width: normalize()
+    assert c.stats.prekey_hits == 1 and c.stats.fingerprint_hits == 2
+    u = c.classify("UPDATE pgbench_accounts SET abalance = abalance + -5 WHERE aid = 7")  # -5: no pre-key
+    for n in range(50):
+        assert c.classify(f"UPDATE pgbench_accounts SET abalance = abalance + {10 + n} WHERE aid = {100 + n}") == u
+    assert c.stats.parses == 2
+    assert c.stats.prekey_hits == 1 + 49  # the first positive one verifies the key, 49 hit it
+    assert c.stats.fingerprint_hits == 2 + 50
+    # texts whose digits are not all int4 constants never get a pre-key entry
+    for sql in ["SELECT * FROM t1 WHERE a = 1", "SELECT 'x1' FROM t", "SELECT 1.5 FROM t", "SELECT 1234567890"]:
+        c.classify(sql)
+    entries = list(c._by_pre.values())
+    assert sum(v is not None for v in entries) == 3  # two SELECT widths, one UPDATE
+    assert sum(v is None for v in entries) == 5  # -5 and the four above: "no pre-key", never re-checked
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        # different tables, schemas, columns, quoted identifiers
+        ("SELECT * FROM t1 WHERE a = 1", "SELECT * FROM t2 WHERE a = 2"),
+        ("SELECT * FROM s1.t WHERE a = 1", "SELECT * FROM s2.t WHERE a = 2"),
+        ('SELECT "c1" FROM t WHERE a = 1', 'SELECT "c2" FROM t WHERE a = 2'),
+        ('SELECT "t 1".a FROM "t 1" WHERE a = 1', 'SELECT "t 2".a FROM "t 2" WHERE a = 2'),
+        ("SELECT é1 FROM t WHERE a = 1", "SELECT é2 FROM t WHERE a = 2"),
+        # SET / RESET / helios values and other value-dependent statements
+        ("SET statement_timeout = 5", "SET statement_timeout = 6"),
+        ("SET search_path = 'a'", "SET search_path = 'b'"),
+        ("SET helios.node = 'n1'", "SET helios.node = 'n2'"),
+        ("SET LOCAL work_mem = '64kB'", "SET LOCAL work_mem = '1MB'"),
+        ("EXPLAIN (ANALYZE 0) DELETE FROM t WHERE a = 1", "EXPLAIN (ANALYZE 1) DELETE FROM t WHERE a = 2"),
+        ("EXPLAIN (ANALYZE 'off') DELETE FROM t", "EXPLAIN (ANALYZE 'on') DELETE FROM t"),
+        ("SELECT pg_advisory_xact_lock(1)", "SELECT pg_advisory_lock(1)"),
+        # helios hints are comments: never pre-keyed
+        ("/*helios:route=standby*/ SELECT * FROM t WHERE a = 1",
+         "/*helios:route=primary*/ SELECT * FROM t WHERE a = 2"),
+        ("SELECT * FROM t WHERE a = 1 /*helios:node=n1*/", "SELECT * FROM t WHERE a = 2 /*helios:node=n2*/"),
+        ("SELECT * FROM t WHERE a = 1 -- x", "SELECT * FROM t WHERE a = 2; DELETE FROM t -- x"),
+        # constants the lexer reads differently (int4 vs wider / decimal, string vs number)
+        ("FETCH 5 FROM c", "FETCH 99999999999 FROM c"),
+        ("FETCH 5 FROM c", "FETCH 5.5 FROM c"),
+        ("SELECT interval '1 day'", "SELECT interval 5"),
+        ("SELECT 'a'::varchar(5) FROM t", "SELECT 'a'::varchar(6) FROM t"),  # typmods are kept by normalize
+        ("SELECT 1 FROM t", "SELECT 1e FROM t"),
+        ("SELECT 1 FROM t", "SELECT 1.. FROM t"),
+        ("SELECT 1 FROM t", "SELECT 1.5 FROM t"),
+        ("SELECT 1000000000", "SELECT 9999999999"),  # int4 vs numeric with the same width
+        ("FETCH 1000000000 FROM c", "FETCH 9999999999 FROM c"),  # FETCH takes an int4 only
+        ("SELECT 2147483647", "SELECT 2147483648"),
+        ("SELECT $1 FROM t", "SELECT $2 FROM t"),
+        ("SELECT 1 FROM t /* 1 */", "SELECT 1 FROM t /* 2 */; DELETE FROM t"),
+        ("/*helios:lag=100*/ SELECT 1", "/*helios:lag=200*/ SELECT 1"),
+        ("SELECT 'x1' FROM t", "SELECT 'x2' FROM t"),
+        ("SELECT 1 FROM t", "SELECT 1\x01 FROM t"),
+        # strings: escapes, prefixes, embedded quotes and statements
+        ("SELECT * FROM t WHERE a = 'x'", "SELECT * FROM t WHERE a = 'x''; DELETE FROM t; SELECT '''"),
+        ("SELECT * FROM t WHERE a = 'x'", "SELECT * FROM t WHERE a = 'x\\'; DELETE FROM t; SELECT 1"),
+        ("SELECT * FROM t WHERE a = E'x'", "SELECT * FROM t WHERE a = E'x\\'; DELETE FROM t; SELECT 1 --'"),
+        ("SELECT 'a'\n'b' FROM t", "SELECT 'a' 'b' FROM t"),
+        ("SELECT $$1$$ FROM t", "SELECT $$1$$; DELETE FROM t; SELECT $$2$$"),
+        ("SELECT 1", "SELECT 1; DELETE FROM t"),
+        ("SELECT -1 FROM t", "SELECT - 1 FROM t"),
+    ],
+)
+def test_prekey_never_conflates(first: str, second: str) -> None:
+    c = Classifier()
+    for _ in range(2):  # the second round runs with every cache level warm
+        assert c.classify(first) == classify_uncached(first)
+        assert c.classify(second) == classify_uncached(second)
+    # and with the second text seen first
+    c = Classifier()
+    assert c.classify(second) == classify_uncached(second)
+    assert c.classify(first) == classify_uncached(first)
+
+
+LITERALS = ["1", "2", "07", "2147483647", "2147483648", "99999999999", "1.5", ".5", "1e3", "1.e-2",
+            "'x'", "'y'", "'it''s'", "''", "'1 day'", "'a\\'"]
+WORDS = ["SELECT", "FROM", "t", "s.t", '"t 1"', '"c1"', "WHERE", "a", "=", "-", "+", ",", ";", "(", ")",
+         "::varchar(", "LIMIT", "FETCH", "interval", "SET", "work_mem", "EXPLAIN", "(ANALYZE", "DELETE",
+         "E", "U&", "B", ".", "e", "'", "\n", *LITERALS]
+
+
+@st.composite
+def same_words_other_literals(draw: st.DrawFn) -> list[str]:
+    """Texts from one word list whose literal words are redrawn for each text, joined with or
+    without spaces (so literals also touch their neighbours)."""
+    words = draw(st.lists(st.sampled_from(WORDS), min_size=1, max_size=14))
+    texts = []
+    for _ in range(draw(st.integers(2, 5))):
+        sep = draw(st.sampled_from([" ", ""]))
+        texts.append(sep.join(draw(st.sampled_from(LITERALS)) if w in LITERALS else w for w in words))
+    return texts
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(same_words_other_literals(), min_size=1, max_size=3))
+def test_cached_answers_equal_uncached_ones(groups: list[list[str]]) -> None:
+    # Whatever the caches keep (exact text, literal pre-key, normalized text), each answer
+    # equals a fresh classification.
+    c = Classifier()
+    for texts in groups:
+        for sql in texts:
+            assert c.classify(sql) == classify_uncached(sql), sql
+
+
 # ---------------------------------------------------------------- robustness
 
 SQLISH = st.lists(
