@@ -53,6 +53,24 @@ _ASYNC = frozenset((codes.B_NOTICE, codes.B_NOTIFICATION, codes.B_PARAMETER_STAT
 PASS, HIDE, SYNTH = 0, 1, 2
 
 
+_NAMED = frozenset((codes.F_PARSE, codes.F_BIND, codes.F_DESCRIBE, codes.F_CLOSE))
+
+
+def _names_in(batch: list[tuple[int, bytes, Any]]) -> bool:
+    """Does the batch refer to a named prepared statement (which transaction pooling renames)?"""
+    for t, _m, dec in batch:
+        if t in _NAMED:
+            if t == codes.F_PARSE:
+                if dec[0]:
+                    return True
+            elif t == codes.F_BIND:
+                if dec[1]:
+                    return True
+            elif dec[0] == 83 and dec[1]:  # 'S': a statement, not a portal
+                return True
+    return False
+
+
 def _apply_setting(d: dict[str, str], name: str, value: str | None, startup: dict[str, str]) -> None:
     if name == "all" and value is None:
         d.clear()
@@ -169,6 +187,7 @@ class ClientSession(asyncio.Protocol):
         self._reading_paused = False
         self._write_paused = False
         self._pool_wait: PoolWait | None = None
+        self._pools: dict[tuple[str, str | None], Pool] = {}
         self._processing = False
         self._closing = False
         self.query_count = 0
@@ -1140,7 +1159,10 @@ class ClientSession(asyncio.Protocol):
         if target is None:
             target = self.ctx.router.primary()
         if target is not None and not (self.ctx.paused and self._is_paused()):
-            pool = self.ctx.pools.get(target.node, target.database or self.database, self.user)
+            key = (target.node, target.database)
+            pool = self._pools.get(key)
+            if pool is None or pool.retired:
+                pool = self._pools[key] = self.ctx.pools.get(target.node, target.database or self.database, self.user)
             conn = pool.try_acquire()
             if conn is not None:
                 self._bind(conn, pool)
@@ -1250,6 +1272,21 @@ class ClientSession(asyncio.Protocol):
         if plan.raw is not None and not plan.sync and plan.batch is None and plan.target is None and plan.info is None:
             # A deferred proxy answer.
             self._write(plan.raw)
+            return
+        if (
+            plan.batch is not None
+            and self.settings == conn.applied
+            and not self.slow
+            and not self.ctx.plugins.has_post_query
+            and (self.mode is PoolMode.SESSION or not _names_in(plan.batch))
+        ):
+            # Nothing to rename or filter: forward the batch as the client sent it, in one write.
+            if plan.sync:
+                self.pending += 1
+                self.inflight.append(Inflight(plan.info, plan.target, plan.qctx, self.scanner.bytes_seen))
+            if plan.write:
+                self.last_write_at = time.monotonic()
+            conn.write(b"".join([m for _t, m, _d in plan.batch]))
             return
         out: list[bytes] = []
         fix: list[Expect] = []
