@@ -14,8 +14,9 @@ class ReplyScanner:
     """Tracks message framing across chunks of a backend stream.
 
     `feed(chunk)` walks only the 5-byte headers and returns the ReadyForQuery statuses seen in
-    this chunk (in order), each or-ed with ERROR_SEEN when an ErrorResponse preceded it. Bodies are skipped, never copied, so the caller can forward the chunk
-    as is. Headers split across chunks are kept in a small carry buffer.
+    this chunk (in order), each or-ed with ERROR_SEEN when an ErrorResponse preceded it. Bodies
+    are skipped, never copied, so the caller can forward the chunk as is. Headers split across
+    chunks are kept in a small carry buffer.
     """
 
     __slots__ = ("_carry", "_err", "_skip", "_want_status", "bytes_seen")

@@ -20,7 +20,9 @@ from heliosproxy.protocol.auth import (
 from heliosproxy.protocol.scan import ERROR_SEEN, ReplyScanner
 
 _reply = st.one_of(
-    st.builds(lambda s: messages.ready_for_query(s), st.sampled_from([codes.TX_IDLE, codes.TX_IN_BLOCK, codes.TX_FAILED])),
+    st.builds(
+        lambda s: messages.ready_for_query(s), st.sampled_from([codes.TX_IDLE, codes.TX_IN_BLOCK, codes.TX_FAILED])
+    ),
     st.builds(lambda n: messages.data_row(["x" * n]), st.integers(0, 300)),
     st.builds(lambda t: messages.command_complete(t), st.sampled_from(["SELECT 1", "INSERT 0 1"])),
     st.just(messages.error_response("ERROR", "42P01", "no such table")),
