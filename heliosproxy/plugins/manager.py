@@ -252,12 +252,14 @@ class PluginManager:
 
         Any failure (of the call or of the answer) is counted, logged and re-raised.
         """
-        st = p.stats.get(hook.value)
+        # HookType is a StrEnum: it hashes and compares as its value, so it looks up the
+        # str-keyed dicts directly (`.value` is a descriptor call, measurable per statement).
+        st = p.stats.get(hook)
         if st is None:
             st = p.stats[hook.value] = HookStats()
         t0 = time.perf_counter()
         try:
-            result = parse(p.instance.call(hook.value, data))
+            result = parse(p.instance.call(hook, data))
         except PluginError as e:
             st.calls += 1
             st.total_us += (time.perf_counter() - t0) * 1e6
