@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from heliosproxy.admin import (
@@ -60,6 +60,9 @@ def _cell(value: Any) -> str | None:
     return str(value)
 
 
+_AGGREGATED = frozenset({"CLIENTS", "POOLS", "QUERIES"})
+
+
 def _table(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> bytes:
     return messages.result_set(columns, [[_cell(r.get(c)) for c in columns] for r in rows])
 
@@ -100,7 +103,44 @@ class AdminConsole:
         pass
 
     # ------------------------------------------------------------------ entry
-    def execute(self, sql: str, session: Any) -> bytes | None:
+    def execute(self, sql: str, session: Any) -> bytes | Awaitable[bytes] | None:
+        """Response messages, or (multi-worker SHOW CLIENTS/POOLS/QUERIES) an awaitable of them."""
+        link = getattr(self.server, "link", None)
+        if link is not None:
+            words = sql.strip().rstrip(";").split()
+            if len(words) == 2 and words[0].upper() == "SHOW" and words[1].upper() in _AGGREGATED:
+                return self._show_all_workers(link, words[1].upper())
+        return self._execute(sql, session)
+
+    async def _show_all_workers(self, link: Any, item: str) -> bytes:
+        """SHOW over every worker's snapshot, with a `worker` column."""
+        snaps: list[dict[str, Any]] = await link.gather()
+        if item == "CLIENTS":
+            cols = ("worker", "client_id", "user", "database", "state", "addr", "application_name",
+                    "backend_node", "backend_pid", "pinned", "mode", "queries")
+            rows = [{**c, "worker": s.get("worker")} for s in snaps for c in s.get("clients", [])]
+            return _table(cols, rows)
+        if item == "POOLS":
+            pool_cols = ("worker", "database", "user", "node", "mode", "size", "active", "idle", "connecting",
+                         "waiting", "acquired_total", "timeouts", "connect_errors")
+            rows = [{**p, "worker": s.get("worker")} for s in snaps for p in s.get("pools", [])]
+            return _table(pool_cols, rows)
+        merged: dict[str, list[Any]] = {}
+        for snap in snaps:
+            for fp, (query, calls, total_us, errors) in snap.get("queries", {}).items():
+                m = merged.setdefault(fp, [query, 0, 0, 0])
+                m[1] += calls
+                m[2] += total_us
+                m[3] += errors
+        top = sorted(merged.items(), key=lambda kv: kv[1][2], reverse=True)[:100]
+        rows = [
+            {"fingerprint": fp, "query": q, "calls": c, "total_ms": round(t / 1000.0, 3),
+             "mean_ms": round(t / 1000.0 / c, 3) if c else 0.0, "errors": e}
+            for fp, (q, c, t, e) in top
+        ]
+        return _table(("fingerprint", "query", "calls", "total_ms", "mean_ms", "errors"), rows)
+
+    def _execute(self, sql: str, session: Any) -> bytes | None:
         text = sql.strip().rstrip(";").strip()
         if not text:
             return messages.EMPTY_QUERY

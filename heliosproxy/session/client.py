@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hmac
+import inspect
 import logging
 import os
 import struct
@@ -955,8 +956,23 @@ class ClientSession(asyncio.Protocol):
         except HeliosError as exc:
             self._answer_error(exc.sqlstate, exc.message)
             return
+        if inspect.isawaitable(body):
+            # Gathered from every worker: hold the client's next messages until it is written.
+            self.stalled = Plan(None, None, None, None, None, False, False)
+            self._pause_reading()
+            asyncio.get_running_loop().create_task(self._admin_async(body))
+            return
         if body is not None:
             self._write(body + messages.READY_IDLE)
+
+    async def _admin_async(self, pending: Any) -> None:
+        try:
+            body = await pending
+        except HeliosError as exc:
+            body = messages.error_response("ERROR", exc.sqlstate, exc.message)
+        self.stalled = None
+        self._write(body + messages.READY_IDLE)
+        self._continue()
 
     # ------------------------------------------------------------------ extended protocol
     def _on_extended(self, t: int, msg: bytes) -> None:
@@ -1127,7 +1143,8 @@ class ClientSession(asyncio.Protocol):
         out: list[bytes] = []
         if sql is not None and self.ctx.admin is not None:
             try:
-                body = self.ctx.admin.execute(sql, self) or b""
+                admin = self.ctx.admin
+                body = getattr(admin, "_execute", admin.execute)(sql, self) or b""
                 out.append(messages.PARSE_COMPLETE + messages.BIND_COMPLETE + body)
             except HeliosError as exc:
                 out.append(messages.error_response("ERROR", exc.sqlstate, exc.message))

@@ -22,7 +22,7 @@ def _cancel_after(conn: psycopg.Connection, delay: float) -> threading.Thread:
 
 
 def test_two_workers_serve_cancel_and_drain(proxy_factory: ProxyFactory) -> None:
-    proxy = proxy_factory({"workers": 2, "routing": {"read_write_split": False}})
+    proxy = proxy_factory({"workers": 2, "routing": {"read_write_split": False}, "admin": {"users": ["app"]}})
     conns = [psycopg.connect(proxy.dsn(), autocommit=True) for _ in range(12)]
     try:
         for c in conns:
@@ -46,6 +46,15 @@ def test_two_workers_serve_cancel_and_drain(proxy_factory: ProxyFactory) -> None
                     if s.name.endswith("_total")}
         assert set(accepted) == {"0", "1"}
         assert sum(accepted.values()) >= 12
+        # The admin console shows every worker's clients and queries, whichever worker it lands on.
+        with psycopg.connect(proxy.dsn(dbname="heliosproxy"), autocommit=True) as admin:
+            rows = admin.execute("SHOW CLIENTS").fetchall()
+            cols = [d.name for d in admin.execute("SHOW CLIENTS").description or []]
+            workers = {r[cols.index("worker")] for r in rows}
+            assert workers == {"0", "1"}
+            assert len(rows) >= 13  # the 12 clients and the admin itself
+            queries = admin.execute("SHOW QUERIES").fetchall()
+            assert any("pg_sleep" in str(q[1]) and int(q[2]) >= 6 for q in queries)
         proxy.signal(signal.SIGHUP)
         deadline = time.monotonic() + 5
         while proxy.output().count("SIGHUP reload") < 2 and time.monotonic() < deadline:
