@@ -52,6 +52,7 @@ _COMPLETES = {
 }
 _ASYNC = frozenset((codes.B_NOTICE, codes.B_NOTIFICATION, codes.B_PARAMETER_STATUS))
 PASS, HIDE, SYNTH = 0, 1, 2
+_HELIOS = Effect.HELIOS_SET | Effect.HELIOS_SHOW
 
 
 _NAMED = frozenset((codes.F_PARSE, codes.F_BIND, codes.F_DESCRIBE, codes.F_CLOSE))
@@ -743,7 +744,7 @@ class ClientSession(asyncio.Protocol):
         ctx = self.ctx
         info = ctx.classifier.classify(sql)
         effects = info.effects
-        if effects & (Effect.HELIOS_SET | Effect.HELIOS_SHOW):
+        if effects and effects & _HELIOS:
             if info.statements != 1:
                 self._answer_error("0A000", "SET/SHOW helios.* must be sent as a statement of its own")
                 return
@@ -751,7 +752,7 @@ class ClientSession(asyncio.Protocol):
             return
         qctx: hooks.QueryContext | None = None
         plugins = ctx.plugins
-        hints = parse_hints(sql)
+        hints = parse_hints(sql) if "helios:" in sql else None
         if plugins.has_pre_query or plugins.has_route or plugins.has_post_query:
             qctx = self._query_ctx(sql, info)
             if plugins.has_pre_query:
@@ -1016,7 +1017,7 @@ class ClientSession(asyncio.Protocol):
                     return
                 sinfo = ctx.classifier.classify(sql)
                 verdict: hooks.Cached | None = None
-                if sinfo.effects & (Effect.HELIOS_SET | Effect.HELIOS_SHOW):
+                if sinfo.effects and sinfo.effects & _HELIOS:
                     self._batch_error(batch, "0A000", "SET/SHOW helios.* must be sent as a simple query", sync)
                     return
                 if plugins.has_pre_query:
@@ -1376,7 +1377,7 @@ class ClientSession(asyncio.Protocol):
         if plan.write:
             self.last_write_at = time.monotonic()
         info = plan.info
-        if info is not None and info.effects & Effect.RESET:
+        if info is not None and info.effects and info.effects & Effect.RESET:
             # The server resets to its own default; the next statement re-applies the client's value.
             for name, value, is_local in info.settings:
                 if value is None and not is_local:
