@@ -2,7 +2,9 @@
 
 Run: .venv/bin/python bench/hook_bench.py [--n 20000] [--json]
 Rows: the wasm call alone through wasmtime-py's public API (generic) and through the C API fast
-path, then PluginManager.pre_query end to end (context JSON encoded per statement, answer parsed).
+path, then PluginManager.pre_query end to end (context JSON encoded per statement, answer parsed
+with json.loads), and the same with the compact `{"action":"continue"}` answer most plugins give
+(matched by its exact text, no json.loads).
 """
 
 from __future__ import annotations
@@ -24,8 +26,13 @@ from heliosproxy.plugins.manager import PluginManager
 from heliosproxy.plugins.wasm import wat2wasm
 
 ANSWER = b'{"action":"continue","via":"bench"}'  # not the fast-matched answer: parsed
-_ANSWER_WAT = ANSWER.decode().replace('"', '\\"')
-WAT = f"""
+FAST_ANSWER = b'{"action":"continue"}'
+
+
+def wat(answer: bytes) -> str:
+    """A plugin whose pre_query always returns `answer` (a static string in its memory)."""
+    text = answer.decode().replace('"', '\\"')
+    return f"""
 (module
   (memory (export "memory") 2)
   (global $bump (mut i32) (i32.const 65536))
@@ -41,11 +48,14 @@ WAT = f"""
                 (global.get $bump))
       (then (global.set $bump (local.get $p)))))
   (func (export "helios_abi_version") (result i32) (i32.const 1))
-  (data (i32.const 1024) "{_ANSWER_WAT}")
+  (data (i32.const 1024) "{text}")
   (func (export "pre_query") (param i32 i32) (result i64)
-    (i64.or (i64.shl (i64.const 1024) (i64.const 32)) (i64.const {len(ANSWER)})))
+    (i64.or (i64.shl (i64.const 1024) (i64.const 32)) (i64.const {len(answer)})))
 )
 """
+
+
+WAT = wat(ANSWER)
 
 
 def context() -> QueryContext:
@@ -76,12 +86,18 @@ def median_us(fn: Callable[[], object], n: int) -> float:
     return statistics.median(samples) / 1000.0
 
 
+def manager(d: str, answer: bytes) -> PluginManager:
+    (Path(d) / "bench.wasm").write_bytes(wat2wasm(wat(answer)))
+    (Path(d) / "bench.yaml").write_text("name: bench\nversion: 1.0.0\nhooks: [pre_query]\n")
+    m = PluginManager(PluginsConfig(dir=d))
+    m.load_all()
+    return m
+
+
 def run(n: int) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as d:
-        (Path(d) / "bench.wasm").write_bytes(wat2wasm(WAT))
-        (Path(d) / "bench.yaml").write_text("name: bench\nversion: 1.0.0\nhooks: [pre_query]\n")
-        m = PluginManager(PluginsConfig(dir=d))
-        m.load_all()
+    with tempfile.TemporaryDirectory() as d, tempfile.TemporaryDirectory() as d2:
+        m = manager(d, ANSWER)
+        mf = manager(d2, FAST_ANSWER)
         try:
             inst = m.plugins["bench"].instance
             ctx = context()
@@ -89,9 +105,10 @@ def run(n: int) -> dict[str, float]:
             assert inst.call("pre_query", data) == ANSWER
             assert inst.call_generic("pre_query", data) == ANSWER
             assert m.pre_query(ctx) == Continue()
+            assert mf.pre_query(ctx) == Continue()
             q, hc = ctx.query, ctx.hook_context
 
-            def end_to_end() -> object:
+            def end_to_end(m: PluginManager = m) -> object:
                 # a new statement: its context is encoded once, then the chain runs
                 return m.pre_query(QueryContext(q, ctx.normalized, ctx.tables, True, hc))
 
@@ -99,9 +116,11 @@ def run(n: int) -> dict[str, float]:
                 "generic_call_us": median_us(lambda: inst.call_generic("pre_query", data), n),
                 "fast_call_us": median_us(lambda: inst.call("pre_query", data), n),
                 "pre_query_round_trip_us": median_us(end_to_end, n),
+                "pre_query_round_trip_compact_answer_us": median_us(lambda: end_to_end(mf), n),
             }
         finally:
             m.runtime.close()
+            mf.runtime.close()
 
 
 def main() -> None:
@@ -117,6 +136,7 @@ def main() -> None:
     print(f"  generic wasmtime-py call (JSON in/out)  {res['generic_call_us']:8.2f} us")
     print(f"  fast path call (JSON in/out)            {res['fast_call_us']:8.2f} us")
     print(f"  PluginManager.pre_query round trip      {res['pre_query_round_trip_us']:8.2f} us")
+    print(f"  ... with the answer {{\"action\":\"continue\"}}  {res['pre_query_round_trip_compact_answer_us']:8.2f} us")
 
 
 if __name__ == "__main__":
