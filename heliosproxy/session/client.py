@@ -221,8 +221,8 @@ class ClientSession(asyncio.Protocol):
         if phase == READY:
             if self.stalled is None:
                 self._process()
-            elif len(self.buf) > self.ctx.config.max_message_size:
-                self._pause_reading()
+            elif len(self.buf) > 1 << 20:
+                self._pause_reading()  # waiting for a server: bound what we hold for this client
         elif phase == STARTUP:
             self._on_startup()
         elif phase == AUTH:
@@ -1187,8 +1187,8 @@ class ClientSession(asyncio.Protocol):
                 self._send(conn, plan)
                 return
             # Queue in the pool: the connection is handed over by the next release, no Task needed.
+            # `stalled` holds further messages in the buffer; reading pauses only if it grows large.
             self.stalled = plan
-            self._pause_reading()
             self._pool_wait = pool.wait(lambda c, e: self._on_pool_wait(pool, plan, c, e))
             return
         self.stalled = plan
