@@ -232,6 +232,9 @@ class ProxyProcess:
         if self._final_output is None:
             self._final_output = self.output()
         shutil.rmtree(self.tmpdir, ignore_errors=True)
+        if "Traceback (most recent call last)" in self._final_output:
+            # Bad input never crashes the proxy: every error must end as a clear message, not a traceback.
+            raise AssertionError("the proxy logged a traceback:\n" + self._final_output[-4000:])
 
     def _kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
