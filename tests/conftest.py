@@ -66,5 +66,10 @@ def proxy_factory(request: pytest.FixtureRequest) -> Iterator[ProxyFactory]:
         return proxy
 
     yield make
+    failures: list[str] = []
     for proxy in reversed(made):
-        proxy.close()
+        try:
+            proxy.close()
+        except AssertionError as exc:  # a traceback in its log: report after closing the others
+            failures.append(str(exc))
+    assert not failures, "\n\n".join(failures)
