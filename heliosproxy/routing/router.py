@@ -27,19 +27,26 @@ class Router:
         self._rr = 0
         self._cached_gen = -1
         self._wheel: list[Node] = []
+        self._targets: dict[str, Target] = {}  # standby targets, reused
+        self._primary_cache: tuple[int, Target | None] | None = None
         self.configure(config)
 
     def configure(self, config: Config) -> None:
         self.config = config
         self.routing = config.routing
         self._cached_gen = -1
+        self._primary_cache = None
 
     # ------------------------------------------------------------------ primitives
     def primary(self) -> Target | None:
-        node = self.registry.primary_node()
-        if node is None:
-            return None
-        return Target(node.name, None, "primary")
+        reg = self.registry
+        cached = self._primary_cache
+        if cached is not None and cached[0] == reg.generation:
+            return cached[1]
+        node = reg.primary_node()
+        target = None if node is None else Target(node.name, None, "primary")
+        self._primary_cache = (reg.generation, target)
+        return target
 
     def _standby_wheel(self) -> list[Node]:
         if self._cached_gen != self.registry.generation:
@@ -66,7 +73,10 @@ class Router:
         else:
             seen: dict[str, Node] = {n.name: n for n in wheel}
             node = min(seen.values(), key=lambda n: self.active_on(n.name) / max(1, n.cfg.weight))
-        return Target(node.name, None, "standby")
+        t = self._targets.get(node.name)
+        if t is None:
+            t = self._targets[node.name] = Target(node.name, None, "standby")
+        return t
 
     def read_target(self, max_lag_ms: float | None = None) -> Target | None:
         """Where a read goes: a standby, else per standby_fallback."""

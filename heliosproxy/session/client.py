@@ -1291,6 +1291,23 @@ class ClientSession(asyncio.Protocol):
             # A deferred proxy answer.
             self._write(plan.raw)
             return
+        raw = plan.raw
+        if (
+            raw is not None
+            and plan.batch is None
+            and not self.slow
+            and self.settings == conn.applied
+            and not self.ctx.plugins.has_post_query
+            and not (plan.info is not None and plan.info.effects & Effect.RESET)
+        ):
+            # The common simple-protocol statement: one write, no bookkeeping beyond its Inflight.
+            if plan.sync:
+                self.pending += 1
+                self.inflight.append(Inflight(plan.info, plan.target, plan.qctx, self.scanner.bytes_seen))
+            if plan.write:
+                self.last_write_at = time.monotonic()
+            conn.write(raw)
+            return
         if (
             plan.batch is not None
             and self.settings == conn.applied
