@@ -1158,6 +1158,17 @@ class ClientSession(asyncio.Protocol):
         """Send a plan on the bound backend, or get one (synchronously when the pool has an idle one)."""
         conn = self.backend
         if conn is not None:
+            if (
+                self.pending
+                and not self.slow
+                and plan.batch is not None
+                and self.mode is PoolMode.TRANSACTION
+                and _names_in(plan.batch)
+            ):
+                # Pipelined after replies we relay unparsed: statement renaming may need to filter
+                # replies, which is only safe from a message boundary. Send it once those are in.
+                self.stalled = plan
+                return
             if self.pinned or self.mode is PoolMode.SESSION or self.tx_status != codes.TX_IDLE:
                 self._send(conn, plan)
                 return
@@ -1355,23 +1366,23 @@ class ClientSession(asyncio.Protocol):
                         out.append(msg)  # the server reports the unknown statement itself
                         fix.append(Expect(t))
                         continue
-                    self._ensure_prepared(conn, st, out, fix)
+                    if self._ensure_prepared(conn, st, out, fix):
+                        need_fix = True  # its hidden Parse's answer must not reach the client
                     portal = dec[0]
                     out.append(
                         messages.msg(codes.F_BIND, messages.cstr(portal) + messages.cstr(st.server) + msg[dec[2] :])
                     )
                     fix.append(Expect(t))
-                    need_fix = True
                 elif rename and t == codes.F_DESCRIBE and dec[0] == ord("S") and dec[1]:
                     st = self.statements.get(dec[1])
                     if st is None:
                         out.append(msg)
                         fix.append(Expect(t))
                         continue
-                    self._ensure_prepared(conn, st, out, fix)
+                    if self._ensure_prepared(conn, st, out, fix):
+                        need_fix = True
                     out.append(messages.msg(codes.F_DESCRIBE, b"S" + messages.cstr(st.server)))
                     fix.append(Expect(t))
-                    need_fix = True
                 elif rename and t == codes.F_CLOSE and dec[0] == ord("S") and dec[1]:
                     self.statements.pop(dec[1], None)
                     fix.append(Expect(0, SYNTH, messages.CLOSE_COMPLETE))
@@ -1383,7 +1394,7 @@ class ClientSession(asyncio.Protocol):
         elif plan.raw is not None:
             out.append(plan.raw)
             fix.append(Expect(codes.F_QUERY))
-        if need_fix or self.ctx.plugins.has_post_query:
+        if need_fix or self.slow or self.ctx.plugins.has_post_query:
             if not self.slow:
                 self.slow = True
                 self.rbuf.clear()
@@ -1423,13 +1434,15 @@ class ClientSession(asyncio.Protocol):
             out.append(messages.close_statement(old))
             fix.append(Expect(codes.F_CLOSE, HIDE))
 
-    def _ensure_prepared(self, conn: BackendConnection, st: Statement, out: list[bytes], fix: list[Expect]) -> None:
+    def _ensure_prepared(self, conn: BackendConnection, st: Statement, out: list[bytes], fix: list[Expect]) -> bool:
+        """Prepare the statement on this backend if it lacks it; True when hidden messages were added."""
         if st.server in conn.prepared:
             conn.prepared.move_to_end(st.server)
-            return
+            return False
         out.append(messages.parse(st.server, st.sql, st.tail))
         fix.append(Expect(codes.F_PARSE, HIDE, st.server.encode()))
         self._remember(conn, st.server, out, fix)
+        return True
 
     def _sync_settings_sql(self, conn: BackendConnection) -> str:
         parts: list[str] = []

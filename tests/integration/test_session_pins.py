@@ -57,3 +57,21 @@ def test_with_hold_cursor_survives_transactions(cluster: PgCluster, proxy_factor
             b.execute("SELECT 1")
             assert a.execute("FETCH 1 FROM hp_cur").fetchone() == (i,)
         a.execute("CLOSE hp_cur")
+
+
+def test_pipeline_with_prepared_statements_over_a_shared_backend(
+    cluster: PgCluster, proxy_factory: ProxyFactory
+) -> None:
+    """psycopg pipeline mode mixing unnamed and prepared statements while another client uses the pool."""
+    proxy = proxy_factory({"pool": {"size": 2}, "routing": {"read_write_split": False}})
+    with connect(proxy) as a, connect(proxy) as b:
+        for round_ in range(3):
+            b.execute("SELECT 1")
+            with a.pipeline():
+                curs = []
+                for i in range(12):
+                    cur = a.cursor()
+                    cur.execute("SELECT %s::int * 2, %s::text", (i, f"r{round_}"), prepare=i % 2 == 0)
+                    curs.append(cur)
+            for i, cur in enumerate(curs):
+                assert cur.fetchone() == (i * 2, f"r{round_}")
