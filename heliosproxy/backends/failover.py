@@ -144,7 +144,8 @@ class FailoverManager:
         self._promoting = asyncio.get_running_loop().create_task(self._promote(candidate))
 
     def best_standby(self) -> Node | None:
-        """Usable standbys by least replay lag, then highest priority, then name."""
+        """Usable standbys: synchronous first (as the primary last reported), then least replay lag,
+        then highest priority, then name."""
         cands = [
             n
             for n in self.registry.nodes.values()
@@ -155,7 +156,12 @@ class FailoverManager:
         inf = float("inf")
         return min(
             cands,
-            key=lambda n: (n.lag_bytes if n.lag_bytes is not None else inf, -n.cfg.priority, n.name),
+            key=lambda n: (
+                n.name not in self.registry.sync_standbys,
+                n.lag_bytes if n.lag_bytes is not None else inf,
+                -n.cfg.priority,
+                n.name,
+            ),
         )
 
     async def _promote(self, node: Node) -> None:

@@ -29,11 +29,13 @@ SELECT r,
        ELSE coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000, 0) END,
   CASE WHEN NOT r THEN ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
        ELSE coalesce((SELECT received_tli FROM pg_stat_wal_receiver),
-                     (SELECT timeline_id FROM pg_control_checkpoint())) END
+                     (SELECT timeline_id FROM pg_control_checkpoint())) END,
+  CASE WHEN NOT r THEN (SELECT string_agg(application_name, ',') FROM pg_stat_replication
+                        WHERE sync_state IN ('sync', 'quorum')) END
 FROM (SELECT pg_is_in_recovery() AS r) s"""
 
 # For a checker user without access to the WAL functions: role only.
-BASIC_PROBE_SQL = "SELECT pg_is_in_recovery(), NULL, NULL, NULL, NULL"
+BASIC_PROBE_SQL = "SELECT pg_is_in_recovery(), NULL, NULL, NULL, NULL, NULL"
 
 
 def parse_lsn(text: str | None) -> int | None:
@@ -57,6 +59,7 @@ class Probe:
     lag_ms: float | None
     timeline: int | None
     at: float
+    sync_standbys: tuple[str, ...] = ()  # on a primary: application_names of its synchronous standbys
 
 
 def checker_credentials(config: Config) -> tuple[str, str | None]:
@@ -163,6 +166,7 @@ class NodeChecker:
             lag_ms=float(r[3]) if r[3] is not None else None,
             timeline=int(r[4]) if r[4] is not None else None,
             at=time.monotonic(),
+            sync_standbys=tuple(x for x in (r[5] or "").split(",") if x) if len(r) > 5 else (),
         )
 
 
@@ -257,6 +261,9 @@ class HealthMonitor:
             if name == self.registry.primary and probe.lsn is not None:
                 self.primary_lsn = probe.lsn
                 self.primary_lsn_at = now
+            if name == self.registry.primary:
+                # Standbys are known by application_name = node name in their primary_conninfo.
+                self.registry.sync_standbys = frozenset(probe.sync_standbys)
         health = self.config.health
         if node.state is NodeState.CONFLICT:
             pass  # only failover clears a conflict

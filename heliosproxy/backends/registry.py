@@ -50,6 +50,7 @@ class Registry:
         self.primary: str | None = None
         self.generation = 0  # bumped on every change the router must notice
         self.failovers = 0
+        self.sync_standbys: frozenset[str] = frozenset()  # as the primary last reported them
         self.configure(config)
 
     def configure(self, config: Config) -> None:

@@ -254,3 +254,36 @@ def test_stopped_or_lagging_standby_leaves_reads_and_comes_back(
         pg.sql(standby, "SELECT pg_wal_replay_resume()")
         _wait(lambda: read_port(conn) == standby.port, 10, "reads back after the lag cleared")
         assert _nodes(proxy)["standby1"]["state"] == "up"
+
+
+def test_proxy_promotes_the_synchronous_standby_first(
+    cluster_factory: Callable[..., PgCluster], proxy_factory: ProxyFactory
+) -> None:
+    """failover.promote prefers a synchronous standby over a higher-priority asynchronous one."""
+    pg = cluster_factory(standbys=2, settings={"synchronous_standby_names": "standby2"})
+    nodes = pg.node_config()
+    for n in nodes:
+        n["priority"] = 10 if n["name"] == "standby1" else 0
+    proxy = proxy_factory(
+        {"nodes": nodes, "health": HEALTH,
+         "failover": {"promote": True, "primary_down_for": "1s", "write_timeout": "2s"}},
+        cluster=pg,
+    )
+    dsn = proxy.dsn()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE events (id serial PRIMARY KEY, note text)")
+    pg.wait_replay()
+    _wait(lambda: all(_nodes(proxy)[s]["state"] == "up" for s in ("standby1", "standby2")), 5, "standbys up")
+    time.sleep(INTERVAL * 2)  # one more primary check reports the synchronous standby
+    pg.stop_node(pg.primary, "immediate")
+    port = None
+    deadline = time.monotonic() + 30
+    while port is None and time.monotonic() < deadline:
+        try:
+            port = _write_once(dsn)
+        except psycopg.Error:
+            time.sleep(0.1)
+    assert port is not None, "the proxy did not promote:\n" + proxy.output()[-3000:]
+    standby2 = next(s for s in pg.standbys if s.name == "standby2")
+    assert port == standby2.port, "the synchronous standby2 should win over standby1's higher priority"
+    assert "promoting standby2" in proxy.output()
