@@ -110,7 +110,7 @@ class AdminConsole:
             words = sql.strip().rstrip(";").split()
             if len(words) == 2 and words[0].upper() == "SHOW" and words[1].upper() in _AGGREGATED:
                 return self._show_all_workers(link, words[1].upper())
-        return self._execute(sql, session)
+        return self.execute_local(sql, session)
 
     async def _show_all_workers(self, link: Any, item: str) -> bytes:
         """SHOW over every worker's snapshot, with a `worker` column."""
@@ -140,7 +140,8 @@ class AdminConsole:
         ]
         return _table(("fingerprint", "query", "calls", "total_ms", "mean_ms", "errors"), rows)
 
-    def _execute(self, sql: str, session: Any) -> bytes | None:
+    def execute_local(self, sql: str, session: Any) -> bytes | None:
+        """Answer from this worker's state only (also used for extended-protocol admin queries)."""
         text = sql.strip().rstrip(";").strip()
         if not text:
             return messages.EMPTY_QUERY

@@ -117,7 +117,7 @@ class Inflight:
 class Plan:
     """What to send for one client request once a backend is at hand."""
 
-    __slots__ = ("batch", "info", "qctx", "raw", "sync", "target", "write")
+    __slots__ = ("answer", "batch", "info", "qctx", "raw", "sync", "target", "write")
 
     def __init__(
         self,
@@ -136,6 +136,13 @@ class Plan:
         self.qctx = qctx
         self.sync = sync  # expects a ReadyForQuery
         self.write = write
+        self.answer: bytes | None = None  # set: a proxy answer to write once earlier replies are in
+
+    @classmethod
+    def deferred(cls, answer: bytes | None) -> Plan:
+        plan = cls(None, None, None, None, None, False, False)
+        plan.answer = answer
+        return plan
 
 
 class ClientSession(asyncio.Protocol):
@@ -175,6 +182,7 @@ class ClientSession(asyncio.Protocol):
         self.slow = False
         self.rbuf = bytearray()
         self.batch: list[tuple[int, bytes, Any]] = []
+        self.skip_to_sync = False  # an extended-protocol error was answered: ignore messages until Sync
         self.statements: dict[str, Statement] = {}
         self.unnamed: Statement | None = None
         self.inflight: collections.deque[Inflight] = collections.deque()
@@ -599,6 +607,10 @@ class ClientSession(asyncio.Protocol):
             self.ctx.counters.login_failures += 1
             self._fatal(exc.sqlstate, exc.message)
             return
+        except Exception as exc:  # never leave a client hanging at login
+            log.error("client %s user=%s: login failed: %r", self.peer, self.user, exc)
+            self._fatal("08006", f"cannot get a server connection: {exc}")
+            return
         if self.phase == CLOSED:
             if self.backend is not None and self.backend_pool is not None:
                 conn, self.backend = self.backend, None
@@ -714,6 +726,11 @@ class ClientSession(asyncio.Protocol):
                     if self.transport is not None:
                         self.transport.close()
                     return
+                elif self.skip_to_sync:
+                    if t == codes.F_SYNC:
+                        self.skip_to_sync = False
+                        self.batch.clear()
+                        self._answer(b"")
                 elif t == codes.F_SYNC or t == codes.F_FLUSH:
                     self.batch.append((t, msg, None))
                     self._on_batch_end(t == codes.F_SYNC)
@@ -916,9 +933,7 @@ class ClientSession(asyncio.Protocol):
     def _answer(self, body: bytes) -> None:
         """Respond to a Query without a backend: body, then ReadyForQuery (after anything pending)."""
         if self.pending or self.expect:
-            self._defer(
-                Plan(None, None, None, None, None, False, False), body + messages.ready_for_query(self.tx_status)
-            )
+            self.stalled = Plan.deferred(body + messages.ready_for_query(self.tx_status))
             return
         self._write(body + messages.ready_for_query(self.tx_status))
 
@@ -936,16 +951,11 @@ class ClientSession(asyncio.Protocol):
         status = codes.TX_FAILED if self.tx_status != codes.TX_IDLE else codes.TX_IDLE
         body = messages.error_response("ERROR", sqlstate, message)
         if self.pending or self.expect:
-            self._defer(Plan(None, None, None, None, None, False, False), body + messages.ready_for_query(status))
+            self.stalled = Plan.deferred(body + messages.ready_for_query(status))
             return
         if status == codes.TX_FAILED:
             self.tx_status = status
         self._write(body + messages.ready_for_query(status))
-
-    def _defer(self, plan: Plan, answer: bytes) -> None:
-        plan.raw = answer
-        plan.sync = False
-        self.stalled = plan
 
     def _admin_query(self, sql: str) -> None:
         admin = self.ctx.admin
@@ -959,7 +969,7 @@ class ClientSession(asyncio.Protocol):
             return
         if inspect.isawaitable(body):
             # Gathered from every worker: hold the client's next messages until it is written.
-            self.stalled = Plan(None, None, None, None, None, False, False)
+            self.stalled = Plan.deferred(None)
             self._pause_reading()
             asyncio.get_running_loop().create_task(self._admin_async(body))
             return
@@ -1102,14 +1112,16 @@ class ClientSession(asyncio.Protocol):
 
     def _batch_error(self, batch: list[tuple[int, bytes, Any]], sqlstate: str, message: str, sync: bool) -> None:
         """Answer a batch that must not run: the error, then (at Sync) ReadyForQuery, like a server."""
-        if not sync:
-            # Without Sync the server would skip until one arrives; emulate by discarding until Sync.
-            self._answer_error_nosync(sqlstate, message)
+        if sync:
+            self._answer_error(sqlstate, message)
             return
-        self._answer_error(sqlstate, message)
-
-    def _answer_error_nosync(self, sqlstate: str, message: str) -> None:
-        self._write(messages.error_response("ERROR", sqlstate, message))
+        # Flush, not Sync: like a server, send the error now and ignore messages until the Sync.
+        body = messages.error_response("ERROR", sqlstate, message)
+        if self.pending or self.expect:
+            self.stalled = Plan.deferred(body)
+        else:
+            self._write(body)
+        self.skip_to_sync = True
 
     def _batch_cached(self, batch: list[tuple[int, bytes, Any]], st: Statement, sync: bool) -> None:
         """Answer a batch about a statement a plugin answered from cache, as a server would."""
@@ -1144,8 +1156,7 @@ class ClientSession(asyncio.Protocol):
         out: list[bytes] = []
         if sql is not None and self.ctx.admin is not None:
             try:
-                admin = self.ctx.admin
-                body = getattr(admin, "_execute", admin.execute)(sql, self) or b""
+                body = self.ctx.admin.execute_local(sql, self) or b""
                 out.append(messages.PARSE_COMPLETE + messages.BIND_COMPLETE + body)
             except HeliosError as exc:
                 out.append(messages.error_response("ERROR", exc.sqlstate, exc.message))
@@ -1233,9 +1244,12 @@ class ClientSession(asyncio.Protocol):
             target = await self._resolve(plan.target, plan.write)
             pool = ctx.pools.get(target.node, target.database or self.database, self.user)
             conn = await pool.acquire()
-        except HeliosError as exc:
+        except Exception as exc:
             if self.phase != READY:
                 return
+            if not isinstance(exc, HeliosError):
+                log.error("client %s: getting a server connection failed: %r", self.peer, exc)
+                exc = BackendUnavailable(f"cannot get a server connection: {exc}")
             self.stalled = None
             self._answer_plan_error(plan, exc)
             self._continue()
@@ -1298,10 +1312,6 @@ class ClientSession(asyncio.Protocol):
             pool.release(conn, reusable)
 
     def _send(self, conn: BackendConnection, plan: Plan) -> None:
-        if plan.raw is not None and not plan.sync and plan.batch is None and plan.target is None and plan.info is None:
-            # A deferred proxy answer.
-            self._write(plan.raw)
-            return
         raw = plan.raw
         if (
             raw is not None
@@ -1579,8 +1589,8 @@ class ClientSession(asyncio.Protocol):
     def _resume_stalled(self, plan: Plan) -> None:
         if self.phase != READY:
             return
-        if plan.raw is not None and not plan.sync and plan.batch is None and plan.info is None:
-            self._write(plan.raw)
+        if plan.answer is not None:
+            self._write(plan.answer)
         else:
             self._dispatch(plan)
         if self.stalled is None:

@@ -75,3 +75,21 @@ def test_pipeline_with_prepared_statements_over_a_shared_backend(
                     curs.append(cur)
             for i, cur in enumerate(curs):
                 assert cur.fetchone() == (i * 2, f"r{round_}")
+
+
+def test_extended_error_before_sync_skips_to_sync(cluster: PgCluster, proxy_factory: ProxyFactory) -> None:
+    """An error the proxy answers at a Flush makes it ignore the rest until Sync, like a server."""
+    from tests.helpers.rawpg import RawPg, cstr, msg
+
+    proxy = proxy_factory({"routing": {"read_write_split": False}})
+    with RawPg(proxy.host, proxy.port) as raw:
+        raw.login("app", "apppass", "app")
+        # SET helios.* must be a simple query: its Parse is refused at the Flush.
+        raw.send(msg(b"P", cstr("") + cstr("SET helios.route = 'primary'") + b"\x00\x00") + msg(b"H"))
+        kind, _ = raw.read_message()
+        assert kind == "E"
+        # What follows up to Sync is ignored; Sync gets ReadyForQuery and nothing else.
+        bind = msg(b"B", cstr("") + cstr("") + b"\x00\x00\x00\x00\x00\x00")
+        raw.send(bind + msg(b"E", cstr("") + b"\x00\x00\x00\x00") + msg(b"S"))
+        assert [k for k, _ in raw.read_until_ready()] == ["Z"]
+        assert [k for k, _ in raw.query("SELECT 1")] == ["T", "D", "C", "Z"]
