@@ -22,21 +22,15 @@ class _Session(ClientSession):
         super().connection_made(transport)
 
 
-async def start_listener(
-    ctx: ProxyContext, *, reuse_port: bool = False, sock: socket.socket | None = None
-) -> asyncio.Server:
-    loop = asyncio.get_running_loop()
+async def start_listener(ctx: ProxyContext, *, reuse_port: bool = False) -> asyncio.Server:
     cfg = ctx.config
-    if sock is not None:
-        server = await loop.create_server(lambda: _Session(ctx), sock=sock, backlog=4096)
-    else:
-        server = await loop.create_server(
-            lambda: _Session(ctx),
-            cfg.listen_host,
-            cfg.listen_port,
-            reuse_port=reuse_port or None,
-            backlog=4096,
-        )
+    server = await asyncio.get_running_loop().create_server(
+        lambda: _Session(ctx),
+        cfg.listen_host,
+        cfg.listen_port,
+        reuse_port=reuse_port or None,
+        backlog=4096,
+    )
     for s in server.sockets:
         log.info("listening on %s", s.getsockname())
     return server

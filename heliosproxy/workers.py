@@ -39,7 +39,7 @@ class WorkerLink:
         self.on_cancel: Callable[[int, int], bool] | None = None
         self.snapshot: Callable[[], dict[str, Any]] | None = None
         # Other requests a peer may make: op byte -> function returning the answer's bytes.
-        self.handlers: dict[bytes, Callable[[], bytes]] = {}
+        self.handlers: dict[bytes, Callable[[], bytes]] = {b"S": self._snapshot_bytes}
         self._server: asyncio.AbstractServer | None = None
 
     def path(self, worker: int) -> str:
@@ -63,10 +63,6 @@ class WorkerLink:
                 pid, key = _II.unpack(await asyncio.wait_for(reader.readexactly(8), 2.0))
                 if self.on_cancel is not None:
                     self.on_cancel(pid, key)
-            elif op == b"S":
-                data = json.dumps(self.snapshot() if self.snapshot else {}, default=str).encode()
-                writer.write(struct.pack("!I", len(data)) + data)
-                await writer.drain()
             elif op in self.handlers:
                 data = self.handlers[op]()
                 writer.write(struct.pack("!I", len(data)) + data)
@@ -110,21 +106,17 @@ class WorkerLink:
                 log.debug("worker %d did not answer %r: %s", w, op, exc)
         return out
 
+    def _snapshot_bytes(self) -> bytes:
+        return json.dumps(self.snapshot() if self.snapshot else {}, default=str).encode()
+
     async def gather(self) -> list[dict[str, Any]]:
         """Snapshots of every worker (this one included), for aggregated admin views and metrics."""
-        out: list[dict[str, Any]] = []
-        for w in range(self.workers):
-            if w == self.worker_id:
-                out.append(self.snapshot() if self.snapshot else {})
-                continue
+        out: list[dict[str, Any]] = [self.snapshot() if self.snapshot else {}]
+        for w, data in await self.ask_all(b"S"):
             try:
-                reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(self.path(w)), 1.0)
-                writer.write(b"S")
-                n = struct.unpack("!I", await asyncio.wait_for(reader.readexactly(4), 2.0))[0]
-                out.append(json.loads(await asyncio.wait_for(reader.readexactly(n), 2.0)))
-                writer.close()
-            except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
-                log.debug("worker %d did not answer a snapshot request: %s", w, exc)
+                out.append(json.loads(data))
+            except ValueError as exc:
+                log.debug("worker %d sent a bad snapshot: %s", w, exc)
         return out
 
 

@@ -152,7 +152,6 @@ class BackendConnection(asyncio.Protocol):
                         f"backend {self.node} asks for a password for user {self.user!r} and none is configured",
                         "28P01",
                     )
-                assert password is not None or code not in (codes.AUTH_CLEARTEXT,)
                 if code == codes.AUTH_CLEARTEXT:
                     self.write(messages.password_message(messages.cstr(password or "")))
                 elif code == codes.AUTH_MD5:

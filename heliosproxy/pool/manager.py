@@ -38,25 +38,24 @@ class PoolManager:
         """New config: pools whose settings changed are retired (connections close as they come back)."""
         old = self.config
         self.config = config
-        for key, pool in list(self.pools.items()):
+        for key in list(self.pools):
             nc_old, nc_new = old.node(key.node), config.node(key.node)
             u_old, u_new = old.user(key.user), config.user(key.user)
             if nc_new is None or u_new is None or nc_old != nc_new or u_old != u_new or old.pool != config.pool:
-                pool.retired = True
-                for conn in pool.idle:
-                    conn.close()
-                pool.idle.clear()
-                del self.pools[key]
+                self._retire(key)
 
     def drain_node(self, node: str) -> None:
         """The node lost its role or went down: close idle connections, retire its pools."""
-        for key, pool in list(self.pools.items()):
-            if key.node == node:
-                pool.retired = True
-                for conn in pool.idle:
-                    conn.close()
-                pool.idle.clear()
-                del self.pools[key]
+        for key in [k for k in self.pools if k.node == node]:
+            self._retire(key)
+
+    def _retire(self, key: PoolKey) -> None:
+        """Idle connections close now; active ones close as their clients give them back."""
+        pool = self.pools.pop(key)
+        pool.retired = True
+        for conn in pool.idle:
+            conn.close()
+        pool.idle.clear()
 
     def active_on(self, node: str) -> int:
         return sum(len(p.active) for k, p in self.pools.items() if k.node == node)
