@@ -87,7 +87,10 @@ class Server:
             await link.start()
         for extra in self.extras:
             await extra.start()
-        self.listener = await start_listener(self.ctx, reuse_port=self.reuse_port)
+        try:
+            self.listener = await start_listener(self.ctx, reuse_port=self.reuse_port)
+        except OSError as exc:
+            raise OSError(exc.errno, f"listen {self.config.listen}: {exc.strerror or exc}") from None
 
     def _cancel_from_peer(self, pid: int, key: int) -> bool:
         client = self.ctx.cancel_keys.get((pid, key))
@@ -229,7 +232,7 @@ def _run_worker(config: Config, worker_id: int, link: WorkerLink | None) -> int:
         try:
             return await server.serve()
         except OSError as exc:
-            log.error("cannot listen on %s: %s", config.listen, exc)
+            log.error("cannot start: %s", exc.strerror or exc)
             return 1
 
     return int(uvloop.run(main()))

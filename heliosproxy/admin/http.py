@@ -86,7 +86,10 @@ class AdminHttp:
         if not listen:
             return
         host, port = split_hostport(listen)
-        self.listener = await asyncio.start_server(self._handle, host, port, limit=MAX_HEAD + 1024)
+        try:
+            self.listener = await asyncio.start_server(self._handle, host, port, limit=MAX_HEAD + 1024)
+        except OSError as exc:
+            raise OSError(exc.errno, f"admin.listen {listen}: {exc.strerror or exc}") from None
         sock = self.listener.sockets[0].getsockname()
         self.bound = (sock[0], sock[1])
         log.info("admin HTTP listening on %s:%s", sock[0], sock[1])
