@@ -18,6 +18,7 @@ from heliosproxy.config.schema import (
     AuthMethod,
     BranchConfig,
     Config,
+    DatabaseConfig,
     FailoverConfig,
     HealthConfig,
     LogConfig,
@@ -428,7 +429,9 @@ class _Parser:
 
     def convert(self, owner: type, name: str, tp: Any, node: yaml.Node, path: str) -> Any:
         if owner is Config and name == "branches":
-            return self.branches(node, path)
+            return self.named(BranchConfig, "{node, database}", node, path)
+        if owner is Config and name == "databases":
+            return self.named(DatabaseConfig, "{database, route, pool_mode, ...}", node, path)
         if owner is Config and name == "workers":
             raw = self.scalar(node, path)
             if raw == "auto":
@@ -522,23 +525,24 @@ class _Parser:
             items.append(raw.strip().lower() if name == "write_functions" else raw)
         return tuple(items)
 
-    def branches(self, node: yaml.Node, path: str) -> tuple[BranchConfig, ...]:
+    def named(self, cls: type[Any], shape: str, node: yaml.Node, path: str) -> tuple[Any, ...]:
+        """A mapping of NAME -> {fields} (branches:, databases:) as a tuple of cls(name=NAME, ...)."""
+        what = "branch" if cls is BranchConfig else "database"
         if self.is_null(node):
             return ()
         if not isinstance(node, yaml.MappingNode):
             self.fail(
                 node,
                 path,
-                f"expected a mapping of branch name -> {{node, database}},"
-                f" got {_describe(self.scalar(node, path))}",
+                f"expected a mapping of {what} name -> {shape}, got {_describe(self.scalar(node, path))}",
             )
-        result: list[BranchConfig] = []
+        result: list[Any] = []
         for key, knode, vnode in self.pairs(node, path):
             sub = _join(path, key)
             if not key.strip():
-                self.fail(knode, path, "a branch name must not be empty")
+                self.fail(knode, path, f"a {what} name must not be empty")
             self.lines[sub] = knode.start_mark.line + 1
-            result.append(self.build(BranchConfig, vnode, sub, name=key))
+            result.append(self.build(cls, vnode, sub, name=key))
         return tuple(result)
 
     # ---- cross-field checks

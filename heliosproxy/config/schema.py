@@ -97,6 +97,30 @@ class BranchConfig:
     database: str
 
 
+class DatabaseRoute(str, Enum):
+    AUTO = "auto"  # read/write split as configured under routing
+    PRIMARY = "primary"
+    STANDBY = "standby"  # a read-only alias: every statement goes to a standby
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    """One entry of `databases:`: an alias clients connect to, with its own routing and pool settings."""
+
+    name: str
+    database: str | None = None  # the server's database name; None = the alias itself
+    route: DatabaseRoute = DatabaseRoute.AUTO
+    pool_mode: PoolMode | None = None
+    pool_size: int | None = None
+    min_pool_size: int | None = None
+    reserve_pool_size: int | None = None
+    max_db_connections: int | None = None
+
+    @property
+    def dbname(self) -> str:
+        return self.database or self.name
+
+
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
     method: AuthMethod = AuthMethod.SCRAM
@@ -193,6 +217,7 @@ class Config:
     pool: PoolConfig = field(default_factory=PoolConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     branches: tuple[BranchConfig, ...] = ()
+    databases: tuple[DatabaseConfig, ...] = ()
     health: HealthConfig = field(default_factory=HealthConfig)
     failover: FailoverConfig = field(default_factory=FailoverConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
@@ -216,6 +241,12 @@ class Config:
         for b in self.branches:
             if b.name == name:
                 return b
+        return None
+
+    def database(self, name: str) -> DatabaseConfig | None:
+        for d in self.databases:
+            if d.name == name:
+                return d
         return None
 
     @property

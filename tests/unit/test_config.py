@@ -323,14 +323,14 @@ BAD_CASES: list[tuple[str, str, str]] = [
         "unknown key without a close match",
         BASE + "zzzzz: 1\n",
         "bad.yaml:10: zzzzz: unknown key (known keys: admin, auth, branches, client_login_timeout,"
-        " failover, health, listen, log, max_client_connections, max_message_size, nodes, plugins,"
+        " databases, failover, health, listen, log, max_client_connections, max_message_size, nodes, plugins,"
         " pool, routing, shutdown_timeout, users, workers)",
     ),
     (
         "source is not a key",
         BASE + "source: x\n",
         "bad.yaml:10: source: unknown key (known keys: admin, auth, branches, client_login_timeout,"
-        " failover, health, listen, log, max_client_connections, max_message_size, nodes, plugins,"
+        " databases, failover, health, listen, log, max_client_connections, max_message_size, nodes, plugins,"
         " pool, routing, shutdown_timeout, users, workers)",
     ),
     (
