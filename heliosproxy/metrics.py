@@ -37,6 +37,7 @@
 | heliosproxy_plugin_duration_seconds_total | counter | plugin, hook | time spent in plugin hook calls |
 | heliosproxy_plugin_disabled | gauge | plugin | 1 when disabled after repeated errors |
 | heliosproxy_plugin_metric_total | counter | plugin, name | values a plugin added with helios.metric_add |
+| heliosproxy_plugin_misroutes_total | counter | plugin | writes a route hook sent to a standby (run on the primary) |
 | heliosproxy_config_reloads_total | counter | result (ok, failed) | config reloads |
 """
 
@@ -278,6 +279,8 @@ class ProxyCollector(Collector):
         pdis = GaugeMetricFamily(p + "plugin_disabled", "1 when disabled after repeated errors", labels=["plugin"])
         pm = CounterMetricFamily(p + "plugin_metric", "Values added by plugins (helios.metric_add)",
                                  labels=["plugin", "name"])
+        pmr = CounterMetricFamily(p + "plugin_misroutes", "Writes a route hook sent to a standby (run on the primary)",
+                                  labels=["plugin"])
         for plugin in ctx.plugins.stats():
             name = plugin["name"]
             for hook, s in plugin.get("calls", {}).items():
@@ -287,7 +290,8 @@ class ProxyCollector(Collector):
             pdis.add_metric([name], 1 if plugin.get("disabled") else 0)
             for mname, value in plugin.get("metrics", {}).items():
                 pm.add_metric([name, mname], value)
-        yield from (pc, pe, pd, pdis, pm)
+            pmr.add_metric([name], plugin.get("misroutes", 0))
+        yield from (pc, pe, pd, pdis, pm, pmr)
 
         rl = CounterMetricFamily(p + "config_reloads", "Config reloads", labels=["result"])
         rl.add_metric(["ok"], server.reloads_ok)

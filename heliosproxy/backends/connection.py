@@ -57,6 +57,9 @@ class BackendConnection(asyncio.Protocol):
         # Proxy-named prepared statements present on this backend (LRU order).
         self.prepared: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.pinned_by: object | None = None
+        # A client ran something here that may have dropped statements other clients rely on:
+        # close it when that client is done instead of pooling it.
+        self.poisoned = False
         self.on_lost: Callable[[BackendConnection], None] | None = None
         self._buf = bytearray()
         self._waiter: asyncio.Future[None] | None = None
@@ -92,9 +95,32 @@ class BackendConnection(asyncio.Protocol):
     def attach(self, owner: BackendOwner) -> None:
         self.owner = owner
         if self._buf:
-            data = bytes(self._buf)
+            data = self._drop_async(bytes(self._buf))
             self._buf.clear()
-            owner.on_backend_data(self, data)
+            if data:
+                owner.on_backend_data(self, data)
+
+    def _drop_async(self, data: bytes) -> bytes:
+        """What arrived while nobody owned this connection, less notices, notifications and
+        parameter reports: they belonged to an earlier session, never to the next client."""
+        out: list[bytes] = []
+        pos = 0
+        n = len(data)
+        while n - pos >= 5:
+            t = data[pos]
+            end = pos + 1 + _I.unpack_from(data, pos + 1)[0]
+            if end > n:
+                break
+            if t == codes.B_PARAMETER_STATUS:
+                name, p = messages.read_cstr(data, pos + 5)
+                self.params[name] = messages.read_cstr(data, p)[0]
+            elif t == codes.B_NOTIFICATION or t == codes.B_NOTICE:
+                log.debug("dropped a message for an earlier session on %s (type %r)", self.node, chr(t))
+            else:
+                out.append(data[pos:end])
+            pos = end
+        out.append(data[pos:])
+        return b"".join(out)
 
     def detach(self) -> None:
         self.owner = None

@@ -137,6 +137,7 @@ class PoolConfig:
     reset_query: str = "DISCARD ALL"
     connect_timeout: float = 5.0
     prepared_statements_per_server: int = 1000  # LRU bound of proxy-named statements per backend
+    strict_isolation: bool = False  # pin clients that call functions with unknown session effects
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,18 +31,22 @@ from heliosproxy.plugins.hooks import (
     PostQueryOutcome,
     PreQueryResult,
     QueryContext,
+    Rewrite,
     RouteBlock,
     RouteDefault,
+    RoutePrimary,
     RouteResult,
+    RouteStandby,
     auth_request_json,
     parse_auth,
     parse_pre_query,
     parse_route,
 )
 from heliosproxy.plugins.kv import KvStore
-from heliosproxy.plugins.manifest import Manifest, load_manifest
+from heliosproxy.plugins.manifest import REWRITE_MULTI, Manifest, load_manifest
 from heliosproxy.plugins.reload import DirectoryWatcher, ReloadKind
 from heliosproxy.plugins.wasm import HostBindings, WasmInstance, WasmRuntime
+from heliosproxy.sql.classify import count_statements
 
 log = logging.getLogger("heliosproxy.plugins")
 _R = TypeVar("_R")
@@ -80,6 +84,7 @@ class LoadedPlugin:
     consecutive_errors: int = 0
     disabled: bool = False
     last_error: str | None = None
+    misroutes: int = 0  # route answers that sent a write to a standby (followed to the primary instead)
 
     @property
     def closed(self) -> bool:
@@ -96,6 +101,9 @@ class PluginManager:
         self.kv = KvStore(cfg.kv_max_keys, cfg.kv_max_value_bytes)
         self.plugins: dict[str, LoadedPlugin] = {}
         self._chains: dict[HookType, tuple[LoadedPlugin, ...]] = {}
+        # Bumped whenever the set of running plugins changes (load, reload, disable, enable):
+        # verdicts cached per prepared statement are only valid for the generation they came from.
+        self.generation = 0
         self.has_pre_query = False
         self.has_route = False
         self.has_post_query = False
@@ -236,6 +244,7 @@ class PluginManager:
         ordered = sorted(self.plugins.values(), key=lambda p: (p.manifest.priority, p.name))
         chains = {hook: tuple(p for p in ordered if hook in p.manifest.hooks and not p.disabled) for hook in HookType}
         self._chains = chains
+        self.generation += 1
         self.has_pre_query = bool(chains[HookType.PRE_QUERY])
         self.has_route = bool(chains[HookType.ROUTE])
         self.has_post_query = bool(chains[HookType.POST_QUERY])
@@ -297,9 +306,34 @@ class PluginManager:
                 if p.closed:
                     return Block(f"plugin {p.name} failed: {e.kind}")
                 continue
+            if isinstance(result, Rewrite) and not self._rewrite_allowed(p, result):
+                if p.closed:
+                    return Block(f"plugin {p.name} failed: rewrite")
+                continue
             if not isinstance(result, Continue):
                 return result
         return CONTINUE
+
+    def _rewrite_allowed(self, p: LoadedPlugin, result: Rewrite) -> bool:
+        """A rewrite is one statement unless the manifest grants rewrite_multi_statement.
+
+        A violation counts as a failure of the plugin's pre_query (fail_mode applies)."""
+        if REWRITE_MULTI in p.manifest.permissions:
+            return True
+        n = count_statements(result.query)
+        if n == 1:
+            return True
+        st = p.stats.get(HookType.PRE_QUERY)
+        if st is None:
+            st = p.stats[HookType.PRE_QUERY.value] = HookStats()
+        what = "several statements" if n > 1 else "text that does not parse as one statement"
+        self._record_error(
+            p,
+            HookType.PRE_QUERY,
+            st,
+            PluginError("rewrite", f"rewrite to {what} without the permission {REWRITE_MULTI}"),
+        )
+        return False
 
     def route(self, ctx: QueryContext) -> RouteResult:
         """Run the route chain: the first non-default result wins."""
@@ -311,6 +345,12 @@ class PluginManager:
                 if p.closed:
                     return RouteBlock(f"plugin {p.name} failed: {e.kind}")
                 continue
+            if isinstance(result, RouteStandby) and not ctx.is_read_only:
+                # A write never goes to a standby, whatever a plugin says: it goes to the primary.
+                p.misroutes += 1
+                if p.misroutes == 1:
+                    log.warning("plugin %s routed a write to a standby; sent to the primary instead", p.name)
+                return RoutePrimary()
             if not isinstance(result, RouteDefault):
                 return result
         return ROUTE_DEFAULT
@@ -481,6 +521,7 @@ class PluginManager:
                         for k, s in p.stats.items()
                     },
                     "metrics": dict(p.metrics),
+                    "misroutes": p.misroutes,
                 }
             )
         return out

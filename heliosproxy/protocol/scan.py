@@ -7,6 +7,9 @@ import struct
 _I = struct.Struct("!I")
 _Z = ord("Z")
 _E = ord("E")
+_S = ord("S")
+# The first field of a server's ErrorResponse is its severity: these end the session.
+_FATAL = frozenset((b"SFATAL", b"SPANIC"))
 ERROR_SEEN = 0x100  # or-ed into a status when an ErrorResponse came since the previous ReadyForQuery
 
 
@@ -19,7 +22,7 @@ class ReplyScanner:
     chunks are kept in a small carry buffer.
     """
 
-    __slots__ = ("_carry", "_err", "_skip", "_want_status", "bytes_seen")
+    __slots__ = ("_carry", "_err", "_skip", "_want_status", "bytes_seen", "fatal", "params")
 
     def __init__(self) -> None:
         self._skip = 0  # body bytes of the current message still to skip
@@ -27,8 +30,12 @@ class ReplyScanner:
         self._want_status = False  # the next byte is a ReadyForQuery status
         self._err = 0
         self.bytes_seen = 0
+        self.fatal = False  # an ErrorResponse of severity FATAL/PANIC went by: the server is ending the session
+        self.params = False  # a ParameterStatus went by since the flag was last cleared
 
     def reset(self) -> None:
+        self.fatal = False
+        self.params = False
         self._err = 0
         self._skip = 0
         self._carry = b""
@@ -63,6 +70,10 @@ class ReplyScanner:
             length = _I.unpack_from(head, 1)[0] - 4
             if head[0] == _E:
                 self._err = ERROR_SEEN
+                if bytes(chunk[pos : pos + 6]) in _FATAL:
+                    self.fatal = True
+            elif head[0] == _S:
+                self.params = True
             elif head[0] == _Z:
                 if pos < n:
                     statuses.append(chunk[pos] | self._err)
@@ -82,6 +93,10 @@ class ReplyScanner:
             end = pos + 1 + unpack(chunk, pos + 1)[0]
             if t == _E:
                 self._err = ERROR_SEEN
+                if bytes(chunk[pos + 5 : pos + 11]) in _FATAL:
+                    self.fatal = True
+            elif t == _S:
+                self.params = True
             elif t == _Z:
                 if pos + 5 < n:
                     statuses.append(chunk[pos + 5] | self._err)

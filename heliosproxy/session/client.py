@@ -10,9 +10,10 @@ import logging
 import os
 import struct
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
-from heliosproxy.backends.connection import BackendConnection, send_cancel
+from heliosproxy.backends.connection import BackendConnection, QueryError, send_cancel
 from heliosproxy.config.schema import AuthMethod, PoolMode
 from heliosproxy.errors import (
     BackendUnavailable,
@@ -22,24 +23,26 @@ from heliosproxy.plugins import hooks
 from heliosproxy.pool.pool import Pool, PoolWait
 from heliosproxy.protocol import codes, messages
 from heliosproxy.protocol.auth import SCRAM_MECHANISM, ScramError, ScramServer, md5_password
+from heliosproxy.protocol.encodings import python_codec
 from heliosproxy.protocol.scan import ERROR_SEEN, ReplyScanner
 from heliosproxy.routing.router import Target
 from heliosproxy.session.context import ProxyContext, QueryStat
 from heliosproxy.session.prepared import Statement, server_name
-from heliosproxy.sql.classify import Effect, StatementInfo, TxControl
+from heliosproxy.sql.classify import Effect, StatementInfo, TxControl, classify_uncached
 from heliosproxy.sql.hints import Hints, parse_hints
 
 log = logging.getLogger("heliosproxy.session")
+# Background tasks of all sessions, referenced until done (a session may be gone before its task ends).
+_TASKS: set[asyncio.Task[Any]] = set()
 
 _I = struct.Struct("!I")
 _i = struct.Struct("!i")
+_H = struct.Struct("!H")
 
 STARTUP, AUTH, LOGIN, READY, CLOSED = range(5)
 ADMIN_DATABASE = "heliosproxy"
 # Startup parameters that are not session settings.
 _NOT_SETTINGS = frozenset({"user", "database", "replication", "options"})
-# Settings whose ParameterStatus the client expects to reflect its own startup values.
-_REPORTED = frozenset({"application_name", "client_encoding", "DateStyle", "TimeZone", "IntervalStyle"})
 _COMPLETES = {
     codes.F_PARSE: frozenset((codes.B_PARSE_COMPLETE,)),
     codes.F_BIND: frozenset((codes.B_BIND_COMPLETE,)),
@@ -52,7 +55,20 @@ _COMPLETES = {
 }
 _ASYNC = frozenset((codes.B_NOTICE, codes.B_NOTIFICATION, codes.B_PARAMETER_STATUS))
 PASS, HIDE, SYNTH = 0, 1, 2
+_FATAL_SEVERITY = frozenset((b"SFATAL", b"SPANIC"))
 _HELIOS = Effect.HELIOS_SET | Effect.HELIOS_SHOW
+_OWN_SESSION = Effect.DISCARD | Effect.DEALLOCATE
+_FORGETS = Effect.DISCARD | Effect.DEALLOCATE
+_STATE_EFFECTS = Effect.SET | Effect.RESET | Effect.DISCARD
+# Statements after which a ParameterStatus from the server is expected (the proxy models them).
+_REPORTING = _STATE_EFFECTS | Effect.SET_LOCAL
+# Settings RESET ALL leaves alone (GUC_NO_RESET_ALL in PostgreSQL).
+_NO_RESET_ALL = frozenset(
+    {"role", "session_authorization", "transaction_isolation", "transaction_read_only", "transaction_deferrable"}
+)
+_RESET = "\x00reset"  # in BackendConnection.applied: the server has its own default for this name
+_SEND_CAREFULLY = _FORGETS
+_UNREADABLE = classify_uncached("\x00")  # text not valid in the client's encoding: a write, to the primary
 
 
 _NAMED = frozenset((codes.F_PARSE, codes.F_BIND, codes.F_DESCRIBE, codes.F_CLOSE))
@@ -73,14 +89,9 @@ def _names_in(batch: list[tuple[int, bytes, Any]]) -> bool:
     return False
 
 
-def _apply_setting(d: dict[str, str], name: str, value: str | None, startup: dict[str, str]) -> None:
-    if name == "all" and value is None:
-        d.clear()
-        d.update(startup)
-    elif value is None:
-        d.pop(name, None)
-    else:
-        d[name] = value
+def _parse_msg(st: Statement) -> bytes:
+    """Parse of a client's statement under its proxy-wide name, with the client's own bytes."""
+    return messages.msg(codes.F_PARSE, messages.cstr(st.server) + st.raw + b"\x00" + st.tail)
 
 
 def _quote(value: str) -> str:
@@ -161,7 +172,10 @@ class ClientSession(asyncio.Protocol):
         self.settings: dict[str, str] = {}  # session GUCs the client set (startup params, SET)
         self.startup_settings: dict[str, str] = {}  # what RESET goes back to
         self.attrs: dict[str, str] = {}  # helios.* attributes (SET helios.tenant = ...), seen by plugins
-        self.tx_settings: dict[str, str | None] = {}  # SETs inside the open transaction
+        # Settings before the open transaction changed them (restored on rollback), and the
+        # server connection's record of the same moment; None outside such a transaction.
+        self._committed: dict[str, str] | None = None
+        self._applied_base: dict[str, str] | None = None
         self.route_pref: str | None = None  # SET helios.route
         self.node_pref: str | None = None  # SET helios.node
         self.branch_pref: str | None = None  # SET helios.branch / database DB@BRANCH
@@ -201,6 +215,7 @@ class ClientSession(asyncio.Protocol):
         self._processing = False
         self._closing = False
         self.query_count = 0
+        self._codec = "utf-8"  # Python codec of the client's client_encoding (to read its SQL text)
 
     # ================================================================== asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -225,18 +240,21 @@ class ClientSession(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.ctx.counters.bytes_in += len(data)
         self.buf += data
-        phase = self.phase
-        if phase == READY:
-            if self.stalled is None:
-                self._process()
-            elif len(self.buf) > 1 << 20:
-                self._pause_reading()  # waiting for a server: bound what we hold for this client
-        elif phase == STARTUP:
-            self._on_startup()
-        elif phase == AUTH:
-            self._on_auth()
-        elif len(self.buf) > 65536:
-            self._pause_reading()
+        try:
+            phase = self.phase
+            if phase == READY:
+                if self.stalled is None:
+                    self._process()
+                elif len(self.buf) > 1 << 20:
+                    self._pause_reading()  # waiting for a server: bound what we hold for this client
+            elif phase == STARTUP:
+                self._on_startup()
+            elif phase == AUTH:
+                self._on_auth()
+            elif len(self.buf) > 65536:
+                self._pause_reading()
+        except Exception as exc:
+            self._internal_error(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         prev = self.phase
@@ -260,10 +278,10 @@ class ClientSession(asyncio.Protocol):
             if busy:
                 # Leave no running query behind: cancel it, then drop the connection.
                 if not conn.closed:
-                    asyncio.get_running_loop().create_task(self._cancel_and_close(conn, pool))
+                    self._spawn(self._cancel_and_close(conn, pool))
             elif pool is not None:
                 if self.mode is PoolMode.SESSION or self.pinned:
-                    asyncio.get_running_loop().create_task(pool.reset_and_release(conn, ctx.config.pool.reset_query))
+                    self._spawn(pool.reset_and_release(conn, ctx.config.pool.reset_query))
                 else:
                     pool.release(conn)
         if prev >= READY and self.hook_ctx is not None and ctx.plugins.has_connect:
@@ -289,6 +307,42 @@ class ClientSession(asyncio.Protocol):
             self.backend.transport.resume_reading()
 
     # ================================================================== helpers
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run a background step of this session, keeping a reference; a failure ends the session."""
+        task = asyncio.get_running_loop().create_task(coro)
+        _TASKS.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        _TASKS.discard(task)
+        if not task.cancelled():
+            exc = task.exception()
+            if exc is not None:
+                self._internal_error(exc)
+
+    def _call_soon(self, fn: Callable[..., None], *args: Any) -> None:
+        asyncio.get_running_loop().call_soon(self._guarded, fn, args)
+
+    def _guarded(self, fn: Callable[..., None], args: tuple[Any, ...]) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:
+            self._internal_error(exc)
+
+    def _internal_error(self, exc: BaseException) -> None:
+        """A bug: log it with its traceback and end this session with XX000 rather than hang."""
+        log.error("client %s user=%s: internal error: %r", self.peer, self.user or "-", exc, exc_info=exc)
+        if self.phase != CLOSED:
+            self._fatal("XX000", "internal error in the proxy")
+        conn = self.backend
+        if conn is not None:
+            self.backend = None
+            conn.owner = None
+            conn.close()
+            if self.backend_pool is not None:
+                self.backend_pool.release(conn, reusable=False)
+            self.backend_pool = None
+
     def _write(self, data: bytes) -> None:
         if self.transport is not None and self.phase != CLOSED:
             self.ctx.counters.bytes_out += len(data)
@@ -384,6 +438,8 @@ class ClientSession(asyncio.Protocol):
                 for k in unsupported:
                     params.pop(k)
             self._on_startup_message(params)
+            if self.phase == AUTH and buf:
+                self._on_auth()  # a password message in the same packet as the startup packet
             return
 
     def _on_startup_message(self, params: dict[str, str]) -> None:
@@ -404,6 +460,7 @@ class ClientSession(asyncio.Protocol):
         opts = params.get("options", "")
         if opts:
             self._parse_options(opts)
+        self._set_codec()
         self.phase = AUTH
         ctx = self.ctx
         ucfg = ctx.config.user(user)
@@ -555,7 +612,7 @@ class ClientSession(asyncio.Protocol):
     def _authenticated(self) -> None:
         self.phase = LOGIN
         self._pause_reading()
-        asyncio.get_running_loop().create_task(self._finish_login())
+        self._spawn(self._finish_login())
 
     async def _finish_login(self) -> None:
         ctx = self.ctx
@@ -591,18 +648,16 @@ class ClientSession(asyncio.Protocol):
                 pool = ctx.pools.get(target.node, target.database or self.database, self.user)
                 if self.mode is PoolMode.SESSION:
                     conn = await pool.acquire()
+                    try:
+                        params = await self._apply_startup_settings(conn)
+                    except BaseException:
+                        pool.release(conn, reusable=False)
+                        raise
                     self._bind(conn, pool)
                     self.pid, self.key = conn.pid, ctx.new_key()[1]
-                    params = dict(conn.params)
                 else:
-                    if not pool.server_params:
-                        conn = await pool.acquire()
-                        pool.release(conn)
+                    params = await self._server_view(pool)
                     self.pid, self.key = ctx.new_key()
-                    params = dict(pool.server_params)
-                for k, v in self.startup.items():
-                    if k in _REPORTED or k.lower() in ("application_name",):
-                        params[k] = v
         except HeliosError as exc:
             self.ctx.counters.login_failures += 1
             self._fatal(exc.sqlstate, exc.message)
@@ -641,6 +696,39 @@ class ClientSession(asyncio.Protocol):
         if self.buf:
             self._process()
 
+    async def _apply_startup_settings(self, conn: BackendConnection) -> dict[str, str]:
+        """Apply this client's startup settings on a server connection, as a server applies a
+        startup packet's: a value it refuses fails the login with its SQLSTATE and message.
+        Returns the ParameterStatus values the server then reports (in its own spelling)."""
+        sql = self._sync_settings_sql(conn)
+        if sql:
+            try:
+                await conn.query(sql)
+            except QueryError as exc:
+                conn.applied = {}
+                raise HeliosError(exc.message, sqlstate=exc.sqlstate) from exc
+        return dict(conn.params)
+
+    async def _server_view(self, pool: Pool) -> dict[str, str]:
+        """Transaction pooling: the reported parameters for these startup settings, validated on
+        a server once per distinct set of settings and cached."""
+        key = (pool.key, tuple(sorted(self.settings.items())))
+        views = self.ctx.login_views
+        view = views.get(key)
+        if view is not None:
+            return view
+        conn = await pool.acquire()
+        ok = False
+        try:
+            view = await self._apply_startup_settings(conn)
+            ok = True
+        finally:
+            pool.release(conn, reusable=ok)
+        if len(views) >= 1000:
+            views.clear()
+        views[key] = view
+        return view
+
     # ================================================================== cancel
     def _on_cancel_request(self, body: bytes) -> None:
         if len(body) < 12:
@@ -662,7 +750,7 @@ class ClientSession(asyncio.Protocol):
         conn = self.backend
         if conn is None or (self.pending == 0 and not self.expect):
             return
-        asyncio.get_running_loop().create_task(send_cancel(conn.host, conn.port, conn.pid, conn.secret_key))
+        self._spawn(send_cancel(conn.host, conn.port, conn.pid, conn.secret_key))
 
     async def _cancel_and_close(self, conn: BackendConnection, pool: Pool | None) -> None:
         try:
@@ -750,23 +838,30 @@ class ClientSession(asyncio.Protocol):
     # ------------------------------------------------------------------ simple query
     def _on_query(self, msg: bytes) -> None:
         self.query_count += 1
-        try:
-            sql = msg[5:-1].decode()
-        except UnicodeDecodeError:
-            self._answer_error("22021", 'invalid byte sequence for encoding "UTF8"')
+        if msg.find(b"\x00", 5) != len(msg) - 1:
+            self._violation("invalid string in message")
             return
+        ctx = self.ctx
+        try:
+            sql = msg[5:-1].decode(self._codec)
+            info = ctx.classifier.classify(sql)
+        except UnicodeDecodeError:
+            # Not text in the client's encoding: the server decides; classify it as a write.
+            sql = msg[5:-1].decode(self._codec, "replace")
+            info = _UNREADABLE
         if self.admin:
             self._admin_query(sql)
             return
-        ctx = self.ctx
-        info = ctx.classifier.classify(sql)
         effects = info.effects
-        if effects and effects & _HELIOS:
-            if info.statements != 1:
-                self._answer_error("0A000", "SET/SHOW helios.* must be sent as a statement of its own")
+        if effects:
+            if effects & _HELIOS:
+                if info.statements != 1:
+                    self._answer_error("0A000", "SET/SHOW helios.* must be sent as a statement of its own")
+                    return
+                self._helios_statement(info, sql)
                 return
-            self._helios_statement(info, sql)
-            return
+            if effects & _OWN_SESSION and self._own_session_statement(info):
+                return
         qctx: hooks.QueryContext | None = None
         plugins = ctx.plugins
         hints = parse_hints(sql) if "helios:" in sql else None
@@ -783,8 +878,12 @@ class ClientSession(asyncio.Protocol):
                         return
                     if isinstance(res, hooks.Rewrite):
                         sql = res.query
+                        try:
+                            msg = messages.msg(codes.F_QUERY, sql.encode(self._codec) + b"\x00")
+                        except UnicodeEncodeError:
+                            self._answer_error("22P05", "the rewritten query cannot be sent in the client's encoding")
+                            return
                         info = ctx.classifier.classify(sql)
-                        msg = messages.query(sql)
                         qctx = self._query_ctx(sql, info)
         try:
             target = self._route(info, hints, qctx, info.read_only)
@@ -794,6 +893,41 @@ class ClientSession(asyncio.Protocol):
         self._track_effects(info)
         write = not info.read_only
         self._dispatch(Plan(target, msg, None, info, qctx, True, write))
+
+    def _own_session_statement(self, info: StatementInfo) -> bool:
+        """DISCARD ALL / DEALLOCATE of this client's names: act on its own session only.
+
+        Under transaction pooling the server connection is shared: its statements are the ones
+        other clients' names point to, so these never reach it. True when answered here."""
+        if self.mode is not PoolMode.TRANSACTION:
+            return False
+        for target in info.deallocate:
+            if target is not None and target.startswith("hp_") and target not in self.statements:
+                # A name the proxy gives shared statements: never the client's, never to deallocate.
+                self._answer_error("26000", f'prepared statement "{target}" does not exist')
+                return True
+        if info.statements != 1 or self.pinned or self.tx_status != codes.TX_IDLE or self.pending or self.expect:
+            return False  # pinned: the server holds this client's state alone and is told
+        if info.effects & Effect.DISCARD:
+            self.settings = dict(self.startup_settings)
+            self.statements.clear()
+            self.unnamed = None
+            self._set_codec()
+            self._answer(messages.command_complete("DISCARD ALL"))
+            return True
+        target = info.deallocate[0] if info.deallocate else ""
+        if target is None:
+            self.statements.clear()
+            self._answer(messages.command_complete("DEALLOCATE ALL"))
+            return True
+        if target in self.statements:
+            del self.statements[target]
+            self._answer(messages.command_complete("DEALLOCATE"))
+            return True
+        return False  # not ours: the server answers (26000, or a SQL-level statement of a pinned client)
+
+    def _set_codec(self) -> None:
+        self._codec = python_codec(self.settings.get("client_encoding"))
 
     def _query_ctx(self, sql: str, info: StatementInfo) -> hooks.QueryContext:
         self.request_seq += 1
@@ -863,23 +997,17 @@ class ClientSession(asyncio.Protocol):
         return None
 
     def _track_effects(self, info: StatementInfo) -> None:
+        if info.calls_unknown and self.ctx.config.pool.strict_isolation:
+            self._pin_for("a function with unknown effects (pool.strict_isolation)")
         effects = info.effects
         if not effects:
             return
-        if info.settings and effects & (Effect.SET | Effect.RESET):
-            in_tx = self.tx_status != codes.TX_IDLE or info.tx in (TxControl.BEGIN, TxControl.BEGIN_READ_ONLY)
-            for name, value, is_local in info.settings:
-                if is_local or name.startswith("helios."):
-                    continue
-                if value is None:
-                    # RESET goes back to what the client asked for at startup, as on a direct connection.
-                    value = self.startup_settings.get(name) if name != "all" else None
-                if in_tx:
-                    self.tx_settings[name] = value
+        if effects & Effect.DEALLOCATE:
+            for target in info.deallocate:
+                if target is None:
+                    self.statements.clear()
                 else:
-                    _apply_setting(self.settings, name, value, self.startup_settings)
-        if effects & Effect.DISCARD:
-            self.settings = dict(self.startup_settings)
+                    self.statements.pop(target, None)
         if info.pins and not self.pinned and self.mode is PoolMode.TRANSACTION:
             self.pinned = True
             log.debug("client %s pinned to its server connection (%s)", self.peer, ",".join(info.kinds))
@@ -971,7 +1099,7 @@ class ClientSession(asyncio.Protocol):
             # Gathered from every worker: hold the client's next messages until it is written.
             self.stalled = Plan.deferred(None)
             self._pause_reading()
-            asyncio.get_running_loop().create_task(self._admin_async(body))
+            self._spawn(self._admin_async(body))
             return
         if body is not None:
             self._write(body + messages.READY_IDLE)
@@ -988,16 +1116,39 @@ class ClientSession(asyncio.Protocol):
     # ------------------------------------------------------------------ extended protocol
     def _on_extended(self, t: int, msg: bytes) -> None:
         decoded: Any = None
-        if t == codes.F_PARSE:
-            name, p = messages.read_cstr(msg, 5)
-            sql, p2 = messages.read_cstr(msg, p)
-            decoded = (name, sql, msg[p2:])
-        elif t == codes.F_BIND:
-            portal, p = messages.read_cstr(msg, 5)
-            stmt, p2 = messages.read_cstr(msg, p)
-            decoded = (portal, stmt, p2)
-        elif t == codes.F_DESCRIBE or t == codes.F_CLOSE:
-            decoded = (msg[5], messages.read_cstr(msg, 6)[0])
+        try:
+            if t == codes.F_PARSE:
+                end = msg.index(0, 5)
+                name = msg[5:end].decode(self._codec)
+                p2 = msg.index(0, end + 1) + 1
+                if len(msg) != p2 + 2 + 4 * _H.unpack_from(msg, p2)[0]:
+                    raise ValueError("bad parameter types")
+                raw = msg[end + 1 : p2 - 1]
+                try:
+                    decoded = (name, raw.decode(self._codec), msg[p2:], raw, True)
+                except UnicodeDecodeError:
+                    decoded = (name, raw.decode(self._codec, "replace"), msg[p2:], raw, False)
+            elif t == codes.F_BIND:
+                end = msg.index(0, 5)
+                portal = msg[5:end].decode(self._codec)
+                p2 = msg.index(0, end + 1) + 1
+                stmt = msg[end + 1 : p2 - 1].decode(self._codec)
+                if len(msg) < p2 + 2:
+                    raise ValueError("truncated")
+                decoded = (portal, stmt, p2)
+            elif t == codes.F_DESCRIBE or t == codes.F_CLOSE:
+                kind = msg[5]
+                if kind != 83 and kind != 80:  # 'S' statement, 'P' portal
+                    raise ValueError(f"invalid {'DESCRIBE' if t == codes.F_DESCRIBE else 'CLOSE'} message subtype")
+                if msg.index(0, 6) != len(msg) - 1:
+                    raise ValueError("trailing bytes")
+                decoded = (kind, msg[6:-1].decode(self._codec))
+            elif t == codes.F_EXECUTE and msg.index(0, 5) != len(msg) - 5:
+                raise ValueError("truncated")
+        except (ValueError, IndexError, UnicodeDecodeError, struct.error) as exc:
+            log.warning("client %s user=%s: malformed %r message: %s", self.peer, self.user, chr(t), exc)
+            self._violation("invalid frontend message format")
+            return
         self.batch.append((t, msg, decoded))
 
     def _on_batch_end(self, sync: bool) -> None:
@@ -1019,45 +1170,40 @@ class ClientSession(asyncio.Protocol):
         hints: Hints | None = None
         qctx: hooks.QueryContext | None = None
         rename = self.mode is PoolMode.TRANSACTION
-        for i, (t, msg, dec) in enumerate(batch):
+        for i, (t, _msg, dec) in enumerate(batch):
             if t == codes.F_PARSE:
-                name, sql, tail = dec
+                name, sql, tail, raw, readable = dec
                 if name and rename and name in self.statements:
                     self._batch_error(batch, "42P05", f'prepared statement "{name}" already exists', sync)
                     return
-                sinfo = ctx.classifier.classify(sql)
-                verdict: hooks.Cached | None = None
-                if sinfo.effects and sinfo.effects & _HELIOS:
-                    self._batch_error(batch, "0A000", "SET/SHOW helios.* must be sent as a simple query", sync)
+                judged = self._judge(name, sql, tail, raw, readable)
+                if isinstance(judged, HeliosError):
+                    self._batch_error(batch, judged.sqlstate, judged.message, sync)
                     return
-                if plugins.has_pre_query:
-                    pctx = self._query_ctx(sql, sinfo)
-                    res = plugins.pre_query(pctx)
-                    if isinstance(res, hooks.Block):
-                        self._batch_error(batch, "42000", res.reason, sync)
-                        return
-                    if isinstance(res, hooks.Rewrite):
-                        sql = res.query
-                        sinfo = ctx.classifier.classify(sql)
-                        msg = messages.parse(name, sql, tail)
-                        batch[i] = (t, msg, (name, sql, tail))
-                    elif isinstance(res, hooks.Cached):
-                        verdict = res
-                st = Statement(name, sql, tail, sinfo, server_name(sql, tail), parse_hints(sql), verdict)
+                st = judged
+                if st.raw is not raw:  # rewritten by a plugin
+                    batch[i] = (t, messages.msg(t, messages.cstr(name) + st.raw + b"\x00" + tail), dec)
                 if name:
                     self.statements[name] = st
                 else:
                     self.unnamed = st
-                if verdict is not None:
+                if st.cached is not None:
                     self._batch_cached(batch, st, sync)
                     return
-                self._track_effects(sinfo)
+                self._track_effects(st.info)
             elif t == codes.F_BIND:
                 stmt_name = dec[1]
                 st2 = self.statements.get(stmt_name) if stmt_name else self.unnamed
                 if st2 is None:
                     read_only = False  # unknown to us: the server answers for it (26000)
                     continue
+                if st2.generation != plugins.generation:
+                    # The plugin set changed since this statement was judged: judge it again.
+                    again = self._rejudge(st2)
+                    if isinstance(again, HeliosError):
+                        self._batch_error(batch, again.sqlstate, again.message, sync)
+                        return
+                    st2 = again
                 if st2.cached is not None:
                     self._batch_cached(batch, st2, sync)
                     return
@@ -1070,6 +1216,12 @@ class ClientSession(asyncio.Protocol):
                     qctx = self._query_ctx(st2.sql, st2.info)
             elif t == codes.F_DESCRIBE and dec[0] == ord("S"):
                 st3 = self.statements.get(dec[1]) if dec[1] else self.unnamed
+                if st3 is not None and st3.generation != plugins.generation:
+                    again = self._rejudge(st3)
+                    if isinstance(again, HeliosError):
+                        self._batch_error(batch, again.sqlstate, again.message, sync)
+                        return
+                    st3 = again
                 if st3 is not None and st3.cached is not None and not any_stmt:
                     self._batch_cached(batch, st3, sync)
                     return
@@ -1084,6 +1236,54 @@ class ClientSession(asyncio.Protocol):
             self._batch_error(batch, exc.sqlstate, exc.message, sync)
             return
         self._dispatch(Plan(target, None, batch, info, qctx, sync, not read_only))
+
+    def _judge(self, name: str, sql: str, tail: bytes, raw: bytes, readable: bool) -> Statement | HeliosError:
+        """A client's Parse: classify it and run pre_query (block, rewrite, cached answer)."""
+        ctx = self.ctx
+        plugins = ctx.plugins
+        sinfo = ctx.classifier.classify(sql) if readable else _UNREADABLE
+        if sinfo.effects and sinfo.effects & _HELIOS:
+            return HeliosError("SET/SHOW helios.* must be sent as a simple query", sqlstate="0A000")
+        verdict: hooks.Cached | None = None
+        text, data = sql, raw
+        if plugins.has_pre_query:
+            res = plugins.pre_query(self._query_ctx(sql, sinfo))
+            if isinstance(res, hooks.Block):
+                return HeliosError(res.reason, sqlstate="42000")
+            if isinstance(res, hooks.Rewrite):
+                text = res.query
+                try:
+                    data = text.encode(self._codec)
+                except UnicodeEncodeError:
+                    return HeliosError("the rewritten query cannot be sent in the client's encoding", sqlstate="22P05")
+                sinfo = ctx.classifier.classify(text)
+            elif isinstance(res, hooks.Cached):
+                verdict = res
+        return Statement(
+            name,
+            text,
+            tail,
+            sinfo,
+            server_name(text, tail),
+            parse_hints(text) if "helios:" in text else None,
+            verdict,
+            data,
+            sql if text is not sql else "",
+            plugins.generation,
+            readable,
+        )
+
+    def _rejudge(self, st: Statement) -> Statement | HeliosError:
+        """Judge a prepared statement again for the current plugin set; keep the client's name."""
+        original = st.original or st.sql
+        raw = st.raw if not st.original else original.encode(self._codec, "replace")
+        again = self._judge(st.name, original, st.tail, raw, st.readable)
+        if isinstance(again, Statement):
+            if st.name:
+                self.statements[st.name] = again
+            else:
+                self.unnamed = again
+        return again
 
     def _local_batch(self, batch: list[tuple[int, bytes, Any]], sync: bool) -> bool:
         """Answer Parse/Close of named statements without a backend when the server side is known.
@@ -1215,7 +1415,7 @@ class ClientSession(asyncio.Protocol):
             return
         self.stalled = plan
         self._pause_reading()
-        asyncio.get_running_loop().create_task(self._acquire_then_send(plan))
+        self._spawn(self._acquire_then_send(plan))
 
     def _on_pool_wait(self, pool: Pool, plan: Plan, conn: BackendConnection | None, exc: Exception | None) -> None:
         self._pool_wait = None
@@ -1230,7 +1430,7 @@ class ClientSession(asyncio.Protocol):
         else:
             self._bind(conn, pool)
             self._send(conn, plan)
-        asyncio.get_running_loop().call_soon(self._continue)
+        self._call_soon(self._continue)
 
     def _is_paused(self) -> bool:
         p = self.ctx.paused
@@ -1309,7 +1509,7 @@ class ClientSession(asyncio.Protocol):
         if conn is not None and self._write_paused and conn.transport is not None and not conn.closed:
             conn.transport.resume_reading()  # never hand a paused connection to someone else
         if conn is not None and pool is not None:
-            pool.release(conn, reusable)
+            pool.release(conn, reusable and not conn.poisoned)
 
     def _send(self, conn: BackendConnection, plan: Plan) -> None:
         raw = plan.raw
@@ -1319,7 +1519,7 @@ class ClientSession(asyncio.Protocol):
             and not self.slow
             and self.settings == conn.applied
             and not self.ctx.plugins.has_post_query
-            and not (plan.info is not None and plan.info.effects & Effect.RESET)
+            and not (plan.info is not None and plan.info.effects & _SEND_CAREFULLY)
         ):
             # The common simple-protocol statement: one write, no bookkeeping beyond its Inflight.
             if plan.sync:
@@ -1335,6 +1535,7 @@ class ClientSession(asyncio.Protocol):
             and not self.slow
             and not self.ctx.plugins.has_post_query
             and (self.mode is PoolMode.SESSION or not _names_in(plan.batch))
+            and not (plan.info is not None and plan.info.effects & _SEND_CAREFULLY)
         ):
             # Nothing to rename or filter: forward the batch as the client sent it, in one write.
             if plan.sync:
@@ -1366,7 +1567,7 @@ class ClientSession(asyncio.Protocol):
                         conn.prepared.move_to_end(st.server)
                         fix.append(Expect(0, SYNTH, messages.PARSE_COMPLETE))
                     else:
-                        out.append(messages.parse(st.server, st.sql, st.tail))
+                        out.append(_parse_msg(st))
                         fix.append(Expect(t, PASS, st.server.encode()))
                         self._remember(conn, st.server, out, fix)
                     need_fix = True
@@ -1378,9 +1579,9 @@ class ClientSession(asyncio.Protocol):
                         continue
                     if self._ensure_prepared(conn, st, out, fix):
                         need_fix = True  # its hidden Parse's answer must not reach the client
-                    portal = dec[0]
+                    portal = msg[5 : msg.index(0, 5) + 1]  # as the client sent it, NUL included
                     out.append(
-                        messages.msg(codes.F_BIND, messages.cstr(portal) + messages.cstr(st.server) + msg[dec[2] :])
+                        messages.msg(codes.F_BIND, portal + messages.cstr(st.server) + msg[dec[2] :])
                     )
                     fix.append(Expect(t))
                 elif rename and t == codes.F_DESCRIBE and dec[0] == ord("S") and dec[1]:
@@ -1415,13 +1616,16 @@ class ClientSession(asyncio.Protocol):
         if plan.write:
             self.last_write_at = time.monotonic()
         info = plan.info
-        if info is not None and info.effects and info.effects & Effect.RESET:
-            # The server resets to its own default; the next statement re-applies the client's value.
-            for name, value, is_local in info.settings:
-                if value is None and not is_local:
-                    keys = list(self.startup_settings) if name == "all" else [name]
-                    for k in keys:
-                        conn.applied[k] = "\x00reset"
+        if info is not None and info.effects & _FORGETS and (
+            info.effects & Effect.DISCARD or None in info.deallocate
+        ):
+            # The server may drop every prepared statement here, shared ones included: forget what
+            # it holds, and keep it from anyone else unless this session owns it alone.
+            conn.prepared.clear()
+            if info.effects & Effect.DISCARD:
+                conn.applied = {}
+            if not self.pinned and self.mode is PoolMode.TRANSACTION:
+                conn.poisoned = True
         data = b"".join(out)
         conn.write(data)
         if not out and self.slow:
@@ -1449,41 +1653,51 @@ class ClientSession(asyncio.Protocol):
         if st.server in conn.prepared:
             conn.prepared.move_to_end(st.server)
             return False
-        out.append(messages.parse(st.server, st.sql, st.tail))
+        out.append(_parse_msg(st))
         fix.append(Expect(codes.F_PARSE, HIDE, st.server.encode()))
         self._remember(conn, st.server, out, fix)
         return True
 
     def _sync_settings_sql(self, conn: BackendConnection) -> str:
-        parts: list[str] = []
-        for name in conn.applied:
-            if name not in self.settings:
-                parts.append(f'RESET "{name}"' if name.isidentifier() else f"RESET {name}")
-        sets = [
-            f"pg_catalog.set_config({_quote(k)}, {_quote(v)}, false)"
-            for k, v in self.settings.items()
-            if conn.applied.get(k) != v
+        """One hidden statement that brings the server connection's settings to this session's.
+
+        set_config(name, NULL, false) is RESET; names and values are literals, never identifiers.
+        session_authorization goes first (it resets the role), the role right after it."""
+        applied = conn.applied
+        want = self.settings
+        calls: list[str] = [
+            f"pg_catalog.set_config({_quote(k)}, NULL, false)"
+            for k, v in applied.items()
+            if k not in want and v != _RESET
         ]
-        if sets:
-            parts.append("SELECT " + ", ".join(sets))
-        conn.applied = dict(self.settings)
-        return "; ".join(parts)
+        changed = [k for k, v in want.items() if applied.get(k) != v]
+        auth_reset = "session_authorization" in applied and "session_authorization" not in want
+        if auth_reset or "session_authorization" in changed:
+            changed.sort(key=lambda k: (k != "session_authorization", k != "role"))
+            if "role" in want and "role" not in changed:
+                changed.insert(1 if "session_authorization" in changed else 0, "role")
+        calls.extend(f"pg_catalog.set_config({_quote(k)}, {_quote(want[k])}, false)" for k in changed)
+        conn.applied = dict(want)
+        return "SELECT " + ", ".join(calls) if calls else ""
 
     # ================================================================== backend → client
     def on_backend_data(self, conn: BackendConnection, data: bytes) -> None:
         if conn is not self.backend:
             return
-        if self.slow:
-            self._slow_feed(conn, data)
-            return
-        statuses = self.scanner.feed(data)
-        self._write(data)
-        for status in statuses:
-            if status & ERROR_SEEN:
-                if self.inflight:
-                    self.inflight[0].error = "error"
-                status &= 0xFF
-            self._on_ready(conn, status)
+        try:
+            if self.slow:
+                self._slow_feed(conn, data)
+                return
+            statuses = self.scanner.feed(data)
+            self._write(data)
+            for status in statuses:
+                if status & ERROR_SEEN:
+                    if self.inflight:
+                        self.inflight[0].error = "error"
+                    status &= 0xFF
+                self._on_ready(conn, status)
+        except Exception as exc:
+            self._internal_error(exc)
 
     def _slow_feed(self, conn: BackendConnection, data: bytes) -> None:
         """Message-by-message relay while the backend's answers must be filtered or completed."""
@@ -1505,13 +1719,22 @@ class ClientSession(asyncio.Protocol):
                 break
             m = bytes(rbuf[pos:end])
             pos = end
-            if t in _ASYNC:
-                out.append(m)
-                continue
             head = expect[0] if expect else None
+            if t in _ASYNC:
+                # Notices of the proxy's hidden statements stay hidden. Their parameter reports
+                # pass: a hidden statement only ever sets the client's own values.
+                if head is None or head.action != HIDE:
+                    out.append(m)
+                    if t == codes.B_PARAMETER_STATUS:
+                        self.scanner.params = True
+                elif t != codes.B_NOTICE:
+                    out.append(m)
+                continue
             if t == codes.B_ERROR:
                 if head is not None and head.kind == codes.F_PARSE and head.data:
                     self._forget_failed(conn, head.data.decode())
+                if m[5:11] in _FATAL_SEVERITY and not (head is not None and head.action == HIDE):
+                    self.scanner.fatal = True
                 if head is not None and head.action == HIDE:
                     f = messages.parse_error_fields(m[5:])
                     log.warning("client %s: hidden statement failed on %s: %s", self.peer, conn.node, f.get("M"))
@@ -1557,20 +1780,21 @@ class ClientSession(asyncio.Protocol):
             self._on_ready(conn, status)
 
     def _on_ready(self, conn: BackendConnection, status: int) -> None:
+        prev = self.tx_status
         self.tx_status = status
         conn.tx_status = status
         if self.pending:
             self.pending -= 1
         fl = self.inflight.popleft() if self.inflight else None
-        if status == codes.TX_IDLE and self.tx_settings:
-            # A transaction ended. ROLLBACK (or a failed one) discards its SETs; COMMIT keeps them.
-            committed = fl is not None and fl.info is not None and fl.info.tx is TxControl.COMMIT and fl.error is None
-            if committed:
-                # The backend kept them too.
-                for k, v in self.tx_settings.items():
-                    _apply_setting(self.settings, k, v, self.startup_settings)
-                    _apply_setting(conn.applied, k, v, self.startup_settings)
-            self.tx_settings.clear()
+        if fl is not None and fl.info is not None and fl.info.effects & _STATE_EFFECTS and fl.error is None:
+            self._settle(fl.info, conn)
+        if status == codes.TX_IDLE and self._committed is not None:
+            self._end_transaction(fl, conn, prev)
+        if self.scanner.params:
+            self.scanner.params = False
+            info = fl.info if fl is not None else None
+            if info is None or not (info.effects & _REPORTING or info.tx is not None):
+                self._pin_for("the server reported a parameter change the proxy did not make")
         if (
             status == codes.TX_IDLE
             and self.pending == 0
@@ -1584,7 +1808,77 @@ class ClientSession(asyncio.Protocol):
         if self.stalled is not None and self.pending == 0 and not self.expect:
             plan = self.stalled
             self.stalled = None
-            asyncio.get_running_loop().call_soon(self._resume_stalled, plan)
+            self._call_soon(self._resume_stalled, plan)
+
+    def _settle(self, info: StatementInfo, conn: BackendConnection) -> None:
+        """The server accepted a statement that changes session settings: record what it did.
+
+        Both the session's view and the server connection's are updated; inside a transaction
+        the state before it is kept so that a rollback can restore both."""
+        if self._committed is None:
+            self._committed = dict(self.settings)
+            self._applied_base = dict(conn.applied)
+        settings = self.settings
+        applied = conn.applied
+        startup = self.startup_settings
+        if info.effects & Effect.DISCARD:
+            settings.clear()
+            settings.update(startup)
+            applied.clear()
+            self.statements.clear()
+            self.unnamed = None
+            if self.pinned:
+                self.pinned = False  # nothing is left on the server that the client must keep
+                log.debug("client %s unpinned (DISCARD ALL)", self.peer)
+        for name, value, is_local in info.settings:
+            if is_local or name.startswith("helios."):
+                continue
+            if name == "all" and value is None:
+                kept = {k: v for k, v in settings.items() if k in _NO_RESET_ALL}
+                settings.clear()
+                settings.update(startup)
+                settings.update(kept)
+                for k in list(applied):
+                    if k not in _NO_RESET_ALL:
+                        applied[k] = _RESET
+                continue
+            if value is None:  # RESET / SET ... TO DEFAULT: back to the startup value, as on a direct connection
+                if name in startup:
+                    settings[name] = startup[name]
+                else:
+                    settings.pop(name, None)
+                applied[name] = _RESET
+            else:
+                settings[name] = value
+                applied[name] = value
+            if name == "session_authorization":  # it also resets the role
+                settings.pop("role", None)
+                applied["role"] = _RESET
+        self._set_codec()
+
+    def _end_transaction(self, fl: Inflight | None, conn: BackendConnection, prev: int) -> None:
+        """A transaction (explicit or implicit) with setting changes ended: keep them or undo them."""
+        info = fl.info if fl is not None else None
+        if fl is not None and fl.error is not None:
+            committed = False
+        elif prev == codes.TX_FAILED:
+            committed = False  # COMMIT of a failed transaction is a ROLLBACK
+        elif prev == codes.TX_IN_BLOCK:
+            committed = info is None or info.tx is not TxControl.ROLLBACK
+        else:
+            committed = True
+        if not committed:
+            assert self._applied_base is not None and self._committed is not None
+            self.settings = self._committed
+            conn.applied = self._applied_base
+            self._set_codec()
+        self._committed = None
+        self._applied_base = None
+
+    def _pin_for(self, reason: str) -> None:
+        if not self.pinned and self.mode is PoolMode.TRANSACTION:
+            self.pinned = True
+            log.debug("client %s pinned to its server connection (%s)", self.peer, reason)
 
     def _resume_stalled(self, plan: Plan) -> None:
         if self.phase != READY:
@@ -1635,8 +1929,23 @@ class ClientSession(asyncio.Protocol):
         self.ctx.counters.durations.append(elapsed)
 
     def on_backend_lost(self, conn: BackendConnection, exc: Exception | None) -> None:
+        """The bound server connection is gone.
+
+        A client inside a transaction, or still owed replies, cannot go on: its transaction died
+        with that server and anything sent after would run elsewhere, out of step. Its session
+        ends exactly once: with the server's own FATAL when that was relayed (e.g. 57P01), else
+        with FATAL 08006. Nothing is synthesized. A client with nothing in flight goes on.
+        """
         if conn is not self.backend:
             return
+        relayed_fatal = self.scanner.fatal
+        owed = bool(
+            self.pending
+            or self.expect
+            or self.inflight
+            or self.tx_status != codes.TX_IDLE
+            or (self.stalled is not None and self.stalled.answer is None)
+        )
         self.backend = None
         pool = self.backend_pool
         self.backend_pool = None
@@ -1648,19 +1957,25 @@ class ClientSession(asyncio.Protocol):
         self.scanner.reset()
         if self.phase != READY:
             return
-        msg = f"server connection to node {conn.node} was lost"
-        log.warning("client %s: %s%s", self.peer, msg, f" ({exc})" if exc else "")
-        if self.mode is PoolMode.SESSION or self.pinned:
-            self._fatal("08006", msg)
+        log.warning(
+            "client %s: server connection to node %s was lost%s", self.peer, conn.node, f" ({exc})" if exc else ""
+        )
+        if owed or self.mode is PoolMode.SESSION or self.pinned:
+            if relayed_fatal:
+                self._close_quietly()
+            else:
+                self._fatal("08006", "server connection lost")
             return
-        # Transaction pooling: this transaction fails, the session goes on (next one gets a new server).
-        owed = max(self.pending, 1) if (self.pending or self.tx_status != codes.TX_IDLE) else 0
-        self.pending = 0
-        self.inflight.clear()
-        self.tx_status = codes.TX_IDLE
-        if owed:
-            self._write(messages.error_response("ERROR", "08006", msg) + messages.READY_IDLE * owed)
+        # Nothing in flight and no transaction: the next statement gets another server.
         if self.stalled is not None:
             plan = self.stalled
             self.stalled = None
-            asyncio.get_running_loop().call_soon(self._resume_stalled, plan)
+            self._call_soon(self._resume_stalled, plan)
+
+    def _close_quietly(self) -> None:
+        """End the session after the server's own FATAL went to the client: add nothing."""
+        log.info("client %s user=%s: session ended by its server", self.peer, self.user or "-")
+        if self.transport is not None and self.phase != CLOSED:
+            self.transport.close()
+        self.phase = CLOSED
+        self.buf.clear()

@@ -60,6 +60,9 @@ class ProxyContext:
     admin: Any = None  # admin console (heliosproxy.admin.console.AdminConsole) set by server.py
     on_cancel_miss: Callable[[int, int], None] | None = None  # multi-worker cancel forwarding
     known_statements: dict[str, None] = field(default_factory=dict)  # server names some backend accepted
+    # (pool key, startup settings) -> the ParameterStatus values a server reports with those
+    # settings applied (validated once: a setting the server refuses fails the login instead).
+    login_views: dict[tuple[Any, tuple[tuple[str, str], ...]], dict[str, str]] = field(default_factory=dict)
     shutting_down: bool = False
     _pid_counter: int = 0
 

@@ -23,6 +23,10 @@ class Statement:
     server: str  # name on backends: same text + types → same name, so backends share it
     hints: Hints | None = None  # routing hints from its comments, applied to every execution
     cached: Cached | None = None  # a pre_query plugin answered it: executions are answered from this
+    raw: bytes = b""  # the text as sent to servers (the client's encoding)
+    original: str = ""  # the client's text before any plugin rewrite ("" = same as sql)
+    generation: int = 0  # plugin-set generation whose verdicts this statement carries
+    readable: bool = True  # False: not text in the client's encoding (the server will refuse it)
 
     def param_count(self) -> int:
         declared = struct.unpack_from("!H", self.tail, 0)[0] if len(self.tail) >= 2 else 0

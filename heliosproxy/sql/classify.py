@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import re
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 from pglast import parser as _pg
@@ -21,6 +23,7 @@ __all__ = [
     "StatementInfo",
     "TxControl",
     "classify_uncached",
+    "count_statements",
 ]
 
 
@@ -54,6 +57,10 @@ class Effect(enum.Flag):
     TEMP_TABLE = enum.auto()  # CREATE TEMP TABLE/VIEW/SEQUENCE, CREATE TABLE AS / SELECT INTO TEMP
     ADVISORY_LOCK = enum.auto()  # session-level pg_[try_]advisory_lock[_shared] (not the xact ones)
     SET_LOCAL = enum.auto()  # SET LOCAL of a GUC (transaction-scoped)
+    # Session effects the proxy cannot model exactly: any DO, set_config() other than the plain
+    # `SELECT set_config(const, const, const)`, dblink*, temp-schema DDL of other kinds. The
+    # client is pinned to its server connection (reset before anyone else gets it).
+    DIRTY = enum.auto()
     # The two below are answered by the proxy itself and never sent to a backend.
     HELIOS_SET = enum.auto()  # SET / RESET helios.*
     HELIOS_SHOW = enum.auto()  # SHOW helios.*
@@ -91,6 +98,11 @@ class StatementInfo:
     statements: int
     parse_error: bool
     pins: bool
+    # DEALLOCATE targets in order: a name, or None for DEALLOCATE ALL.
+    deallocate: tuple[str | None, ...] = ()
+    # Calls a function that is not a PostgreSQL built-in (or CALLs a procedure): its session
+    # effects are unknown (pool.strict_isolation pins such clients).
+    calls_unknown: bool = False
 
 
 _ADVISORY_SESSION_LOCKS: Final = frozenset(
@@ -181,11 +193,15 @@ class _Scan:
     __slots__ = (
         "adv_lock",
         "ctes",
+        "dirty",
         "into",
         "lock",
         "nested_write",
+        "pg_temp",
         "ranges",
+        "set_config",
         "temp",
+        "unknown_call",
         "write_call",
     )
 
@@ -198,6 +214,10 @@ class _Scan:
         self.nested_write = False
         self.adv_lock = False
         self.temp = False
+        self.set_config = False
+        self.dirty = False
+        self.pg_temp = False  # something is named in a pg_temp schema
+        self.unknown_call = False
 
     def walk(self, root: Any, wf: _WriteFunctions) -> None:
         stack: list[Any] = [root]
@@ -217,6 +237,9 @@ class _Scan:
                 self.ranges.append(node)
                 if node["relpersistence"] == "t":
                     self.temp = True
+                schema = node.get("schemaname")
+                if schema and schema.startswith("pg_temp"):
+                    self.pg_temp = True
             for key, val in node.items():
                 cls = val.__class__
                 if cls is dict:
@@ -248,7 +271,15 @@ class _Scan:
         names = _func_name(fields)
         if not names:
             return
+        if names[0].startswith("pg_temp"):
+            self.pg_temp = True
         last = names[-1]
+        if (len(names) > 1 and names[-2] != "pg_catalog") or last not in _builtin_functions():
+            self.unknown_call = True
+        if last == "set_config":
+            self.set_config = True
+        elif last.startswith("dblink"):
+            self.dirty = True
         if len(names) == 1 or (len(names) == 2 and names[0] == "pg_catalog"):
             if last in wf.plain:
                 self.write_call = True
@@ -256,6 +287,13 @@ class _Scan:
                 self.adv_lock = True
         elif ".".join(names) in wf.qualified:
             self.write_call = True
+
+
+@functools.cache
+def _builtin_functions() -> frozenset[str]:
+    """Names of PostgreSQL's built-in functions (shipped list, read once)."""
+    text = (Path(__file__).with_name("pg_catalog_functions.txt")).read_text()
+    return frozenset(line for line in text.splitlines() if line and not line.startswith("#"))
 
 
 def _is_temp_rel(rel: Any) -> bool:
@@ -325,7 +363,18 @@ def _defelem_bool(elem: dict[str, Any]) -> bool:
 class _Builder:
     """Accumulates a StatementInfo over the statements of one query string."""
 
-    __slots__ = ("ctes", "effects", "kinds", "ranges", "read_only", "sensitive", "settings", "tx")
+    __slots__ = (
+        "ctes",
+        "deallocate",
+        "effects",
+        "kinds",
+        "ranges",
+        "read_only",
+        "sensitive",
+        "settings",
+        "tx",
+        "unknown_call",
+    )
 
     def __init__(self) -> None:
         self.kinds: list[str] = []
@@ -336,6 +385,8 @@ class _Builder:
         self.effects = Effect.NONE
         self.settings: list[Setting] = []
         self.sensitive = False
+        self.deallocate: list[str | None] = []
+        self.unknown_call = False
 
     def absorb(self, scan: _Scan) -> None:
         self.ranges.extend(scan.ranges)
@@ -375,9 +426,31 @@ def _statement(kind: str, fields: dict[str, Any], b: _Builder, wf: _WriteFunctio
     if kind == "ExplainStmt":
         _explain(fields, b, wf)
         return
+    if kind == "DoStmt":
+        b.read_only = False
+        b.effects |= Effect.DIRTY
+        return
     b.read_only = b.read_only and kind == "SelectStmt"
     scan = _Scan()
     scan.walk({kind: fields}, wf)  # wrapped, so the statement's own node is inspected too
+    if scan.set_config:
+        plain = _plain_set_configs(kind, fields)
+        if plain is None:
+            b.effects |= Effect.DIRTY
+        else:
+            for name, value, is_local in plain:
+                b.settings.append((name, value, is_local))
+                b.effects |= Effect.SET_LOCAL if is_local else Effect.SET
+    if scan.unknown_call or kind == "CallStmt":
+        b.unknown_call = True
+    if scan.dirty:
+        b.effects |= Effect.DIRTY
+    if b.effects & Effect.DIRTY:
+        b.read_only = False  # it pins the client: to the primary, never to a standby
+    if scan.pg_temp and kind not in _PLAIN_DML:
+        b.effects |= Effect.TEMP_TABLE  # CREATE TABLE pg_temp.t, CREATE VIEW pg_temp.v, ...
+    if kind == "CreateFunctionStmt" and _func_name(fields)[0].startswith("pg_temp"):
+        b.effects |= Effect.TEMP_TABLE
     if kind == "SelectStmt" and (scan.lock or scan.into or scan.nested_write or scan.write_call):
         b.read_only = False
     b.absorb(scan)
@@ -408,6 +481,7 @@ def _statement(kind: str, fields: dict[str, Any], b: _Builder, wf: _WriteFunctio
         b.effects |= Effect.PREPARE
     elif kind == "DeallocateStmt":
         b.effects |= Effect.DEALLOCATE
+        b.deallocate.append(None if fields.get("isall") or "name" not in fields else str(fields["name"]))
     elif kind == "DiscardStmt" and fields.get("target") == "DISCARD_ALL":
         b.effects |= Effect.DISCARD
 
@@ -484,7 +558,35 @@ def _explain(fields: dict[str, Any], b: _Builder, wf: _WriteFunctions) -> None:
         b.sensitive = b.sensitive or inner.sensitive
 
 
-_PINNING: Final = Effect.TEMP_TABLE | Effect.HOLD_CURSOR | Effect.ADVISORY_LOCK | Effect.LISTEN
+_PINNING: Final = Effect.TEMP_TABLE | Effect.HOLD_CURSOR | Effect.ADVISORY_LOCK | Effect.LISTEN | Effect.DIRTY
+_PLAIN_DML: Final = frozenset({"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "CopyStmt"})
+_SET_CONFIG_NAMES: Final = (["set_config"], ["pg_catalog", "set_config"])
+
+
+def _plain_set_configs(kind: str, fields: dict[str, Any]) -> list[Setting] | None:
+    """`SELECT set_config(c, c, c)[, ...]` with constant arguments and nothing else: its settings.
+
+    Anything else that calls set_config (parameters, FROM/WHERE, nested in expressions) is None:
+    whether and what it sets is only known at run time."""
+    if kind != "SelectStmt":
+        return None
+    allowed = {"targetList", "limitOption", "op"}
+    if set(fields) - allowed or fields.get("op", "SETOP_NONE") != "SETOP_NONE":
+        return None
+    out: list[Setting] = []
+    for target in fields.get("targetList", ()):
+        val = target.get("ResTarget", {}).get("val", {})
+        call = val.get("FuncCall") if isinstance(val, dict) else None
+        if not isinstance(call, dict) or _func_name(call) not in _SET_CONFIG_NAMES:
+            return None
+        args = call.get("args", ())
+        if len(args) != 3 or set(call) - {"funcname", "args", "funcformat", "location"}:
+            return None
+        name, value, local = (_const_text(a) for a in args)
+        if name is None or local is None or "A_Const" not in args[1] or "isnull" in args[1]["A_Const"]:
+            return None  # a NULL value resets: modelled as dirty rather than guessed
+        out.append((name.lower(), value, local.strip().lower() not in _FALSE_WORDS))
+    return out or None
 
 
 def _unparseable(sql: str) -> StatementInfo:
@@ -530,6 +632,8 @@ def _analyze(sql: str, normalized: str, wf: _WriteFunctions) -> tuple[StatementI
         statements=len(stmts),
         parse_error=False,
         pins=bool(effects & _PINNING),
+        deallocate=tuple(b.deallocate),
+        calls_unknown=b.unknown_call,
     )
     return info, not b.sensitive and not b.settings
 
@@ -578,6 +682,16 @@ def _prekey_agrees(key: bytes, normalized: str) -> bool:
         pos = stop
     out.append(text[pos:])
     return "".join(out) == normalized
+
+
+def count_statements(sql: str) -> int:
+    """How many statements `sql` holds; -1 when it does not parse."""
+    if "\x00" in sql:
+        return -1
+    try:
+        return len(json.loads(_pg.parse_sql_json(sql)).get("stmts", []))
+    except Exception:
+        return -1
 
 
 def classify_uncached(sql: str, write_functions: Iterable[str] = DEFAULT_WRITE_FUNCTIONS) -> StatementInfo:
