@@ -258,6 +258,8 @@ class ClientSession(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         prev = self.phase
+        if prev == STARTUP and self.buf:
+            log.info("client %s: incomplete startup packet", self.peer)
         self.phase = CLOSED
         ctx = self.ctx
         ctx.clients.discard(self)
@@ -406,7 +408,10 @@ class ClientSession(asyncio.Protocol):
         while self.phase == STARTUP and len(buf) >= 4:
             length = _I.unpack_from(buf, 0)[0]
             if length < 8 or length > codes.MAX_STARTUP_PACKET:
-                self._violation("invalid length of startup packet")
+                # PostgreSQL logs this (COMMERROR) and closes without a word: so do we.
+                self.ctx.counters.protocol_errors += 1
+                log.info("client %s: invalid length of startup packet; closing", self.peer)
+                self._close_quietly()
                 return
             if len(buf) < length:
                 return
@@ -1962,6 +1967,7 @@ class ClientSession(asyncio.Protocol):
         )
         if owed or self.mode is PoolMode.SESSION or self.pinned:
             if relayed_fatal:
+                log.info("client %s user=%s: session ended by its server", self.peer, self.user or "-")
                 self._close_quietly()
             else:
                 self._fatal("08006", "server connection lost")
@@ -1973,8 +1979,7 @@ class ClientSession(asyncio.Protocol):
             self._call_soon(self._resume_stalled, plan)
 
     def _close_quietly(self) -> None:
-        """End the session after the server's own FATAL went to the client: add nothing."""
-        log.info("client %s user=%s: session ended by its server", self.peer, self.user or "-")
+        """Close without a word (the server's own FATAL went to the client, or PostgreSQL would)."""
         if self.transport is not None and self.phase != CLOSED:
             self.transport.close()
         self.phase = CLOSED

@@ -214,7 +214,7 @@ class _Scan:
         self.nested_write = False
         self.adv_lock = False
         self.temp = False
-        self.set_config = False
+        self.set_config: list[dict[str, Any]] = []  # set_config() calls (their FuncCall fields)
         self.dirty = False
         self.pg_temp = False  # something is named in a pg_temp schema
         self.unknown_call = False
@@ -277,7 +277,7 @@ class _Scan:
         if (len(names) > 1 and names[-2] != "pg_catalog") or last not in _builtin_functions():
             self.unknown_call = True
         if last == "set_config":
-            self.set_config = True
+            self.set_config.append(fields)
         elif last.startswith("dblink"):
             self.dirty = True
         if len(names) == 1 or (len(names) == 2 and names[0] == "pg_catalog"):
@@ -433,14 +433,15 @@ def _statement(kind: str, fields: dict[str, Any], b: _Builder, wf: _WriteFunctio
     b.read_only = b.read_only and kind == "SelectStmt"
     scan = _Scan()
     scan.walk({kind: fields}, wf)  # wrapped, so the statement's own node is inspected too
-    if scan.set_config:
-        plain = _plain_set_configs(kind, fields)
-        if plain is None:
+    for call in scan.set_config:
+        setting = _set_config_setting(call, kind, fields)
+        if setting is None:
             b.effects |= Effect.DIRTY
+        elif setting[2]:
+            b.effects |= Effect.SET_LOCAL
         else:
-            for name, value, is_local in plain:
-                b.settings.append((name, value, is_local))
-                b.effects |= Effect.SET_LOCAL if is_local else Effect.SET
+            b.settings.append(setting)
+            b.effects |= Effect.SET
     if scan.unknown_call or kind == "CallStmt":
         b.unknown_call = True
     if scan.dirty:
@@ -563,30 +564,32 @@ _PLAIN_DML: Final = frozenset({"SelectStmt", "InsertStmt", "UpdateStmt", "Delete
 _SET_CONFIG_NAMES: Final = (["set_config"], ["pg_catalog", "set_config"])
 
 
-def _plain_set_configs(kind: str, fields: dict[str, Any]) -> list[Setting] | None:
-    """`SELECT set_config(c, c, c)[, ...]` with constant arguments and nothing else: its settings.
+def _set_config_setting(call: dict[str, Any], kind: str, fields: dict[str, Any]) -> Setting | None:
+    """What one set_config() call of a statement does, when the proxy can know it.
 
-    Anything else that calls set_config (parameters, FROM/WHERE, nested in expressions) is None:
-    whether and what it sets is only known at run time."""
-    if kind != "SelectStmt":
+    `set_config(x, y, true)` is transaction-local: ("", None, True) whatever x and y are. A
+    session-level call with constant arguments that is a top-level target of a SELECT with no
+    FROM, WHERE or other clause (so it runs exactly once) gives its (name, value, False). Any
+    other call (parameters, FROM/WHERE, nested in expressions) is None: what it sets, and whether
+    it runs at all, is only known at run time."""
+    if _func_name(call) not in _SET_CONFIG_NAMES:
         return None
-    allowed = {"targetList", "limitOption", "op"}
-    if set(fields) - allowed or fields.get("op", "SETOP_NONE") != "SETOP_NONE":
+    args = call.get("args", ())
+    if len(args) != 3 or set(call) - {"funcname", "args", "funcformat", "location"}:
         return None
-    out: list[Setting] = []
-    for target in fields.get("targetList", ()):
-        val = target.get("ResTarget", {}).get("val", {})
-        call = val.get("FuncCall") if isinstance(val, dict) else None
-        if not isinstance(call, dict) or _func_name(call) not in _SET_CONFIG_NAMES:
-            return None
-        args = call.get("args", ())
-        if len(args) != 3 or set(call) - {"funcname", "args", "funcformat", "location"}:
-            return None
-        name, value, local = (_const_text(a) for a in args)
-        if name is None or local is None or "A_Const" not in args[1] or "isnull" in args[1]["A_Const"]:
-            return None  # a NULL value resets: modelled as dirty rather than guessed
-        out.append((name.lower(), value, local.strip().lower() not in _FALSE_WORDS))
-    return out or None
+    local = _const_text(args[2])
+    if local is not None and local.strip().lower() not in _FALSE_WORDS:
+        return ("", None, True)
+    if local is None or kind != "SelectStmt" or set(fields) - {"targetList", "limitOption", "op"}:
+        return None
+    if fields.get("op", "SETOP_NONE") != "SETOP_NONE":
+        return None
+    if not any(t.get("ResTarget", {}).get("val", {}).get("FuncCall") is call for t in fields.get("targetList", ())):
+        return None
+    name, value = _const_text(args[0]), _const_text(args[1])
+    if name is None or value is None or "A_Const" not in args[1] or "isnull" in args[1]["A_Const"]:
+        return None  # a NULL value resets: not guessed
+    return (name.lower(), value, False)
 
 
 def _unparseable(sql: str) -> StatementInfo:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import struct
 from collections.abc import Iterator
 
@@ -101,10 +102,33 @@ def test_message_just_under_max_message_size_is_relayed(proxy: ProxyProcess) -> 
         assert data_rows(raw.read_until_ready()) == [[str(len(literal))]]
 
 
-def test_garbage_before_startup(proxy: ProxyProcess, bystander: psycopg.Connection[tuple[object, ...]]) -> None:
+def _assert_closed_silently(raw: RawPg) -> None:
+    """What PostgreSQL does with a broken startup packet: log it and close, sending nothing."""
+    assert raw.closed_within(2.0), "the connection was not closed"
+    assert raw.pending == b"", f"expected no answer, got {raw.pending[:100]!r}"
+
+
+def test_garbage_before_startup(
+    proxy: ProxyProcess, cluster: PgCluster, bystander: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    garbage = b"GET / HTTP/1.1\r\nHost: proxy\r\n\r\n"
+    with RawPg("127.0.0.1", cluster.primary.port) as direct:
+        direct.send(garbage)
+        _assert_closed_silently(direct)
     with RawPg(proxy.host, proxy.port) as raw:
-        raw.send(b"GET / HTTP/1.1\r\nHost: proxy\r\n\r\n")
-        _assert_fatal(raw, "08P01", "invalid length of startup packet")
+        raw.send(garbage)
+        _assert_closed_silently(raw)
+    proxy.wait_output("invalid length of startup packet")
+    _still_works(bystander)
+
+
+def test_connection_closed_before_a_complete_startup_packet(
+    proxy: ProxyProcess, bystander: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    with RawPg(proxy.host, proxy.port) as raw:
+        raw.send(startup_packet({"user": "app", "database": "app"})[:10])
+        raw.sock.shutdown(socket.SHUT_WR)
+        _assert_closed_silently(raw)
     _still_works(bystander)
 
 
@@ -115,7 +139,7 @@ def test_startup_packet_over_10000_bytes(
     assert len(packet) > 10_000
     with RawPg(proxy.host, proxy.port) as raw:
         raw.send(packet)
-        _assert_fatal(raw, "08P01", "invalid length of startup packet")
+        _assert_closed_silently(raw)
     # A startup packet just under the limit is fine.
     with RawPg(proxy.host, proxy.port) as raw:
         raw.login("app", "apppass", "app", application_name="b" * 9_000)
