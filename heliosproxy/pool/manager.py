@@ -46,7 +46,8 @@ class PoolManager:
         for key in list(self.pools):
             nc_old, nc_new = old.node(key.node), config.node(key.node)
             u_old, u_new = old.user(key.user), config.user(key.user)
-            if nc_new is None or u_new is None or nc_old != nc_new or u_old != u_new or old.pool != config.pool:
+            gone = u_new is None and config.auth.auth_user is None  # (auth_query users are not listed)
+            if nc_new is None or gone or nc_old != nc_new or u_old != u_new or old.pool != config.pool:
                 self._retire(key)
 
     def drain_node(self, node: str) -> None:
