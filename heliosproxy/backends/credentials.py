@@ -13,7 +13,7 @@ from heliosproxy.backends.connection import BackendConnection, QueryError, conne
 from heliosproxy.backends.registry import Registry
 from heliosproxy.config.schema import Config, Role
 from heliosproxy.errors import BackendAuthError, BackendUnavailable
-from heliosproxy.protocol.auth import ClientAuth, Credential
+from heliosproxy.protocol.auth import SCRAM_ITERATIONS, ClientAuth, Credential
 
 log = logging.getLogger("heliosproxy.auth")
 
@@ -46,6 +46,11 @@ class CredentialStore:
         self._conn: BackendConnection | None = None
         self._lock: asyncio.Lock | None = None
         self.lookups = 0  # auth_query round trips, for tests and stats
+        # Iteration count unknown users are shown: the one real verifiers use (most common in `users`,
+        # else the first auth_query returned), so that it does not tell them apart either.
+        self.mock_iterations = SCRAM_ITERATIONS
+        self._iterations_from_config = False
+        self._seen_iterations = False
         self.configure(config)
 
     # ------------------------------------------------------------------ config
@@ -57,6 +62,10 @@ class CredentialStore:
             if u.password is not None:
                 with contextlib.suppress(ValueError):  # config.load already refused malformed secrets
                     self._configured[u.name] = Credential.parse(u.password)
+        counts = collections.Counter(c.scram.iterations for c in self._configured.values() if c.scram is not None)
+        self._iterations_from_config = bool(counts)
+        if counts:
+            self.mock_iterations = counts.most_common(1)[0][0]
         for user in list(self._proven):
             if old.get(user) != self._configured.get(user):
                 del self._proven[user]
@@ -70,6 +79,10 @@ class CredentialStore:
         return self.config.auth.auth_user is not None
 
     # ------------------------------------------------------------------ client side
+    def client_auth(self, user: str, cred: Credential | None) -> ClientAuth:
+        """The md5/SCRAM exchange for one client of `user` (cred None: no such user)."""
+        return ClientAuth(self.config.auth.method.value, user, cred, self.mock_key, self.mock_iterations)
+
     def cached(self, user: str) -> tuple[bool, Credential | None]:
         """(True, credential-or-None) when known without I/O; (False, None) when auth_query must run."""
         cred = self._configured.get(user)
@@ -184,7 +197,11 @@ class CredentialStore:
         if not rows or len(rows[0]) < 2 or rows[0][1] is None:
             return None
         try:
-            return Credential.parse(rows[0][1])
+            cred = Credential.parse(rows[0][1])
+            if cred.scram is not None and not self._iterations_from_config and not self._seen_iterations:
+                self._seen_iterations = True
+                self.mock_iterations = cred.scram.iterations
+            return cred
         except ValueError:
             log.warning("auth_query returned a malformed secret for user %r; refusing it", user)
             return None

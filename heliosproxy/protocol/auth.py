@@ -347,7 +347,9 @@ class ClientAuth:
     such user), choosing like PostgreSQL: md5 requested but only a SCRAM verifier known → SCRAM;
     SCRAM requested but only an md5 hash known → a mock SCRAM exchange that fails."""
 
-    def __init__(self, method: str, user: str, cred: Credential | None, mock_key: bytes):
+    def __init__(
+        self, method: str, user: str, cred: Credential | None, mock_key: bytes, mock_iterations: int = SCRAM_ITERATIONS
+    ):
         self.user = user
         self.cred = cred
         self.client_key: bytes | None = None  # the proven ClientKey (verifier users) after success
@@ -363,7 +365,7 @@ class ClientAuth:
             elif cred is not None and cred.password is not None:
                 # derived once per credential by the caller's cache; see plaintext_scram()
                 secret = plaintext_scram(cred.password, mock_key, user)
-            self._scram = ScramServer(secret, ScramSecret.mock(mock_key, user))
+            self._scram = ScramServer(secret, ScramSecret.mock(mock_key, user, mock_iterations))
 
     def start(self) -> bytes:
         """The first authentication request to send."""

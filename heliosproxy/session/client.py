@@ -425,8 +425,7 @@ class ClientSession(asyncio.Protocol):
                 asyncio.get_running_loop().create_task(self._lookup_login())
 
     def _start_login(self, cred: Credential | None) -> None:
-        ctx = self.ctx
-        self._login = ClientAuth(ctx.config.auth.method.value, self.user, cred, ctx.pools.credentials.mock_key)
+        self._login = self.ctx.pools.credentials.client_auth(self.user, cred)
         self._write(self._login.start())
 
     async def _lookup_login(self) -> None:

@@ -7,6 +7,7 @@ import hashlib
 
 import pytest
 
+from heliosproxy.backends.credentials import CredentialStore
 from heliosproxy.config.load import parse_config
 from heliosproxy.errors import ConfigError
 from heliosproxy.protocol.auth import (
@@ -148,3 +149,15 @@ def test_auth_query_keys_and_users_without_passwords() -> None:
     assert config.auth.auth_query == "SELECT usename, passwd FROM pg_shadow WHERE usename = $1"
     assert config.auth.auth_query_ttl == 30.0
     assert config.health.password == "mpw"
+
+
+def test_unknown_users_get_the_iteration_count_of_the_real_verifiers() -> None:
+    real = ScramSecret.from_password("pw", iterations=8192)
+    config = parse_config(NODES + f"users:\n  - {{name: app, password: '{verifier_text(real)}'}}\n", "ok.yaml")
+    store = CredentialStore(config)
+    first = b"n,,n=,r=abcdef"
+    for user in ("app", "ghost"):
+        auth = store.client_auth(user, store.cached(user)[1])
+        auth.start()
+        reply = auth.step(b"SCRAM-SHA-256\x00" + len(first).to_bytes(4, "big") + first).reply
+        assert reply[9:].decode().endswith(",i=8192"), user
