@@ -213,6 +213,12 @@ def test_auth_query(proxy_factory: ProxyFactory, pg: PgCluster) -> None:
         _connect(proxy, "app", "wrong")
     with pytest.raises(psycopg.OperationalError, match='password authentication failed for user "nosuch"'):
         _connect(proxy, "nosuch", "wrong")
+    # On the wire an unknown name looks like a real one: same exchange, a stable salt of the same size.
+    for user in ("app", "nosuch"):
+        firsts = [_scram_attempt(proxy, user) for _ in range(2)]
+        salts = {f[0].split(",")[1] for f in firsts}
+        assert len(salts) == 1 and len(base64.b64decode(salts.pop()[2:])) == 16, user
+        assert all(f[2]["M"] == f'password authentication failed for user "{user}"' for f in firsts)
     # A role created later: refused while its negative cache entry lives, accepted once it expired.
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         _connect(proxy, "late", "latepass")
