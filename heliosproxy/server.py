@@ -10,6 +10,7 @@ from typing import Any
 
 from heliosproxy.admin.console import AdminConsole
 from heliosproxy.admin.http import AdminHttp
+from heliosproxy.backends.credentials import CredentialStore
 from heliosproxy.backends.failover import FailoverManager
 from heliosproxy.backends.health import HealthMonitor
 from heliosproxy.backends.registry import Registry
@@ -38,7 +39,7 @@ class Server:
         self.link = link  # set in multi-worker mode: cancel forwarding and snapshots of all workers
         self.reuse_port = link is not None
         registry = Registry(config)
-        pools = PoolManager(config)
+        pools = PoolManager(config, CredentialStore(config, registry))
         self.plugins = PluginManager(config.plugins, on_event=self._plugin_event)
         self.ctx = ProxyContext(
             config=config,
@@ -207,7 +208,6 @@ class Server:
             new.routing.classify_cache_size,
         ):
             ctx.classifier = Classifier(new.routing.classify_cache_size, new.routing.write_functions)
-        ctx.scram_secrets.clear()
         if new.log != old.log:
             setup_logging(new.log)
         for extra in self.extras:

@@ -15,9 +15,11 @@ from heliosproxy.errors import BackendAuthError
 from heliosproxy.protocol import codes, messages
 from heliosproxy.protocol.auth import (
     SCRAM_MECHANISM,
+    Credential,
     ScramClient,
     ScramError,
     md5_password,
+    md5_response,
     parse_sasl_mechanisms,
 )
 
@@ -160,10 +162,12 @@ class BackendConnection(asyncio.Protocol):
             finally:
                 self._waiter = None
 
-    async def login(self, password: str | None, startup: dict[str, str]) -> None:
-        """Send the StartupMessage and answer whatever authentication the server asks for."""
+    async def login(self, password: str | Credential | None, startup: dict[str, str]) -> None:
+        """Send the StartupMessage and answer whatever authentication the server asks for, with a
+        plaintext password, an md5 hash or a SCRAM verifier plus a client's ClientKey (pass-through)."""
         self.write(messages.startup_message(startup))
         scram: ScramClient | None = None
+        cred = Credential(password=password) if isinstance(password, str) else password
         while True:
             t, body = await self._read()
             if t == codes.B_ERROR:
@@ -173,20 +177,33 @@ class BackendConnection(asyncio.Protocol):
                 code = _I.unpack_from(body, 0)[0]
                 if code == codes.AUTH_OK:
                     continue
-                if password is None and code in (codes.AUTH_CLEARTEXT, codes.AUTH_MD5, codes.AUTH_SASL):
+                if cred is None and code in (codes.AUTH_CLEARTEXT, codes.AUTH_MD5, codes.AUTH_SASL):
                     raise BackendAuthError(
                         f"backend {self.node} asks for a password for user {self.user!r} and none is configured",
                         "28P01",
                     )
                 if code == codes.AUTH_CLEARTEXT:
-                    self.write(messages.password_message(messages.cstr(password or "")))
+                    if cred is None or cred.password is None:
+                        raise BackendAuthError(self._cannot("a cleartext password", cred), "28P01")
+                    self.write(messages.password_message(messages.cstr(cred.password)))
                 elif code == codes.AUTH_MD5:
-                    self.write(messages.password_message(md5_password(self.user, password or "", body[4:8]) + b"\x00"))
+                    if cred is not None and cred.password is not None:
+                        reply = md5_password(self.user, cred.password, body[4:8])
+                    elif cred is not None and cred.md5 is not None:
+                        reply = md5_response(cred.md5, body[4:8])
+                    else:
+                        raise BackendAuthError(self._cannot("md5", cred), "28P01")
+                    self.write(messages.password_message(reply + b"\x00"))
                 elif code == codes.AUTH_SASL:
                     mechs = parse_sasl_mechanisms(body[4:])
                     if SCRAM_MECHANISM not in mechs:
                         raise BackendAuthError(f"backend offers no supported SASL mechanism: {mechs}")
-                    scram = ScramClient(password or "")
+                    if cred is not None and cred.password is not None:
+                        scram = ScramClient(cred.password)
+                    elif cred is not None and cred.scram is not None and cred.client_key is not None:
+                        scram = ScramClient(None, secret=cred.scram, client_key=cred.client_key)
+                    else:
+                        raise BackendAuthError(self._cannot("SCRAM-SHA-256", cred), "28P01")
                     self.write(messages.sasl_initial_response(SCRAM_MECHANISM, scram.first_message()))
                 elif code == codes.AUTH_SASL_CONTINUE and scram is not None:
                     try:
@@ -211,11 +228,36 @@ class BackendConnection(asyncio.Protocol):
                 return
             # NoticeResponse and NegotiateProtocolVersion during login are ignored.
 
-    async def query(self, sql: str) -> list[list[str | None]]:
-        """Run a simple query while not attached; returns the rows of the last result as text.
-        Raises BackendAuthError-like RuntimeError with the server's message on ErrorResponse."""
+    def _cannot(self, asked: str, cred: Credential | None) -> str:
+        """Why the proxy cannot answer the server's password request (never shows the secret)."""
+        has = "no password" if cred is None else {"plaintext": "a password", "md5": "only an md5 hash"}.get(
+            cred.kind, "only a SCRAM verifier"
+        )
+        if cred is not None and cred.scram is not None and asked == "SCRAM-SHA-256":
+            return (
+                f"backend {self.node} asks user {self.user!r} for SCRAM-SHA-256 and the proxy has only the"
+                " verifier: SCRAM pass-through needs a client of this user to have logged in to the proxy first"
+            )
+        return f"backend {self.node} asks user {self.user!r} for {asked} and the proxy has {has} for this user"
+
+    async def query(self, sql: str, params: tuple[str, ...] | None = None) -> list[list[str | None]]:
+        """Run a query while not attached (simple protocol; extended with text `params` for $1…);
+        returns the rows of the last result as text. Raises QueryError on ErrorResponse."""
         assert self.owner is None
-        self.write(messages.query(sql))
+        if params is None:
+            self.write(messages.query(sql))
+        else:
+            values = [b"\x00\x00", struct.pack("!H", len(params))]
+            for p in params:
+                raw = p.encode()
+                values.append(_I.pack(len(raw)) + raw)
+            values.append(b"\x00\x00")
+            self.write(
+                messages.parse("", sql)
+                + messages.msg(ord("B"), b"\x00\x00" + b"".join(values))
+                + messages.msg(ord("E"), b"\x00" + _I.pack(0))
+                + messages.SYNC
+            )
         rows: list[list[str | None]] = []
         error: dict[str, str] | None = None
         while True:
@@ -259,7 +301,7 @@ async def connect(
     host: str,
     port: int,
     user: str,
-    password: str | None,
+    password: str | Credential | None,
     database: str,
     *,
     timeout: float = 5.0,

@@ -13,6 +13,7 @@ from heliosproxy.backends.connection import BackendConnection, QueryError, conne
 from heliosproxy.backends.registry import Node, NodeState, Registry
 from heliosproxy.config.schema import Config, Role
 from heliosproxy.errors import BackendAuthError
+from heliosproxy.protocol.auth import Credential
 
 log = logging.getLogger("heliosproxy.health")
 
@@ -62,19 +63,31 @@ class Probe:
     sync_standbys: tuple[str, ...] = ()  # on a primary: application_names of its synchronous standbys
 
 
-def checker_credentials(config: Config) -> tuple[str, str | None]:
-    """The user the checks log in as: health.user, else the first user with a password."""
+def checker_credentials(config: Config) -> tuple[str, str | Credential | None]:
+    """The user the checks log in as: health.user with health.password, else health.user from `users`,
+    else the first user with a plaintext password (then an md5 hash: md5 servers accept it)."""
     if config.health.user is not None:
+        if config.health.password is not None:
+            return config.health.user, config.health.password
         u = config.user(config.health.user)
         if u is not None:
-            return u.name, u.password
+            return u.name, _credential(u.password)
         log.error("health.user %r is not in users; using the first user with a password", config.health.user)
-    for u in config.users:
-        if u.password is not None:
-            return u.name, u.password
+    creds = [(u.name, _credential(u.password)) for u in config.users if u.password is not None]
+    for want in ("plaintext", "md5"):
+        for name, cred in creds:
+            if cred is not None and cred.kind == want:
+                return name, cred
     if config.users:
         return config.users[0].name, None
     return "postgres", None
+
+
+def _credential(password: str | None) -> Credential | None:
+    try:
+        return Credential.parse(password) if password is not None else None
+    except ValueError:  # config.load refuses these; never crash a health check on one
+        return None
 
 
 class NodeChecker:

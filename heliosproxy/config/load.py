@@ -15,7 +15,9 @@ from typing import Any, NoReturn, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from heliosproxy.config.schema import (
+    AuthConfig,
     AuthMethod,
+    AuthUserConfig,
     BranchConfig,
     Config,
     DatabaseConfig,
@@ -31,6 +33,7 @@ from heliosproxy.config.schema import (
     UserConfig,
 )
 from heliosproxy.errors import ConfigError
+from heliosproxy.protocol.auth import Credential
 
 __all__ = [
     "LOG_FORMATS",
@@ -67,6 +70,9 @@ _NONEMPTY: frozenset[tuple[type, str]] = frozenset(
         (NodeConfig, "host"),
         (BranchConfig, "node"),
         (BranchConfig, "database"),
+        (AuthUserConfig, "name"),
+        (AuthConfig, "auth_query"),
+        (AuthConfig, "auth_dbname"),
     }
 )
 
@@ -100,6 +106,7 @@ _RANGES: dict[tuple[type, str], tuple[float, bool, float | None]] = {
     (HealthConfig, "successes_before_up"): (1, True, None),
     (FailoverConfig, "primary_down_for"): (0, True, None),
     (FailoverConfig, "write_timeout"): (0, True, None),
+    (AuthConfig, "auth_query_ttl"): (0, True, None),
     (PluginsConfig, "max_plugins"): (0, True, None),
     (PluginsConfig, "disable_after"): (1, True, None),
     (PluginsConfig, "poll_interval"): (0, False, None),
@@ -581,13 +588,14 @@ class _Parser:
                 reason = f"duplicate user name {u.name!r} (users[{users[u.name]}])"
                 self.fail(self.line_of(key), key, reason)
             users[u.name] = i
-            if config.auth.method is not AuthMethod.TRUST and u.password is None:
+            if config.auth.method is not AuthMethod.TRUST and u.password is None and config.auth.auth_user is None:
                 self.fail(
                     self.line_of(f"users[{i}]"),
                     f"users[{i}].password",
                     f"user {u.name!r} needs a password when auth.method is"
                     f" {config.auth.method.value}",
                 )
+        self.check_secrets(config)
 
         for b in config.branches:
             key = f"branches.{b.name}.node"
@@ -610,6 +618,54 @@ class _Parser:
                 "pool.min_size",
                 f"must be <= pool.size ({config.pool.size}), got {config.pool.min_size}",
             )
+
+    def check_secrets(self, config: Config) -> None:
+        """Hashed secrets (SCRAM verifiers, md5 hashes), auth_user and health.password fit together."""
+        creds: dict[str, Credential] = {}
+        for i, u in enumerate(config.users):
+            if u.password is None:
+                continue
+            key = f"users[{i}].password"
+            try:
+                cred = creds[u.name] = Credential.parse(u.password)
+            except ValueError as exc:
+                self.fail(
+                    self.line_of(key),
+                    key,
+                    f"{exc} (expected SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey> as in pg_authid)",
+                )
+            if cred.md5 is not None and config.auth.method is AuthMethod.SCRAM:
+                self.fail(
+                    self.line_of(key),
+                    key,
+                    f"user {u.name!r} has an md5 hash, which cannot verify SCRAM-SHA-256 clients;"
+                    " give the SCRAM-SHA-256 verifier from pg_authid or set auth.method: md5",
+                )
+        au = config.auth.auth_user
+        if au is not None and au.password is not None:
+            key = "auth.auth_user.password"
+            try:
+                if Credential.parse(au.password).scram is not None:
+                    self.fail(
+                        self.line_of(key),
+                        key,
+                        "must be a plaintext password or an md5 hash: the proxy logs in as auth_user"
+                        " on its own, without a client whose SCRAM proof it could pass through",
+                    )
+            except ValueError as exc:
+                self.fail(self.line_of(key), key, str(exc))
+        h = config.health
+        if h.password is not None and h.user is None:
+            self.fail(self.line_of("health.password"), "health.password", "needs health.user (the user it belongs to)")
+        if h.password is None and h.user is not None:
+            hcred = creds.get(h.user)
+            if hcred is not None and hcred.scram is not None:
+                self.fail(
+                    self.line_of("health.user"),
+                    "health.user",
+                    f"user {h.user!r} has only a SCRAM verifier, which cannot log in without a client;"
+                    " set health.password (plaintext or ${VAR})",
+                )
 
     def check_listen(self, value: str, key: str, default_line: int) -> None:
         line = self.line_of(key) or default_line

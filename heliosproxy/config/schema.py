@@ -121,9 +121,26 @@ class DatabaseConfig:
         return self.database or self.name
 
 
+DEFAULT_AUTH_QUERY = "SELECT usename, passwd FROM pg_shadow WHERE usename = $1"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthUserConfig:
+    """The user whose own connection runs auth_query (PgBouncer's auth_user)."""
+
+    name: str
+    password: str | None = None  # plaintext or an md5 hash (the proxy logs in with it; no client does)
+
+
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
     method: AuthMethod = AuthMethod.SCRAM
+    # PgBouncer's auth_query: users not in `users` (or listed without a password) get their secret from
+    # the server, looked up with auth_user's connection and cached for auth_query_ttl.
+    auth_user: AuthUserConfig | None = None
+    auth_query: str = DEFAULT_AUTH_QUERY
+    auth_query_ttl: float = 60.0
+    auth_dbname: str = "postgres"  # the database auth_query runs in
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +176,7 @@ class HealthConfig:
     failures_before_down: int = 3
     successes_before_up: int = 2
     user: str | None = None  # checks log in as this user from `users`; None = the first with a password
+    password: str | None = None  # health.user's plaintext password, so that `users` may hold only hashes
     database: str = "postgres"  # database the checks connect to
 
 

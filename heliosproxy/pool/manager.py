@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from heliosproxy.backends.credentials import CredentialStore
 from heliosproxy.config.schema import Config, PoolMode
 from heliosproxy.errors import BackendUnavailable
 from heliosproxy.pool.pool import Pool, PoolKey
 
 
 class PoolManager:
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, credentials: CredentialStore | None = None):
         self.config = config
+        # How each user logs in to servers (plaintext, md5 hash, or SCRAM pass-through with a ClientKey).
+        self.credentials = credentials or CredentialStore(config)
         self.pools: dict[PoolKey, Pool] = {}
         self._reaper: asyncio.Task[None] | None = None
 
@@ -30,7 +33,8 @@ class PoolManager:
             raise BackendUnavailable(f"node {node!r} is not configured")
         u = self.config.user(user)
         size = (u.pool_size if u and u.pool_size else None) or self.config.pool.size
-        pool = Pool(key, nc.host, nc.port, u.password if u else None, size, self.mode_for(user), self.config.pool)
+        creds = self.credentials
+        pool = Pool(key, nc.host, nc.port, lambda: creds.for_server(user), size, self.mode_for(user), self.config.pool)
         self.pools[key] = pool
         return pool
 
@@ -38,10 +42,12 @@ class PoolManager:
         """New config: pools whose settings changed are retired (connections close as they come back)."""
         old = self.config
         self.config = config
+        self.credentials.configure(config)
         for key in list(self.pools):
             nc_old, nc_new = old.node(key.node), config.node(key.node)
             u_old, u_new = old.user(key.user), config.user(key.user)
-            if nc_new is None or u_new is None or nc_old != nc_new or u_old != u_new or old.pool != config.pool:
+            gone = u_new is None and config.auth.auth_user is None  # (auth_query users are not listed)
+            if nc_new is None or gone or nc_old != nc_new or u_old != u_new or old.pool != config.pool:
                 self._retire(key)
 
     def drain_node(self, node: str) -> None:
@@ -74,6 +80,7 @@ class PoolManager:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
+        self.credentials.close()
         for pool in self.pools.values():
             pool.close()
             for conn in list(pool.active):

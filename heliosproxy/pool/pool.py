@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from heliosproxy.backends.connection import BackendConnection, QueryError, connect
 from heliosproxy.config.schema import PoolConfig, PoolMode
 from heliosproxy.errors import BackendAuthError, BackendUnavailable, PoolTimeout
+from heliosproxy.protocol.auth import Credential
 
 log = logging.getLogger("heliosproxy.pool")
 
@@ -56,7 +57,7 @@ class Pool:
         key: PoolKey,
         host: str,
         port: int,
-        password: str | None,
+        password: str | Credential | Callable[[], Credential | None] | None,
         size: int,
         mode: PoolMode,
         cfg: PoolConfig,
@@ -248,7 +249,7 @@ class Pool:
                 self.host,
                 self.port,
                 self.key.user,
-                self.password,
+                self.password() if callable(self.password) else self.password,  # asked per connection
                 self.key.database,
                 timeout=self.cfg.connect_timeout,
             )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hmac
 import inspect
 import logging
 import os
@@ -22,7 +21,7 @@ from heliosproxy.errors import (
 from heliosproxy.plugins import hooks
 from heliosproxy.pool.pool import Pool, PoolWait
 from heliosproxy.protocol import codes, messages
-from heliosproxy.protocol.auth import SCRAM_MECHANISM, ScramError, ScramServer, md5_password
+from heliosproxy.protocol.auth import ClientAuth, Credential
 from heliosproxy.protocol.encodings import python_codec
 from heliosproxy.protocol.scan import ERROR_SEEN, ReplyScanner
 from heliosproxy.routing.router import Target
@@ -205,8 +204,7 @@ class ClientSession(asyncio.Protocol):
         self.last_write_at = 0.0
         self.connected_at = time.time()
         self._auth_kind = ""
-        self._md5_salt = b""
-        self._scram: ScramServer | None = None
+        self._login: ClientAuth | None = None  # md5/SCRAM exchange (protocol/auth.py)
         self._login_timer: asyncio.TimerHandle | None = None
         self._reading_paused = False
         self._write_paused = False
@@ -479,14 +477,35 @@ class ClientSession(asyncio.Protocol):
                 self._auth_failed()
                 return
             self._authenticated()
-        elif method is AuthMethod.MD5:
-            self._auth_kind = "md5"
-            self._md5_salt = os.urandom(4)
-            self._write(messages.auth_request(codes.AUTH_MD5, self._md5_salt))
         else:
-            self._auth_kind = "scram1"
-            self._scram = ScramServer(ctx.scram_secret(user))
-            self._write(messages.auth_request(codes.AUTH_SASL, messages.cstr(SCRAM_MECHANISM) + b"\x00"))
+            self._auth_kind = "login"
+            known, cred = ctx.pools.credentials.cached(user)
+            if known:
+                self._start_login(cred)
+            else:  # auth_query: look the user up first, reading paused meanwhile
+                self._pause_reading()
+                self._spawn(self._lookup_login())
+
+    def _start_login(self, cred: Credential | None) -> None:
+        self._login = self.ctx.pools.credentials.client_auth(self.user, cred)
+        self._write(self._login.start())
+
+    async def _lookup_login(self) -> None:
+        try:
+            cred = await self.ctx.pools.credentials.lookup(self.user)
+        except HeliosError as exc:
+            log.error("client %s user=%s: %s", self.peer, self.user, exc.message)
+            self._fatal(exc.sqlstate, exc.message)
+            return
+        except Exception as exc:  # never leave a client hanging at login
+            log.error("client %s user=%s: auth_query failed: %r", self.peer, self.user, exc)
+            self._fatal("08006", "cannot look up the user's password")
+            return
+        if self.phase == AUTH:
+            self._start_login(cred)
+            self._resume_reading()
+            if self.buf:
+                self._on_auth()
 
     def _parse_options(self, opts: str) -> None:
         parts = opts.replace("\\ ", "\x00").split()
@@ -538,47 +557,20 @@ class ClientSession(asyncio.Protocol):
         kind = self._auth_kind
         ctx = self.ctx
         ucfg = ctx.config.user(self.user)
-        if kind == "md5":
-            ok = (
-                ucfg is not None
-                and ucfg.password is not None
-                and hmac.compare_digest(body.rstrip(b"\x00"), md5_password(self.user, ucfg.password, self._md5_salt))
-            )
-            if ok:
+        if kind == "login" and self._login is not None:
+            step = self._login.step(body)
+            if step.reply:
+                self._write(step.reply)
+            if step.fatal is not None:
+                if step.fatal[0] == "08P01":
+                    self._violation(step.fatal[1])
+                else:
+                    self._fatal(*step.fatal)
+            elif step.failed:
+                self._auth_failed()
+            elif step.done:
+                ctx.pools.credentials.authenticated(self.user, self._login)
                 self._authenticated()
-            else:
-                self._auth_failed()
-        elif kind == "scram1":
-            assert self._scram is not None
-            try:
-                end = body.index(b"\x00")
-                mech = body[:end].decode()
-                if mech != SCRAM_MECHANISM:
-                    self._fatal("28000", f"client selected an invalid SASL authentication mechanism {mech!r}")
-                    return
-                dlen = _i.unpack_from(body, end + 1)[0]
-                data = body[end + 5 : end + 5 + dlen] if dlen >= 0 else b""
-                reply = self._scram.handle_first(data)
-            except (ValueError, struct.error):
-                self._violation("malformed SCRAM message")
-                return
-            except ScramError as exc:
-                self._violation(str(exc))
-                return
-            self._auth_kind = "scram2"
-            self._write(messages.auth_request(codes.AUTH_SASL_CONTINUE, reply))
-        elif kind == "scram2":
-            assert self._scram is not None
-            try:
-                final = self._scram.handle_final(body)
-            except ScramError as exc:
-                self._violation(str(exc))
-                return
-            if final is None:
-                self._auth_failed()
-                return
-            self._write(messages.auth_request(codes.AUTH_SASL_FINAL, final))
-            self._authenticated()
         elif kind == "plugin":
             password = body.rstrip(b"\x00").decode(errors="replace")
             hook_ctx = self._make_hook_ctx()
@@ -592,11 +584,11 @@ class ClientSession(asyncio.Protocol):
                 self._fatal("28000", result.reason or f'authentication denied for user "{self.user}"')
             else:
                 method = ctx.config.auth.method
-                ok = ucfg is not None and (
-                    method is AuthMethod.TRUST
-                    or (ucfg.password is not None and hmac.compare_digest(password.encode(), ucfg.password.encode()))
-                )
+                cred = ctx.pools.credentials.cached(self.user)[1]
+                key = cred.check_cleartext(self.user, password) if cred is not None else None
+                ok = ucfg is not None and (method is AuthMethod.TRUST or key is not None)
                 if ok:
+                    ctx.pools.credentials.authenticated_cleartext(self.user, cred, key)
                     self._authenticated()
                 else:
                     self._auth_failed()

@@ -12,7 +12,6 @@ from heliosproxy.backends.registry import Registry
 from heliosproxy.config.schema import Config
 from heliosproxy.plugins.manager import PluginManager
 from heliosproxy.pool.manager import PoolManager
-from heliosproxy.protocol.auth import ScramSecret
 from heliosproxy.routing.router import Router
 from heliosproxy.sql.classify import Classifier
 
@@ -53,7 +52,6 @@ class ProxyContext:
     worker_id: int = 0
     clients: set[ClientSession] = field(default_factory=set)
     cancel_keys: dict[tuple[int, int], ClientSession] = field(default_factory=dict)
-    scram_secrets: dict[str, ScramSecret] = field(default_factory=dict)
     counters: Counters = field(default_factory=Counters)
     query_stats: dict[str, QueryStat] = field(default_factory=dict)
     paused: set[str] = field(default_factory=set)  # databases paused by the admin (PAUSE db); "*" = all
@@ -65,15 +63,6 @@ class ProxyContext:
     login_views: dict[tuple[Any, tuple[tuple[str, str], ...]], dict[str, str]] = field(default_factory=dict)
     shutting_down: bool = False
     _pid_counter: int = 0
-
-    def scram_secret(self, user: str) -> ScramSecret | None:
-        secret = self.scram_secrets.get(user)
-        if secret is None:
-            u = self.config.user(user)
-            if u is None or u.password is None:
-                return None
-            secret = self.scram_secrets[user] = ScramSecret.from_password(u.password)
-        return secret
 
     def remember_statement(self, server_name: str) -> None:
         known = self.known_statements
