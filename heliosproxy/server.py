@@ -83,6 +83,8 @@ class Server:
             link = self.link
             link.snapshot = self.snapshot
             link.on_cancel = self._cancel_from_peer
+            link.on_close_idle = self.ctx.pools.close_idle
+            self.ctx.close_idle_elsewhere = link.close_idle_everywhere
             link.handlers[b"M"] = lambda: self.metrics.exposition()[0]
             self.ctx.on_cancel_miss = link.forward_cancel
             await link.start()

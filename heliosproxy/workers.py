@@ -38,6 +38,7 @@ class WorkerLink:
         self.workers = workers
         self.on_cancel: Callable[[int, int], bool] | None = None
         self.snapshot: Callable[[], dict[str, Any]] | None = None
+        self.on_close_idle: Callable[[str], int] | None = None  # close idle connections to a database
         # Other requests a peer may make: op byte -> function returning the answer's bytes.
         self.handlers: dict[bytes, Callable[[], bytes]] = {b"S": self._snapshot_bytes}
         self._server: asyncio.AbstractServer | None = None
@@ -63,6 +64,12 @@ class WorkerLink:
                 pid, key = _II.unpack(await asyncio.wait_for(reader.readexactly(8), 2.0))
                 if self.on_cancel is not None:
                     self.on_cancel(pid, key)
+            elif op == b"D":
+                (n,) = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), 2.0))
+                database = (await asyncio.wait_for(reader.readexactly(n), 2.0)).decode()
+                closed = self.on_close_idle(database) if self.on_close_idle is not None else 0
+                writer.write(struct.pack("!II", 4, closed))
+                await writer.drain()
             elif op in self.handlers:
                 data = self.handlers[op]()
                 writer.write(struct.pack("!I", len(data)) + data)
@@ -105,6 +112,11 @@ class WorkerLink:
             except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
                 log.debug("worker %d did not answer %r: %s", w, op, exc)
         return out
+
+    async def close_idle_everywhere(self, database: str) -> None:
+        """Ask every other worker to close its idle connections to `database` (and wait for it)."""
+        name = database.encode()
+        await self.ask_all(b"D" + struct.pack("!H", len(name)) + name)
 
     def _snapshot_bytes(self) -> bytes:
         return json.dumps(self.snapshot() if self.snapshot else {}, default=str).encode()

@@ -63,6 +63,20 @@ class PoolManager:
             conn.close()
         pool.idle.clear()
 
+    def close_idle(self, database: str) -> int:
+        """Close every idle pooled connection to `database` (any node, any user); connections in
+        use are left alone. Returns how many were closed."""
+        closed = 0
+        for key, pool in self.pools.items():
+            if key.database != database:
+                continue
+            for conn in pool.idle:
+                if not conn.closed:
+                    conn.close()
+                    closed += 1
+            pool.idle = []
+        return closed
+
     def active_on(self, node: str) -> int:
         return sum(len(p.active) for k, p in self.pools.items() if k.node == node)
 

@@ -27,7 +27,14 @@ from heliosproxy.protocol.scan import ERROR_SEEN, ReplyScanner
 from heliosproxy.routing.router import Target
 from heliosproxy.session.context import ProxyContext, QueryStat
 from heliosproxy.session.prepared import Statement, server_name
-from heliosproxy.sql.classify import Effect, StatementInfo, TxControl, classify_uncached
+from heliosproxy.sql.classify import (
+    DATABASE_DDL,
+    Effect,
+    StatementInfo,
+    TxControl,
+    classify_uncached,
+    ddl_databases,
+)
 from heliosproxy.sql.hints import Hints, parse_hints
 
 log = logging.getLogger("heliosproxy.session")
@@ -53,7 +60,7 @@ _COMPLETES = {
     codes.F_FUNCTION_CALL: frozenset((codes.B_READY_FOR_QUERY,)),
 }
 _ASYNC = frozenset((codes.B_NOTICE, codes.B_NOTIFICATION, codes.B_PARAMETER_STATUS))
-PASS, HIDE, SYNTH = 0, 1, 2
+PASS, HIDE, SYNTH, HOLD = 0, 1, 2, 3  # HOLD: keep the answer until its ReadyForQuery (maybe retry)
 _FATAL_SEVERITY = frozenset((b"SFATAL", b"SPANIC"))
 _HELIOS = Effect.HELIOS_SET | Effect.HELIOS_SHOW
 _OWN_SESSION = Effect.DISCARD | Effect.DEALLOCATE
@@ -86,6 +93,11 @@ def _names_in(batch: list[tuple[int, bytes, Any]]) -> bool:
             elif dec[0] == 83 and dec[1]:  # 'S': a statement, not a portal
                 return True
     return False
+
+
+def _busy_database(replies: list[bytes]) -> bool:
+    """Do these replies end in 55006 (object in use: other sessions are using the database)?"""
+    return any(m[0] == codes.B_ERROR and messages.parse_error_fields(m[5:]).get("C") == "55006" for m in replies)
 
 
 def _parse_msg(st: Statement) -> bytes:
@@ -127,7 +139,7 @@ class Inflight:
 class Plan:
     """What to send for one client request once a backend is at hand."""
 
-    __slots__ = ("answer", "batch", "info", "qctx", "raw", "sync", "target", "write")
+    __slots__ = ("answer", "batch", "dbs", "info", "qctx", "raw", "sync", "target", "write")
 
     def __init__(
         self,
@@ -147,6 +159,9 @@ class Plan:
         self.sync = sync  # expects a ReadyForQuery
         self.write = write
         self.answer: bytes | None = None  # set: a proxy answer to write once earlier replies are in
+        # DROP/ALTER/CREATE ... TEMPLATE DATABASE: databases our own idle connections may keep busy
+        # (55006); the statement is retried once after closing them.
+        self.dbs: tuple[str, ...] = ()
 
     @classmethod
     def deferred(cls, answer: bytes | None) -> Plan:
@@ -214,6 +229,8 @@ class ClientSession(asyncio.Protocol):
         self._closing = False
         self.query_count = 0
         self._codec = "utf-8"  # Python codec of the client's client_encoding (to read its SQL text)
+        self._held: list[bytes] = []  # replies kept back (HOLD) until the request's ReadyForQuery
+        self._held_plan: Plan | None = None
 
     # ================================================================== asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -888,8 +905,10 @@ class ClientSession(asyncio.Protocol):
             self._answer_error(exc.sqlstate, exc.message)
             return
         self._track_effects(info)
-        write = not info.read_only
-        self._dispatch(Plan(target, msg, None, info, qctx, True, write))
+        plan = Plan(target, msg, None, info, qctx, True, not info.read_only)
+        if info.statements == 1 and info.kinds[0] in DATABASE_DDL:
+            plan.dbs = ddl_databases(sql)
+        self._dispatch(plan)
 
     def _own_session_statement(self, info: StatementInfo) -> bool:
         """DISCARD ALL / DEALLOCATE of this client's names: act on its own session only.
@@ -1517,6 +1536,7 @@ class ClientSession(asyncio.Protocol):
             and self.settings == conn.applied
             and not self.ctx.plugins.has_post_query
             and not (plan.info is not None and plan.info.effects & _SEND_CAREFULLY)
+            and not plan.dbs
         ):
             # The common simple-protocol statement: one write, no bookkeeping beyond its Inflight.
             if plan.sync:
@@ -1577,9 +1597,7 @@ class ClientSession(asyncio.Protocol):
                     if self._ensure_prepared(conn, st, out, fix):
                         need_fix = True  # its hidden Parse's answer must not reach the client
                     portal = msg[5 : msg.index(0, 5) + 1]  # as the client sent it, NUL included
-                    out.append(
-                        messages.msg(codes.F_BIND, portal + messages.cstr(st.server) + msg[dec[2] :])
-                    )
+                    out.append(messages.msg(codes.F_BIND, portal + messages.cstr(st.server) + msg[dec[2] :]))
                     fix.append(Expect(t))
                 elif rename and t == codes.F_DESCRIBE and dec[0] == ord("S") and dec[1]:
                     st = self.statements.get(dec[1])
@@ -1601,7 +1619,12 @@ class ClientSession(asyncio.Protocol):
                         fix.append(Expect(t))
         elif plan.raw is not None:
             out.append(plan.raw)
-            fix.append(Expect(codes.F_QUERY))
+            if plan.dbs:
+                fix.append(Expect(codes.F_QUERY, HOLD))
+                self._held_plan = plan
+                need_fix = True
+            else:
+                fix.append(Expect(codes.F_QUERY))
         if need_fix or self.slow or self.ctx.plugins.has_post_query:
             if not self.slow:
                 self.slow = True
@@ -1613,9 +1636,7 @@ class ClientSession(asyncio.Protocol):
         if plan.write:
             self.last_write_at = time.monotonic()
         info = plan.info
-        if info is not None and info.effects & _FORGETS and (
-            info.effects & Effect.DISCARD or None in info.deallocate
-        ):
+        if info is not None and info.effects & _FORGETS and (info.effects & Effect.DISCARD or None in info.deallocate):
             # The server may drop every prepared statement here, shared ones included: forget what
             # it holds, and keep it from anyone else unless this session owns it alone.
             conn.prepared.clear()
@@ -1628,6 +1649,29 @@ class ClientSession(asyncio.Protocol):
         if not out and self.slow:
             # Everything was synthesized: flush the synthetic answers now.
             self._slow_feed(conn, b"")
+
+    async def _retry_after_closing(self, conn: BackendConnection, plan: Plan) -> None:
+        """The server refused a database-level statement because of sessions on that database:
+        close the proxy's own idle connections to it (every worker) and send it once more."""
+        ctx = self.ctx
+        for db in plan.dbs:
+            closed = ctx.pools.close_idle(db)
+            log.info(
+                "client %s: closed %d idle connection(s) to database %s for %s",
+                self.peer,
+                closed,
+                db,
+                plan.info.kinds[0] if plan.info else "a statement",
+            )
+            if ctx.close_idle_elsewhere is not None:
+                await ctx.close_idle_elsewhere(db)
+        if self.phase != READY or conn is not self.backend or conn.closed:
+            return
+        plan.dbs = ()  # once
+        self.expect.append(Expect(codes.F_QUERY))
+        self.slow = True
+        assert plan.raw is not None
+        conn.write(plan.raw)
 
     def _forget_failed(self, conn: BackendConnection, server: str) -> None:
         """A Parse failed on the server: no backend has it and no client name may point at it."""
@@ -1717,6 +1761,19 @@ class ClientSession(asyncio.Protocol):
             m = bytes(rbuf[pos:end])
             pos = end
             head = expect[0] if expect else None
+            if head is not None and head.action == HOLD:
+                self._held.append(m)
+                if t == codes.B_READY_FOR_QUERY:
+                    expect.popleft()
+                    held, self._held = self._held, []
+                    plan = self._held_plan
+                    self._held_plan = None
+                    if plan is not None and _busy_database(held):
+                        self._spawn(self._retry_after_closing(conn, plan))
+                    else:
+                        out.extend(held)
+                        readies.append(m[5])
+                continue
             if t in _ASYNC:
                 # Notices of the proxy's hidden statements stay hidden. Their parameter reports
                 # pass: a hidden statement only ever sets the client's own values.

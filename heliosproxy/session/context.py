@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +57,8 @@ class ProxyContext:
     paused: set[str] = field(default_factory=set)  # databases paused by the admin (PAUSE db); "*" = all
     admin: Any = None  # admin console (heliosproxy.admin.console.AdminConsole) set by server.py
     on_cancel_miss: Callable[[int, int], None] | None = None  # multi-worker cancel forwarding
+    # Multi-worker: ask the other workers to close their idle connections to a database.
+    close_idle_elsewhere: Callable[[str], Awaitable[None]] | None = None
     known_statements: dict[str, None] = field(default_factory=dict)  # server names some backend accepted
     # (pool key, startup settings) -> the ParameterStatus values a server reports with those
     # settings applied (validated once: a setting the server refuses fails the login instead).

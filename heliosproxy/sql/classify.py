@@ -24,6 +24,7 @@ __all__ = [
     "TxControl",
     "classify_uncached",
     "count_statements",
+    "ddl_databases",
 ]
 
 
@@ -685,6 +686,32 @@ def _prekey_agrees(key: bytes, normalized: str) -> bool:
         pos = stop
     out.append(text[pos:])
     return "".join(out) == normalized
+
+
+DATABASE_DDL: Final = frozenset({"DropdbStmt", "CreatedbStmt", "RenameStmt", "AlterDatabaseStmt"})
+
+
+def ddl_databases(sql: str) -> tuple[str, ...]:
+    """Databases a DROP/CREATE ... TEMPLATE/ALTER ... RENAME DATABASE statement needs unused."""
+    try:
+        stmts = json.loads(_pg.parse_sql_json(sql)).get("stmts", [])
+    except Exception:
+        return ()
+    out: list[str] = []
+    for raw in stmts:
+        for kind, fields in raw.get("stmt", {}).items():
+            if kind in ("DropdbStmt", "AlterDatabaseStmt") and fields.get("dbname"):
+                out.append(str(fields["dbname"]))
+            elif kind == "RenameStmt" and fields.get("renameType") == "OBJECT_DATABASE" and fields.get("subname"):
+                out.append(str(fields["subname"]))
+            elif kind == "CreatedbStmt":
+                for opt in fields.get("options", ()):
+                    elem = opt.get("DefElem", {})
+                    if elem.get("defname") == "template":
+                        text = _const_text(elem.get("arg"))
+                        if text:
+                            out.append(text)
+    return tuple(out)
 
 
 def count_statements(sql: str) -> int:
