@@ -30,6 +30,7 @@ from heliosproxy.session.prepared import Statement, server_name
 from heliosproxy.sql.classify import (
     DATABASE_DDL,
     Effect,
+    Setting,
     StatementInfo,
     TxControl,
     classify_uncached,
@@ -73,7 +74,7 @@ _NO_RESET_ALL = frozenset(
     {"role", "session_authorization", "transaction_isolation", "transaction_read_only", "transaction_deferrable"}
 )
 _RESET = "\x00reset"  # in BackendConnection.applied: the server has its own default for this name
-_SEND_CAREFULLY = _FORGETS
+_SEND_CAREFULLY = _FORGETS | Effect.READBACK
 _UNREADABLE = classify_uncached("\x00")  # text not valid in the client's encoding: a write, to the primary
 
 
@@ -95,6 +96,41 @@ def _names_in(batch: list[tuple[int, bytes, Any]]) -> bool:
     return False
 
 
+def _check_bind_tail(msg: bytes, pos: int) -> None:
+    """Bind after its two names: format codes, parameters, result formats, and nothing more."""
+    n = _H.unpack_from(msg, pos)[0]
+    pos += 2 + 2 * n
+    n = _H.unpack_from(msg, pos)[0]
+    pos += 2
+    for _ in range(n):
+        ln = _i.unpack_from(msg, pos)[0]
+        pos += 4
+        if ln > 0:
+            pos += ln
+        elif ln < -1:
+            raise ValueError("invalid parameter length")
+    n = _H.unpack_from(msg, pos)[0]
+    pos += 2 + 2 * n
+    if pos != len(msg):
+        raise ValueError("invalid message length")
+
+
+def _row_texts(m: bytes, codec: str) -> list[str | None]:
+    """The text values of one DataRow message."""
+    n = _H.unpack_from(m, 5)[0]
+    pos = 7
+    row: list[str | None] = []
+    for _ in range(n):
+        ln = _i.unpack_from(m, pos)[0]
+        pos += 4
+        if ln < 0:
+            row.append(None)
+        else:
+            row.append(m[pos : pos + ln].decode(codec, "replace"))
+            pos += ln
+    return row
+
+
 def _busy_database(replies: list[bytes]) -> bool:
     """Do these replies end in 55006 (object in use: other sessions are using the database)?"""
     return any(m[0] == codes.B_ERROR and messages.parse_error_fields(m[5:]).get("C") == "55006" for m in replies)
@@ -112,12 +148,21 @@ def _quote(value: str) -> str:
 class Expect:
     """One request the backend will answer, and what to do with its answer (slow relay path)."""
 
-    __slots__ = ("action", "data", "kind")
+    __slots__ = ("action", "capture", "data", "failed", "kind", "rows")
 
-    def __init__(self, kind: int, action: int = PASS, data: bytes = b""):
+    def __init__(
+        self,
+        kind: int,
+        action: int = PASS,
+        data: bytes = b"",
+        capture: Callable[[list[list[str | None]] | None], None] | None = None,
+    ):
         self.kind = kind
         self.action = action
         self.data = data
+        self.capture = capture  # a hidden query whose rows are handed to this at its ReadyForQuery
+        self.rows: list[list[str | None]] = []
+        self.failed = False
 
 
 class Inflight:
@@ -1149,8 +1194,7 @@ class ClientSession(asyncio.Protocol):
                 portal = msg[5:end].decode(self._codec)
                 p2 = msg.index(0, end + 1) + 1
                 stmt = msg[end + 1 : p2 - 1].decode(self._codec)
-                if len(msg) < p2 + 2:
-                    raise ValueError("truncated")
+                _check_bind_tail(msg, p2)
                 decoded = (portal, stmt, p2)
             elif t == codes.F_DESCRIBE or t == codes.F_CLOSE:
                 kind = msg[5]
@@ -1159,8 +1203,11 @@ class ClientSession(asyncio.Protocol):
                 if msg.index(0, 6) != len(msg) - 1:
                     raise ValueError("trailing bytes")
                 decoded = (kind, msg[6:-1].decode(self._codec))
-            elif t == codes.F_EXECUTE and msg.index(0, 5) != len(msg) - 5:
-                raise ValueError("truncated")
+            elif t == codes.F_EXECUTE:
+                end = msg.index(0, 5)
+                if end != len(msg) - 5:
+                    raise ValueError("truncated")
+                msg[5:end].decode(self._codec)  # a portal name must be text
         except (ValueError, IndexError, UnicodeDecodeError, struct.error) as exc:
             log.warning("client %s user=%s: malformed %r message: %s", self.peer, self.user, chr(t), exc)
             self._violation("invalid frontend message format")
@@ -1625,6 +1672,17 @@ class ClientSession(asyncio.Protocol):
                 need_fix = True
             else:
                 fix.append(Expect(codes.F_QUERY))
+        rb = plan.info.readback if plan.info is not None else ()
+        if rb:
+            if plan.sync:
+                # Read the settings back right after the statement, hidden, to record what it set.
+                out.append(
+                    messages.query("SELECT " + ", ".join(f"pg_catalog.current_setting({_quote(n)}, true)" for n in rb))
+                )
+                fix.append(Expect(codes.F_QUERY, HIDE, capture=lambda rows: self._adopt(rb, rows, conn)))
+                need_fix = True
+            else:
+                self._pin_for("set_config() before a Flush")
         if need_fix or self.slow or self.ctx.plugins.has_post_query:
             if not self.slow:
                 self.slow = True
@@ -1784,6 +1842,17 @@ class ClientSession(asyncio.Protocol):
                 elif t != codes.B_NOTICE:
                     out.append(m)
                 continue
+            if head is not None and head.capture is not None:
+                # A hidden query whose answer the proxy reads (settings read back).
+                if t == codes.B_DATA_ROW:
+                    head.rows.append(_row_texts(m, self._codec))
+                elif t == codes.B_ERROR:
+                    head.failed = True
+                elif t == codes.B_READY_FOR_QUERY:
+                    conn.tx_status = m[5]
+                    expect.popleft()
+                    head.capture(None if head.failed else head.rows)
+                continue
             if t == codes.B_ERROR:
                 if head is not None and head.kind == codes.F_PARSE and head.data:
                     self._forget_failed(conn, head.data.decode())
@@ -1865,6 +1934,9 @@ class ClientSession(asyncio.Protocol):
             self._call_soon(self._resume_stalled, plan)
 
     def _settle(self, info: StatementInfo, conn: BackendConnection) -> None:
+        self._settle_settings(info.effects, info.settings, conn)
+
+    def _settle_settings(self, effects: Effect, changes: tuple[Setting, ...], conn: BackendConnection) -> None:
         """The server accepted a statement that changes session settings: record what it did.
 
         Both the session's view and the server connection's are updated; inside a transaction
@@ -1875,7 +1947,7 @@ class ClientSession(asyncio.Protocol):
         settings = self.settings
         applied = conn.applied
         startup = self.startup_settings
-        if info.effects & Effect.DISCARD:
+        if effects & Effect.DISCARD:
             settings.clear()
             settings.update(startup)
             applied.clear()
@@ -1884,7 +1956,7 @@ class ClientSession(asyncio.Protocol):
             if self.pinned:
                 self.pinned = False  # nothing is left on the server that the client must keep
                 log.debug("client %s unpinned (DISCARD ALL)", self.peer)
-        for name, value, is_local in info.settings:
+        for name, value, is_local in changes:
             if is_local or name.startswith("helios."):
                 continue
             if name == "all" and value is None:
@@ -1909,6 +1981,25 @@ class ClientSession(asyncio.Protocol):
                 settings.pop("role", None)
                 applied["role"] = _RESET
         self._set_codec()
+
+    def _adopt(self, names: tuple[str, ...], rows: list[list[str | None]] | None, conn: BackendConnection) -> None:
+        """Values of settings read back after a statement that may have changed them (READBACK)."""
+        if not rows or conn is not self.backend:
+            return  # the readback failed (an aborted transaction: it will roll back anyway)
+        changes: list[Setting] = []
+        for name, value in zip(names, rows[0], strict=False):
+            if value is None:
+                if name in self.settings:
+                    changes.append((name, None, False))
+            elif self.settings.get(name) != value:
+                changes.append((name, value, False))
+        if not changes:
+            return
+        in_tx = conn.tx_status != codes.TX_IDLE
+        self._settle_settings(Effect.SET, tuple(changes), conn)
+        if not in_tx:
+            self._committed = None  # autocommit: it is already committed
+            self._applied_base = None
 
     def _end_transaction(self, fl: Inflight | None, conn: BackendConnection, prev: int) -> None:
         """A transaction (explicit or implicit) with setting changes ended: keep them or undo them."""

@@ -62,6 +62,9 @@ class Effect(enum.Flag):
     # `SELECT set_config(const, const, const)`, dblink*, temp-schema DDL of other kinds. The
     # client is pinned to its server connection (reset before anyone else gets it).
     DIRTY = enum.auto()
+    # set_config() of a known setting whose value (or whether it runs) is only known at run
+    # time: the proxy reads the setting back right after the statement (`readback` names).
+    READBACK = enum.auto()
     # The two below are answered by the proxy itself and never sent to a backend.
     HELIOS_SET = enum.auto()  # SET / RESET helios.*
     HELIOS_SHOW = enum.auto()  # SHOW helios.*
@@ -104,6 +107,8 @@ class StatementInfo:
     # Calls a function that is not a PostgreSQL built-in (or CALLs a procedure): its session
     # effects are unknown (pool.strict_isolation pins such clients).
     calls_unknown: bool = False
+    # Settings to read back from the server after the statement (Effect.READBACK).
+    readback: tuple[str, ...] = ()
 
 
 _ADVISORY_SESSION_LOCKS: Final = frozenset(
@@ -371,6 +376,7 @@ class _Builder:
         "kinds",
         "ranges",
         "read_only",
+        "readback",
         "sensitive",
         "settings",
         "tx",
@@ -388,6 +394,7 @@ class _Builder:
         self.sensitive = False
         self.deallocate: list[str | None] = []
         self.unknown_call = False
+        self.readback: list[str] = []
 
     def absorb(self, scan: _Scan) -> None:
         self.ranges.extend(scan.ranges)
@@ -437,7 +444,13 @@ def _statement(kind: str, fields: dict[str, Any], b: _Builder, wf: _WriteFunctio
     for call in scan.set_config:
         setting = _set_config_setting(call, kind, fields)
         if setting is None:
-            b.effects |= Effect.DIRTY
+            args = call.get("args", ())
+            guc = _const_text(args[0]) if args else None
+            if guc is not None and "A_Const" in args[0] and guc.lower() not in _SESSION_IDENTITY:
+                b.readback.append(guc.lower())
+                b.effects |= Effect.READBACK
+            else:
+                b.effects |= Effect.DIRTY  # unknown name, or the role: pin
         elif setting[2]:
             b.effects |= Effect.SET_LOCAL
         else:
@@ -563,6 +576,8 @@ def _explain(fields: dict[str, Any], b: _Builder, wf: _WriteFunctions) -> None:
 _PINNING: Final = Effect.TEMP_TABLE | Effect.HOLD_CURSOR | Effect.ADVISORY_LOCK | Effect.LISTEN | Effect.DIRTY
 _PLAIN_DML: Final = frozenset({"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "CopyStmt"})
 _SET_CONFIG_NAMES: Final = (["set_config"], ["pg_catalog", "set_config"])
+# Settings that change who the session is: a change the proxy cannot model pins the client.
+_SESSION_IDENTITY: Final = frozenset({"role", "session_authorization"})
 
 
 def _set_config_setting(call: dict[str, Any], kind: str, fields: dict[str, Any]) -> Setting | None:
@@ -638,6 +653,7 @@ def _analyze(sql: str, normalized: str, wf: _WriteFunctions) -> tuple[StatementI
         pins=bool(effects & _PINNING),
         deallocate=tuple(b.deallocate),
         calls_unknown=b.unknown_call,
+        readback=tuple(dict.fromkeys(b.readback)),
     )
     return info, not b.sensitive and not b.settings
 
