@@ -75,6 +75,8 @@ _NO_RESET_ALL = frozenset(
 )
 _RESET = "\x00reset"  # in BackendConnection.applied: the server has its own default for this name
 _SEND_CAREFULLY = _FORGETS | Effect.READBACK
+# Statement kinds (pglast node names) that change the schema: Create*, Alter*, Drop*, Rename*, ...
+_DDL_PREFIXES = frozenset({"Crea", "Alte", "Drop", "Rena", "Defi", "Comp", "View", "Inde"})
 _UNREADABLE = classify_uncached("\x00")  # text not valid in the client's encoding: a write, to the primary
 
 
@@ -94,6 +96,15 @@ def _names_in(batch: list[tuple[int, bytes, Any]]) -> bool:
             elif dec[0] == 83 and dec[1]:  # 'S': a statement, not a portal
                 return True
     return False
+
+
+def _stale_plan(m: bytes) -> bool:
+    """Is this ErrorResponse a server saying a prepared statement went stale (schema changed)?"""
+    f = messages.parse_error_fields(m[5:])
+    text = f.get("M", "")
+    return (f.get("C") == "0A000" and "cached plan must not change result type" in text) or (
+        "cache lookup failed" in text
+    )
 
 
 def _check_bind_tail(msg: bytes, pos: int) -> None:
@@ -1058,6 +1069,8 @@ class ClientSession(asyncio.Protocol):
         return None
 
     def _track_effects(self, info: StatementInfo) -> None:
+        if any(k[:4] in _DDL_PREFIXES for k in info.kinds):
+            self.ctx.schema_epoch += 1  # plans made before it may be stale: prepare afresh
         if info.calls_unknown and self.ctx.config.pool.strict_isolation:
             self._pin_for("a function with unknown effects (pool.strict_isolation)")
         effects = info.effects
@@ -1327,7 +1340,7 @@ class ClientSession(asyncio.Protocol):
             text,
             tail,
             sinfo,
-            server_name(text, tail),
+            server_name(text, tail, ctx.schema_epoch),
             parse_hints(text) if "helios:" in text else None,
             verdict,
             data,
@@ -1870,9 +1883,14 @@ class ClientSession(asyncio.Protocol):
                 if self.inflight:
                     f = messages.parse_error_fields(m[5:])
                     self.inflight[0].error = f"{f.get('C', '')}: {f.get('M', '')}"
-                # The server skips to Sync: drop what it will not answer.
+                if _stale_plan(m):
+                    self.ctx.schema_epoch += 1  # re-prepare shared statements from now on
+                # The server skips to Sync: drop what it will not answer. A Parse it skips was never
+                # prepared there, whatever was recorded when it was sent.
                 while expect and expect[0].kind not in (codes.F_SYNC, codes.F_QUERY, codes.F_FUNCTION_CALL):
-                    expect.popleft()
+                    skipped = expect.popleft()
+                    if skipped is not head and skipped.kind == codes.F_PARSE and skipped.data:
+                        conn.prepared.pop(skipped.data.decode(), None)
                 continue
             if head is None:
                 out.append(m)

@@ -60,6 +60,9 @@ class ProxyContext:
     # Multi-worker: ask the other workers to close their idle connections to a database.
     close_idle_elsewhere: Callable[[str], Awaitable[None]] | None = None
     known_statements: dict[str, None] = field(default_factory=dict)  # server names some backend accepted
+    # Bumped when DDL passes through the proxy or a server reports a stale plan: shared server
+    # statements prepared from then on get new names, so nobody reuses a plan made before it.
+    schema_epoch: int = 0
     # (pool key, startup settings) -> the ParameterStatus values a server reports with those
     # settings applied (validated once: a setting the server refuses fails the login instead).
     login_views: dict[tuple[Any, tuple[tuple[str, str], ...]], dict[str, str]] = field(default_factory=dict)

@@ -34,6 +34,8 @@ class Statement:
         return max(declared, used)
 
 
-def server_name(sql: str, tail: bytes) -> str:
-    h = hashlib.blake2b(sql.encode() + b"\x00" + tail, digest_size=10).hexdigest()
+def server_name(sql: str, tail: bytes, epoch: int = 0) -> str:
+    """Same text, types and schema epoch -> same name on every backend (so backends share it).
+    The epoch moves on after DDL: statements prepared from then on are planned afresh."""
+    h = hashlib.blake2b(sql.encode() + b"\x00" + tail + epoch.to_bytes(4, "big"), digest_size=10).hexdigest()
     return f"hp_{h}"

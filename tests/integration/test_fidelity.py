@@ -57,3 +57,42 @@ def test_drop_database_never_closes_a_connection_in_use(cluster: PgCluster, prox
         assert user.execute("SELECT current_database()").fetchone() == (name,), "the user's session goes on"
         user.execute("COMMIT")
     cluster.sql(cluster.primary, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_asyncpg_statement_cache_survives_a_schema_change(cluster: PgCluster, proxy_factory: ProxyFactory) -> None:
+    """asyncpg re-prepares after `cached plan must not change result type`: that must get a fresh plan."""
+    import asyncio
+
+    import asyncpg
+
+    cluster.sql(cluster.primary, "DROP TABLE IF EXISTS fid_stale; CREATE TABLE fid_stale (a int); "
+                "INSERT INTO fid_stale VALUES (1); ALTER TABLE fid_stale OWNER TO app", db="app")
+    proxy = proxy_factory({"pool": {"size": 2}, "routing": SPLIT_OFF})
+
+    async def run() -> None:
+        conn = await asyncpg.connect(proxy.dsn())
+        other = await asyncpg.connect(proxy.dsn())
+        try:
+            for _ in range(3):
+                assert [tuple(r) for r in await conn.fetch("SELECT * FROM fid_stale")] == [(1,)]
+                assert [tuple(r) for r in await other.fetch("SELECT * FROM fid_stale")] == [(1,)]
+            await other.execute("ALTER TABLE fid_stale ADD COLUMN b int DEFAULT 7")
+            for c in (conn, other, conn):
+                assert [tuple(r) for r in await c.fetch("SELECT * FROM fid_stale")] == [(1, 7)]
+        finally:
+            await conn.close()
+            await other.close()
+
+    asyncio.run(run())
+
+
+def test_a_parse_skipped_after_a_pipeline_error_is_not_recorded(
+    cluster: PgCluster, proxy_factory: ProxyFactory
+) -> None:
+    proxy = proxy_factory({"pool": {"size": 1}, "routing": SPLIT_OFF})
+    with connect(proxy) as c:
+        with pytest.raises(psycopg.errors.DivisionByZero), c.pipeline():
+            c.execute("SELECT 1/0", prepare=True)
+            c.execute("SELECT %s::int + 100", (1,), prepare=True)  # skipped by the server
+        for i in range(3):
+            assert c.execute("SELECT %s::int + 100", (i,), prepare=True).fetchone() == (i + 100,)
