@@ -41,6 +41,11 @@ class ReplyScanner:
         self._carry = b""
         self._want_status = False
 
+    @property
+    def at_boundary(self) -> bool:
+        """True when the bytes fed so far end exactly at a message boundary."""
+        return not self._skip and not self._carry and not self._want_status
+
     def feed(self, chunk: bytes) -> list[int]:
         statuses: list[int] = []
         n = len(chunk)

@@ -285,6 +285,8 @@ class ClientSession(asyncio.Protocol):
         self._closing = False
         self.query_count = 0
         self._codec = "utf-8"  # Python codec of the client's client_encoding (to read its SQL text)
+        self._listen_pid = False  # LISTEN seen: relay notifications with this client's PID
+        self._listening = False  # ... and that relay is on (from a message boundary)
         self._held: list[bytes] = []  # replies kept back (HOLD) until the request's ReadyForQuery
         self._held_plan: Plan | None = None
 
@@ -1076,6 +1078,8 @@ class ClientSession(asyncio.Protocol):
         effects = info.effects
         if not effects:
             return
+        if effects & Effect.LISTEN:
+            self._listen_pid = True
         if effects & Effect.DEALLOCATE:
             for target in info.deallocate:
                 if target is None:
@@ -1573,7 +1577,7 @@ class ClientSession(asyncio.Protocol):
         self.backend = conn
         self.backend_pool = pool
         self.scanner.reset()
-        self.slow = False
+        self.slow = self._listening
         self.rbuf.clear()
         conn.attach(self)
 
@@ -1848,6 +1852,9 @@ class ClientSession(asyncio.Protocol):
             if t in _ASYNC:
                 # Notices of the proxy's hidden statements stay hidden. Their parameter reports
                 # pass: a hidden statement only ever sets the client's own values.
+                if t == codes.B_NOTIFICATION and self._listening and _I.unpack_from(m, 5)[0] == conn.pid:
+                    # Sent by this client's own server process: show the PID the client was given.
+                    m = m[:5] + _I.pack(self.pid) + m[9:]
                 if head is None or head.action != HIDE:
                     out.append(m)
                     if t == codes.B_PARAMETER_STATUS:
@@ -1914,7 +1921,7 @@ class ClientSession(asyncio.Protocol):
             data_out = b"".join(out)
             self.scanner.bytes_seen += len(data_out)
             self._write(data_out)
-        if not expect and not rbuf and not self.ctx.plugins.has_post_query:
+        if not expect and not rbuf and not self.ctx.plugins.has_post_query and not self._listening:
             self.slow = False
             self.scanner.reset()
         for status in readies:
@@ -1931,6 +1938,19 @@ class ClientSession(asyncio.Protocol):
             self._settle(fl.info, conn)
         if status == codes.TX_IDLE and self._committed is not None:
             self._end_transaction(fl, conn, prev)
+        if (
+            self._listen_pid
+            and not self._listening
+            and self.pending == 0
+            and not self.expect
+            and (self.slow or self.scanner.at_boundary)
+            and self.pid != conn.pid
+        ):
+            # From a message boundary on, relay message by message to give notifications our PID.
+            self._listening = True
+            if not self.slow:
+                self.slow = True
+                self.rbuf.clear()
         if self.scanner.params:
             self.scanner.params = False
             info = fl.info if fl is not None else None

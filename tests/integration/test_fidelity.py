@@ -96,3 +96,19 @@ def test_a_parse_skipped_after_a_pipeline_error_is_not_recorded(
             c.execute("SELECT %s::int + 100", (1,), prepare=True)  # skipped by the server
         for i in range(3):
             assert c.execute("SELECT %s::int + 100", (i,), prepare=True).fetchone() == (i + 100,)
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_own_notifications_carry_the_pid_the_client_was_given(
+    cluster: PgCluster, proxy_factory: ProxyFactory, mode: str
+) -> None:
+    proxy = proxy_factory({"pool": {"size": 2, "mode": mode}, "routing": SPLIT_OFF})
+    with connect(proxy) as c, connect(proxy) as other:
+        c.execute("LISTEN fid_ch")
+        c.execute("NOTIFY fid_ch, 'mine'")
+        other.execute("NOTIFY fid_ch, 'theirs'")
+        got = []
+        for n in c.notifies(timeout=5, stop_after=2):
+            got.append((n.payload, n.pid))
+        assert got[0] == ("mine", c.info.backend_pid), "a client's own notification shows its own PID"
+        assert got[1][0] == "theirs" and got[1][1] != c.info.backend_pid
