@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 PG_BIN  ?= /usr/lib/postgresql/15/bin
 STAMP   := .venv/.installed
 
-.PHONY: install sysdeps plugins test test-unit test-integration lint demo bench run clean
+.PHONY: install sysdeps plugins test test-unit test-integration lint demo bench run clean test-isolation
 
 install: $(STAMP) sysdeps
 
@@ -41,3 +41,12 @@ run: install
 
 clean:
 	rm -rf .venv plugins/build .pytest_cache .mypy_cache bench/results
+
+# Model-based isolation test (issue 9), long: make test-isolation STEPS=10000 SEED=7 [CLIENTS=3 POOL=1 EXCLUDE=kind,...]
+comma := ,
+STEPS ?= 10000
+SEED ?= 9
+test-isolation: install plugins
+	ISOLATION_STEPS=$(STEPS) ISOLATION_SEED=$(SEED) ISOLATION_CLIENTS=$(CLIENTS) \
+	ISOLATION_POOL=$(or $(POOL),1$(comma)2) ISOLATION_EXCLUDE=$(EXCLUDE) \
+	$(PY) -m pytest -q -s tests/integration/test_isolation_model.py
