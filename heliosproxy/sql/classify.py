@@ -441,6 +441,8 @@ def _statement(kind: str, fields: dict[str, Any], b: _Builder, wf: _WriteFunctio
     b.read_only = b.read_only and kind == "SelectStmt"
     scan = _Scan()
     scan.walk({kind: fields}, wf)  # wrapped, so the statement's own node is inspected too
+    if scan.set_config:
+        b.sensitive = True  # what set_config() does depends on its literal arguments
     for call in scan.set_config:
         setting = _set_config_setting(call, kind, fields)
         if setting is None:

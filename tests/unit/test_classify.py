@@ -648,3 +648,11 @@ def test_classify_never_raises(sql: str) -> None:
     assert c.classify(sql) is i
     if i.parse_error:
         assert i.read_only is False
+
+
+def test_set_config_records_are_never_shared_between_literal_values() -> None:
+    c = Classifier()
+    local = c.classify("SELECT set_config('role', 'r1', true)")
+    session = c.classify("SELECT set_config('role', 'r1', false)")
+    assert local.effects == Effect.SET_LOCAL and not local.settings
+    assert session.settings == (("role", "r1", False),)
