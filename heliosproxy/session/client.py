@@ -75,6 +75,7 @@ _NO_RESET_ALL = frozenset(
 )
 _RESET = "\x00reset"  # in BackendConnection.applied: the server has its own default for this name
 _SEND_CAREFULLY = _FORGETS | Effect.READBACK
+_TEMP_SCHEMA = Effect.TEMP_TABLE | Effect.DIRTY
 # Statement kinds (pglast node names) that change the schema: Create*, Alter*, Drop*, Rename*, ...
 _DDL_PREFIXES = frozenset({"Crea", "Alte", "Drop", "Rena", "Defi", "Comp", "View", "Inde"})
 _UNREADABLE = classify_uncached("\x00")  # text not valid in the client's encoding: a write, to the primary
@@ -286,6 +287,7 @@ class ClientSession(asyncio.Protocol):
         self.query_count = 0
         self._codec = "utf-8"  # Python codec of the client's client_encoding (to read its SQL text)
         self._listen_pid = False  # LISTEN seen: relay notifications with this client's PID
+        self._temp_schema = False  # may have made its server create a temp schema: never reuse that server
         self._listening = False  # ... and that relay is on (from a message boundary)
         self._held: list[bytes] = []  # replies kept back (HOLD) until the request's ReadyForQuery
         self._held_plan: Plan | None = None
@@ -355,7 +357,12 @@ class ClientSession(asyncio.Protocol):
                 if not conn.closed:
                     self._spawn(self._cancel_and_close(conn, pool))
             elif pool is not None:
-                if self.mode is PoolMode.SESSION or self.pinned:
+                if self._temp_schema:
+                    # DISCARD ALL drops temp objects but not the backend's temp schema: a fresh
+                    # session must not find one (pg_temp would resolve differently). Close it.
+                    conn.close()
+                    pool.release(conn, reusable=False)
+                elif self.mode is PoolMode.SESSION or self.pinned:
                     self._spawn(pool.reset_and_release(conn, ctx.config.pool.reset_query))
                 else:
                     pool.release(conn)
@@ -1086,6 +1093,8 @@ class ClientSession(asyncio.Protocol):
                     self.statements.clear()
                 else:
                     self.statements.pop(target, None)
+        if effects & _TEMP_SCHEMA:
+            self._temp_schema = True
         if info.pins and not self.pinned and self.mode is PoolMode.TRANSACTION:
             self.pinned = True
             log.debug("client %s pinned to its server connection (%s)", self.peer, ",".join(info.kinds))

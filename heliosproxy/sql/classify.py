@@ -380,6 +380,7 @@ class _Builder:
         "sensitive",
         "settings",
         "tx",
+        "tx_mark",
         "unknown_call",
     )
 
@@ -395,6 +396,7 @@ class _Builder:
         self.deallocate: list[str | None] = []
         self.unknown_call = False
         self.readback: list[str] = []
+        self.tx_mark: int | None = None  # len(settings) at this string's BEGIN
 
     def absorb(self, scan: _Scan) -> None:
         self.ranges.extend(scan.ranges)
@@ -515,6 +517,15 @@ def _transaction(fields: dict[str, Any], b: _Builder) -> None:
                 tx = TxControl.BEGIN_READ_ONLY if ro not in (None, "0") else TxControl.BEGIN
     if tx is not None:
         b.tx = tx
+    # Settings made earlier in this same string that a ROLLBACK here undoes are no effect at all:
+    # those since its BEGIN, or (no BEGIN: the implicit block of a multi-statement string) all.
+    if tx in (TxControl.BEGIN, TxControl.BEGIN_READ_ONLY):
+        b.tx_mark = len(b.settings)
+    elif tx is TxControl.ROLLBACK:
+        del b.settings[b.tx_mark or 0 :]
+        b.tx_mark = None
+    elif tx is TxControl.COMMIT:
+        b.tx_mark = None
 
 
 def _variable_set(fields: dict[str, Any], b: _Builder) -> None:
