@@ -2000,8 +2000,10 @@ class ClientSession(asyncio.Protocol):
             applied.clear()
             self.statements.clear()
             self.unnamed = None
-            if self.pinned:
-                self.pinned = False  # nothing is left on the server that the client must keep
+            if self.pinned and not self._temp_schema:
+                # Nothing is left on the server that the client must keep (its temp schema, if
+                # it made one, outlives DISCARD ALL: then it keeps that server, as direct).
+                self.pinned = False
                 log.debug("client %s unpinned (DISCARD ALL)", self.peer)
         for name, value, is_local in changes:
             if is_local or name.startswith("helios."):

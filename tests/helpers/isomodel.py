@@ -410,6 +410,10 @@ class Blocked(Exception):
     """The proxy answered 53300 (no server free within acquire_timeout): the step did not run."""
 
 
+class BlockedAfter(Blocked):
+    """The step ran (on both sides) but observing its result needed a server and none was free."""
+
+
 @dataclass
 class Twin:
     proxy: Wire
@@ -483,6 +487,10 @@ class World:
             twin.proxy.poll(0.05)
             twin.direct.poll(0.05)
         obs_p, obs_d = twin.proxy.observe(), twin.direct.observe()
+        if "SQLSTATE 53300" in obs_p.get("observation", "") or "ERROR 53300" in obs_p.get("observation", ""):
+            # The step ran without a server (answered by the proxy), the observation needs one
+            # and every server is held by other clients' transactions or pins: not a divergence.
+            raise BlockedAfter(obs_p["observation"])
         if twin.proxy.notifications != twin.direct.notifications:
             return Divergence(index, client, "notifications received", str(twin.proxy.notifications),
                               str(twin.direct.notifications))
@@ -579,7 +587,9 @@ class Model:
                 step = generate_step(rng, client, serial, in_tx[client], client in holders, cfg.exclude)
                 try:
                     div = world.step(len(out.sequence), step)
-                except Blocked:
+                except Blocked as exc:
+                    if isinstance(exc, BlockedAfter):
+                        out.sequence.append(step)
                     out.blocked += 1
                     # The proxy keeps a server for a client the model does not count as holding one:
                     # let every other client go, once, and carry on.
