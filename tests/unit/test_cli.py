@@ -87,7 +87,7 @@ def test_usage_errors_exit_2() -> None:
 
 def _plugin_files(directory: Path) -> Path:
     wasm = directory / "hello.wasm"
-    wasm.write_bytes(b"\0asm\x01\0\0\0")
+    wasm.write_bytes((REPO / "plugins" / "build" / "noop.wasm").read_bytes())  # make plugins built it
     (directory / "hello.yaml").write_text("name: hello\nversion: 1.0.0\nhooks: [pre_query]\n")
     return wasm
 
@@ -111,7 +111,10 @@ def test_plugin_keygen_sign_verify(tmp_path: Path) -> None:
     trust.mkdir()
     (trust / "release.pub").write_bytes(public.read_bytes())
     result = heliosproxy("plugin", "verify", "--trust-root", trust, wasm)
-    assert (result.returncode, result.stdout) == (0, f"{wasm}: signature ok (key release)\n")
+    assert (result.returncode, result.stdout) == (
+        0,
+        f"{wasm}: ok (plugin hello 1.0.0, ABI v1, hooks pre_query, signed by release)\n",
+    )
 
     # the signature covers the manifest too
     (tmp_path / "hello.yaml").write_text("name: hello\nversion: 1.0.0\nhooks: [route]\n")
@@ -119,7 +122,7 @@ def test_plugin_keygen_sign_verify(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr == (
-        f"{wasm}: signature does not match any trusted key (tampered or unknown signer)\n"
+        f"{wasm}: refused: signature: signature does not match any trusted key (tampered or unknown signer)\n"
     )
 
 
@@ -130,7 +133,7 @@ def test_plugin_errors(tmp_path: Path) -> None:
     heliosproxy("plugin", "keygen", "--out", trust, "--name", "k")
 
     result = heliosproxy("plugin", "verify", "--trust-root", trust, wasm)
-    assert (result.returncode, result.stderr) == (1, f"{wasm}: unsigned: hello.sig not found\n")
+    assert (result.returncode, result.stderr) == (1, f"{wasm}: refused: signature: unsigned: hello.sig not found\n")
 
     result = heliosproxy("plugin", "sign", "--key", tmp_path / "nokey.key", wasm)
     assert result.returncode == 1
