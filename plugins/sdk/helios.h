@@ -90,6 +90,43 @@ static int helios_contains(const char *hay, int32_t len, const char *needle) {
     return 0;
 }
 
+/* The raw (still JSON-escaped) text of the first string field `"key": "..."` in json[0..len),
+ * *out_len set; NULL when there is none. Enough for keyword checks on the query text. */
+static const char *helios_json_str(const char *json, int32_t len, const char *key, int32_t *out_len) {
+    int32_t kl = helios_strlen(key);
+    for (int32_t i = 0; i + kl + 2 < len; i++) {
+        if (json[i] != '"') continue;
+        int32_t j = 0;
+        while (j < kl && json[i + 1 + j] == key[j]) j++;
+        if (j != kl || json[i + 1 + kl] != '"') continue;
+        int32_t k = i + kl + 2;
+        while (k < len && (json[k] == ' ' || json[k] == ':')) k++;
+        if (k >= len || json[k] != '"') continue;
+        int32_t start = ++k;
+        while (k < len && json[k] != '"') k += (json[k] == '\\') ? 2 : 1;
+        if (k > len) return 0;
+        *out_len = k - start;
+        return json + start;
+    }
+    return 0;
+}
+
+/* 1 when s[0..len) starts with the word `kw` (ASCII case-insensitive, after whitespace), else 0. */
+static int helios_starts_with_word(const char *s, int32_t len, const char *kw) {
+    int32_t i = 0, n = helios_strlen(kw);
+    while (i < len && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r')) i++;
+    if (len - i < n) return 0;
+    for (int32_t j = 0; j < n; j++) {
+        char a = s[i + j], b = kw[j];
+        if (a >= 'A' && a <= 'Z') a = (char)(a - 'A' + 'a');
+        if (b >= 'A' && b <= 'Z') b = (char)(b - 'A' + 'a');
+        if (a != b) return 0;
+    }
+    if (i + n == len) return 1;
+    char c = s[i + n];
+    return !((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_');
+}
+
 /* ---- answers ---- */
 /* Pack bytes the host reads as the answer (they must stay valid until the hook returned). */
 static int64_t helios_pack(const char *ptr, int32_t len) {

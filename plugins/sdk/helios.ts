@@ -42,6 +42,37 @@ export function input(ptr: i32, len: i32): string {
   return String.UTF8.decodeUnsafe(<usize>ptr, <usize>len);
 }
 
+/** The first string field `"key": "..."` of a JSON text, unescaped (\" \\ \n \t \/); null if absent. */
+export function jsonString(json: string, key: string): string | null {
+  const at = json.indexOf('"' + key + '"');
+  if (at < 0) return null;
+  let i = at + key.length + 2;
+  while (i < json.length && (json.charAt(i) == " " || json.charAt(i) == ":")) i++;
+  if (i >= json.length || json.charAt(i) != '"') return null;
+  let out = "";
+  for (i++; i < json.length; i++) {
+    const c = json.charAt(i);
+    if (c == '"') return out;
+    if (c == "\\" && i + 1 < json.length) {
+      const e = json.charAt(++i);
+      out += e == "n" ? "\n" : e == "t" ? "\t" : e == "r" ? "\r" : e;
+    } else {
+      out += c;
+    }
+  }
+  return null;
+}
+
+/** Whether `s` starts with the word `kw` (case-insensitive, after whitespace). */
+export function startsWithWord(s: string, kw: string): bool {
+  const t = s.trimStart().toLowerCase();
+  const k = kw.toLowerCase();
+  if (!t.startsWith(k)) return false;
+  if (t.length == k.length) return true;
+  const c = t.charCodeAt(k.length);
+  return !((c >= 97 && c <= 122) || (c >= 48 && c <= 57) || c == 95);
+}
+
 /** Any JSON answer (the host frees it with dealloc after reading it). */
 export function answer(json: string): i64 {
   const buf = String.UTF8.encode(json);
