@@ -455,7 +455,7 @@ class _Parser:
         return value
 
     def typed(self, owner: type, name: str, tp: Any, raw: object) -> Any:
-        if owner is LogConfig:
+        if owner is LogConfig and name in ("level", "format"):
             choices = LOG_LEVELS if name == "level" else LOG_FORMATS
             if not isinstance(raw, str) or raw.lower() not in choices:
                 shown = repr(raw) if isinstance(raw, str) else _describe(raw)
