@@ -26,8 +26,10 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="start the proxy")
     run.add_argument("-c", "--config", required=True, metavar="FILE", help="YAML config file")
 
-    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check = sub.add_parser("check-config", help="validate a config file (every error in it) and exit")
     check.add_argument("file", metavar="FILE")
+    check.add_argument("--connect", action="store_true",
+                       help="also log in to every node and load every plugin as the proxy would")
 
     plugin = sub.add_parser("plugin", help="plugin tools: new, build, test, verify, keygen, sign")
     psub = plugin.add_subparsers(dest="plugin_command", metavar="ACTION", required=True)
@@ -70,11 +72,20 @@ def _run(config_path: str) -> int:
     return run(config)
 
 
-def _check_config(path: str) -> int:
+def _check_config(path: str, connect: bool = False) -> int:
     try:
         config = load_config(path)
     except ConfigError as exc:
         return _error(str(exc))
+    if connect:
+        from heliosproxy.checkconfig import check_connect
+
+        results = check_connect(config)
+        for ok, line in results:
+            print(f"  {'ok  ' if ok else 'FAIL'} {line}")
+        failed = sum(1 for ok, _ in results if not ok)
+        if failed:
+            return _error(f"{path}: {failed} check(s) failed")
     print(f"{path}: ok ({len(config.nodes)} nodes, {len(config.users)} users)")
     return 0
 
@@ -158,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         return _run(args.config)
     if args.command == "check-config":
-        return _check_config(args.file)
+        return _check_config(args.file, args.connect)
     if args.command == "plugin":
         return _plugin(args)
     parser.print_help(sys.stderr)

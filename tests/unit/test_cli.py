@@ -142,3 +142,37 @@ def test_plugin_errors(tmp_path: Path) -> None:
     result = heliosproxy("plugin", "keygen", "--out", trust, "--name", "k")
     assert result.returncode == 1
     assert result.stderr == f"{trust / 'k.key'} already exists; refusing to overwrite a key\n"
+
+
+def test_check_config_reports_every_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "listen: 127.0.0.1:6432\n"
+        "pool: {size: many, mode: transaction}\n"
+        "users:\n"
+        "  - {name: app, password: apppass, pool_sise: 3}\n"
+        "nodes:\n"
+        "  - {name: primary, host: 127.0.0.1, port: 99999, role: primary}\n"
+        "health: {interval: soon}\n"
+    )
+    result = heliosproxy("check-config", path)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"{path}:2: pool.size: expected an integer, got string 'many'\n"
+        f"{path}:4: users[0].pool_sise: unknown key (did you mean 'pool_size'?)\n"
+        f"{path}:6: nodes[0].port: must be between 1 and 65535, got 99999\n"
+        f"{path}:7: health.interval: bad duration 'soon' (use a number or a number with a unit:"
+        " us, ms, s, m, h, d; e.g. 500ms, 1s, 1m30s)\n"
+    )
+
+
+def test_check_config_reports_every_cross_field_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(GOOD + "  - {name: primary, host: 127.0.0.2, role: primary}\nadmin: {users: [nobody]}\n")
+    result = heliosproxy("check-config", path)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 3, lines
+    assert "duplicate node name 'primary'" in lines[0]
+    assert "more than one node has role primary" in result.stderr
+    assert "admin.users[0]: unknown user 'nobody'" in result.stderr
