@@ -18,7 +18,7 @@ from heliosproxy.errors import (
     BackendUnavailable,
     HeliosError,
 )
-from heliosproxy.logsetup import client_fields
+from heliosproxy.logsetup import client_fields, hostport
 from heliosproxy.plugins import hooks
 from heliosproxy.pool.pool import Pool, PoolWait
 from heliosproxy.protocol import codes, messages
@@ -207,7 +207,7 @@ class ClientSession(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "unix")
+        self.peer = hostport(peer) if isinstance(peer, tuple) else str(peer or "unix")
         transport.set_write_buffer_limits(high=512 * 1024)
         ctx = self.ctx
         ctx.counters.clients_total += 1
