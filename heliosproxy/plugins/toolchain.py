@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -125,7 +126,7 @@ def scaffold(name: str, lang: str, parent: Path) -> Path:
         f"heliosproxy plugin build {target}            # -> {target}/build/{name}.wasm + {name}.yaml\n"
         f"heliosproxy plugin test {target} --hook pre_query --context {target}/ctx.json\n"
         f"heliosproxy plugin verify {target}\n"
-        f"```\n\nBuild line: `{' '.join(build_command(lang, target, name))}`\n\n"
+        f"```\n\nBuild line (run in this directory): `{' '.join(build_command(lang, target, name))}`\n\n"
         f"Then copy build/{name}.wasm and build/{name}.yaml into the proxy's `plugins.dir`.\n"
     )
     return target
@@ -187,21 +188,24 @@ def _asc() -> list[str]:
 
 
 def _zig() -> list[str]:
+    if importlib.util.find_spec("ziglang") is None:
+        raise ToolError("Zig not found: pip install 'heliosproxy[plugins]' (PyPI's ziglang), or run `make install`")
     return [sys.executable, "-m", "ziglang"]
 
 
 def build_command(lang: str, directory: Path, name: str, out: Path | None = None) -> list[str]:
     """The compiler command line for a project (run inside `directory`)."""
     out_s = str(out) if out is not None else f"build/{name}.wasm"
+    zig = _zig() if out is not None else ["python", "-m", "ziglang"]
     if lang == "zig":
         return [
-            *_zig(), "build-exe", "-target", "wasm32-freestanding", "-fno-entry", "-rdynamic",
+            *zig, "build-exe", "-target", "wasm32-freestanding", "-fno-entry", "-rdynamic",
             "-O", "ReleaseSmall", "--stack", "65536", "--dep", "helios", f"-Mroot={name}.zig",
             "-Mhelios=helios.zig", f"-femit-bin={out_s}",
         ]
     if lang == "c":
         return [
-            *_zig(), "cc", "--target=wasm32-freestanding", "-O2", "-nostdlib", "-Wl,--no-entry",
+            *zig, "cc", "--target=wasm32-freestanding", "-O2", "-nostdlib", "-Wl,--no-entry",
             "-o", out_s, f"{name}.c",
         ]
     asc = _asc() if out is not None else ["asc"]
