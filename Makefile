@@ -3,9 +3,9 @@ PY      := .venv/bin/python
 PG_BIN  ?= /usr/lib/postgresql/15/bin
 STAMP   := .venv/.installed
 
-.PHONY: install sysdeps plugins test test-unit test-integration lint demo bench run clean test-isolation
+.PHONY: install sysdeps plugins plugin-toolchain test test-unit test-integration lint demo bench run clean test-isolation
 
-install: $(STAMP) sysdeps
+install: $(STAMP) sysdeps plugin-toolchain
 
 $(STAMP): pyproject.toml
 	python3 -m venv .venv
@@ -19,6 +19,14 @@ sysdeps:
 
 plugins: $(STAMP)
 	@bash plugins/build.sh
+
+# AssemblyScript compiler for `heliosproxy plugin build` (version pinned in plugins/toolchain/package-lock.json).
+# Zig (for Zig and C plugins) comes from PyPI's ziglang, installed into .venv above.
+plugin-toolchain: plugins/toolchain/node_modules/.installed
+
+plugins/toolchain/node_modules/.installed: plugins/toolchain/package.json plugins/toolchain/package-lock.json
+	cd plugins/toolchain && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 test: install plugins
 	$(PY) -m pytest -q tests

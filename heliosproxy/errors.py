@@ -84,3 +84,17 @@ class ConfigError(Exception):
         self.reason = reason
         where = f"{file}:{line}" if line is not None else file
         super().__init__(f"{where}: {key}: {reason}" if key else f"{where}: {reason}")
+
+
+class ConfigErrors(ConfigError):
+    """Several problems in one config file: one `file:line: key: reason` line each, in file order."""
+
+    def __init__(self, errors: list[ConfigError]):
+        ordered = sorted(errors, key=lambda e: (e.line is None, e.line or 0))
+        first = ordered[0]
+        super().__init__(first.file, first.line, first.key, first.reason)
+        self.errors = ordered
+        self.args = ("\n".join(str(e) for e in ordered),)
+
+    def __str__(self) -> str:
+        return str(self.args[0])

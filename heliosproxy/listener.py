@@ -7,6 +7,7 @@ import contextlib
 import logging
 import socket
 
+from heliosproxy.logsetup import hostport
 from heliosproxy.session.client import ClientSession
 from heliosproxy.session.context import ProxyContext
 
@@ -32,5 +33,5 @@ async def start_listener(ctx: ProxyContext, *, reuse_port: bool = False) -> asyn
         backlog=4096,
     )
     for s in server.sockets:
-        log.info("listening on %s", s.getsockname())
+        log.info("listening on %s", hostport(s.getsockname()))
     return server

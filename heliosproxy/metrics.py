@@ -36,7 +36,9 @@
 | heliosproxy_plugin_errors_total | counter | plugin, hook | failed plugin hook calls |
 | heliosproxy_plugin_duration_seconds_total | counter | plugin, hook | time spent in plugin hook calls |
 | heliosproxy_plugin_disabled | gauge | plugin | 1 when disabled after repeated errors |
-| heliosproxy_plugin_metric_total | counter | plugin, name | values a plugin added with helios.metric_add |
+| heliosproxy_plugin_metric_total | counter | plugin, name, labels | values added with helios.metric_add(_labels) |
+| heliosproxy_plugin_gauge | gauge | plugin, name, labels | values set with helios.metric_set(_labels) |
+| heliosproxy_plugin_metric_dropped_total | counter | plugin | plugin metric samples refused |
 | heliosproxy_plugin_misroutes_total | counter | plugin | writes a route hook sent to a standby (run on the primary) |
 | heliosproxy_config_reloads_total | counter | result (ok, failed) | config reloads |
 """
@@ -279,6 +281,10 @@ class ProxyCollector(Collector):
         pdis = GaugeMetricFamily(p + "plugin_disabled", "1 when disabled after repeated errors", labels=["plugin"])
         pm = CounterMetricFamily(p + "plugin_metric", "Values added by plugins (helios.metric_add)",
                                  labels=["plugin", "name"])
+        pg = GaugeMetricFamily(p + "plugin_gauge", "Values set by plugins (helios.metric_set)",
+                               labels=["plugin", "name"])
+        pdrop = CounterMetricFamily(p + "plugin_metric_dropped", "Plugin metric samples refused (bad name or labels,"
+                                    " too many series)", labels=["plugin"])
         pmr = CounterMetricFamily(p + "plugin_misroutes", "Writes a route hook sent to a standby (run on the primary)",
                                   labels=["plugin"])
         for plugin in ctx.plugins.stats():
@@ -288,10 +294,15 @@ class ProxyCollector(Collector):
                 pe.add_metric([name, hook], s["errors"])
                 pd.add_metric([name, hook], s["total_us"] / 1e6)
             pdis.add_metric([name], 1 if plugin.get("disabled") else 0)
-            for mname, value in plugin.get("metrics", {}).items():
-                pm.add_metric([name, mname], value)
+            for series in plugin.get("metric_series", ()):
+                labels = {"plugin": name, "name": series["name"], **series["labels"]}
+                if series["type"] == "counter":
+                    pm.add_sample(pm.name + "_total", labels, series["value"])
+                else:
+                    pg.add_sample(pg.name, labels, series["value"])
+            pdrop.add_metric([name], plugin.get("metrics_dropped", 0))
             pmr.add_metric([name], plugin.get("misroutes", 0))
-        yield from (pc, pe, pd, pdis, pm, pmr)
+        yield from (pc, pe, pd, pdis, pm, pg, pdrop, pmr)
 
         rl = CounterMetricFamily(p + "config_reloads", "Config reloads", labels=["result"])
         rl.add_metric(["ok"], server.reloads_ok)

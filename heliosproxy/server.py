@@ -152,8 +152,7 @@ class Server:
             self.stopping.set()
 
     def _on_sighup(self) -> None:
-        ok, message = self.reload()
-        (log.info if ok else log.error)("SIGHUP reload: %s", message)
+        self.reload(requested_by="SIGHUP")
 
     def request_shutdown(self) -> None:
         self.stopping.set()
@@ -184,18 +183,26 @@ class Server:
         log.info("stopped")
 
     # ------------------------------------------------------------------ reload
-    def reload(self) -> tuple[bool, str]:
-        """Validate the config file whole, then apply it; a bad file leaves the old config running."""
+    def reload(self, requested_by: str = "unknown") -> tuple[bool, str]:
+        """Validate the config file whole, then apply it; a bad file leaves the old config running.
+
+        Logged once (event `reload`) with who asked (`requested_by`) and the outcome.
+        """
         try:
             new = load_config(self.config.source)
         except ConfigError as exc:
             self.reloads_failed += 1
             self.last_reload_error = str(exc)
+            log.error("%s reload: %s", requested_by, exc,
+                      extra={"event": "reload", "requested_by": requested_by, "outcome": "failed"})
             return False, str(exc)
         self.apply(new)
         self.reloads_ok += 1
         self.last_reload_error = None
-        return True, f"reloaded {new.source}"
+        message = f"reloaded {new.source}"
+        log.info("%s reload: %s", requested_by, message,
+                 extra={"event": "reload", "requested_by": requested_by, "outcome": "ok"})
+        return True, message
 
     def apply(self, new: Config) -> None:
         old = self.config

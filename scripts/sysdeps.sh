@@ -6,6 +6,8 @@ need=()
 [ -x "$PG_BIN/initdb" ] || need+=(postgresql-15)
 command -v psql >/dev/null || need+=(postgresql-client-15)
 command -v pgbench >/dev/null || need+=(postgresql-client-15)
+# `heliosproxy plugin build` for AssemblyScript plugins: asc from npm (make plugin-toolchain)
+command -v npm >/dev/null || need+=(nodejs npm)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "missing: ${need[*]}; run: sudo apt-get install -y ${need[*]}" >&2

@@ -255,11 +255,10 @@ class AdminConsole:
     # ------------------------------------------------------------------ actions
     def _reload(self, args: list[str], _session: Any) -> bytes:
         _no_args("RELOAD", args)
-        ok, message = self.server.reload()
+        ok, message = self.server.reload(
+            requested_by=f"console {getattr(_session, 'user', '?')}@{getattr(_session, 'peer', '?')}")
         if not ok:
-            log.error("RELOAD: %s", message)
             raise HeliosError(f"reload failed, the running config is kept: {message}", sqlstate="F0000")
-        log.info("RELOAD: %s", message)
         return messages.command_complete("RELOAD")
 
     def _pause(self, args: list[str], _session: Any) -> bytes:

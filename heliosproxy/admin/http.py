@@ -24,6 +24,7 @@ from heliosproxy.admin import (
     set_node_disabled,
 )
 from heliosproxy.config.schema import Config, split_hostport
+from heliosproxy.logsetup import hostport
 from heliosproxy.metrics import ProxyCollector
 
 log = logging.getLogger("heliosproxy.admin.http")
@@ -169,6 +170,7 @@ class AdminHttp:
             except (TimeoutError, asyncio.IncompleteReadError):
                 return False
         self._peer_metrics: list[tuple[int, bytes]] | None = None
+        self._peer = hostport(writer.get_extra_info("peername"))
         link = getattr(self.server, "link", None)
         if link is not None and path.split("?", 1)[0].rstrip("/") == "/metrics":
             self._peer_metrics = await link.ask_all(b"M")
@@ -249,7 +251,7 @@ class AdminHttp:
             return json_response(200, queries_view(self.server))
         if path == "/api/reload":
             _allow(method, method == "POST", "POST")
-            ok, message = self.server.reload()
+            ok, message = self.server.reload(requested_by=f"HTTP {getattr(self, '_peer', '?')}")
             if ok:
                 return json_response(200, {"ok": True, "message": message})
             return json_response(422, {"ok": False, "error": message, "status": 422})

@@ -32,7 +32,7 @@ from heliosproxy.config.schema import (
     RoutingConfig,
     UserConfig,
 )
-from heliosproxy.errors import ConfigError
+from heliosproxy.errors import ConfigError, ConfigErrors
 from heliosproxy.protocol.auth import Credential
 
 __all__ = [
@@ -144,6 +144,10 @@ _SIZE_UNITS: dict[str, int] = {
 _SIZE_TEXT = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([A-Za-z]*)\s*$")
 
 _ENV_REF = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _Recorded(Exception):
+    """A part of the file is unusable and its errors are already in _Parser.errors: skip that part."""
 
 
 class _Bad(Exception):
@@ -271,15 +275,25 @@ class _Parser:
         self.source = source
         self.loader: yaml.SafeLoader
         self.lines: dict[str, int] = {}
+        self.errors: list[ConfigError] = []  # every problem found, reported together
+        self.checking = False  # cross-field checks: fail() records and goes on
 
     # ---- errors
+
+    def record(self, exc: ConfigError | _Recorded) -> None:
+        if isinstance(exc, ConfigError):
+            self.errors.append(exc)
 
     def fail(self, node: yaml.Node | int | None, key: str, reason: str) -> NoReturn:
         if isinstance(node, yaml.Node):
             line: int | None = node.start_mark.line + 1
         else:
             line = node
-        raise ConfigError(self.source, line, key, reason)
+        error = ConfigError(self.source, line, key, reason)
+        if self.checking:  # the checks only read a built Config: record the problem and go on
+            self.errors.append(error)
+            return  # type: ignore[misc]
+        raise error
 
     def line_of(self, key: str) -> int | None:
         return self.lines.get(key)
@@ -307,9 +321,20 @@ class _Parser:
             self.fail(1, "", "the config is empty; it must be a mapping with at least `nodes`")
         if not isinstance(root, yaml.MappingNode):
             self.fail(root, "", f"the top level must be a mapping of keys, got {_node_kind(root)}")
-        config: Config = self.build(Config, root, "")
+        try:
+            config: Config = self.build(Config, root, "")
+        except _Recorded:
+            raise ConfigErrors(self.errors) from None
+        if self.errors:
+            raise ConfigErrors(self.errors)
         config = dataclasses.replace(config, source=self.source)
+        self.checking = True
         self.check(config, root)
+        self.checking = False
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        if self.errors:
+            raise ConfigErrors(self.errors)
         return config
 
     # ---- scalars
@@ -413,16 +438,24 @@ class _Parser:
             if f.name not in preset and not (cls is Config and f.name == "source")
         }
         kwargs: dict[str, Any] = dict(preset)
+        broken = False
         for key, knode, vnode in self.pairs(node, path):
             sub = _join(path, key)
-            if key not in fields:
-                self.fail(knode, sub, self.unknown_key_reason(key, fields))
-            self.lines[sub] = vnode.start_mark.line + 1
-            kwargs[key] = self.convert(cls, key, hints[key], vnode, sub)
+            try:  # a bad key is recorded and skipped: the rest of the file is still checked
+                if key not in fields:
+                    self.fail(knode, sub, self.unknown_key_reason(key, fields))
+                self.lines[sub] = vnode.start_mark.line + 1
+                kwargs[key] = self.convert(cls, key, hints[key], vnode, sub)
+            except (ConfigError, _Recorded) as exc:
+                self.record(exc)
+                broken = True
         for name, f in fields.items():
             required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
             if required and name not in kwargs:
-                self.fail(node, _join(path, name), "required key is missing")
+                if not broken:
+                    self.record(ConfigError(self.source, node.start_mark.line + 1, _join(path, name),
+                                            "required key is missing"))
+                raise _Recorded()
         return cls(**kwargs)
 
     @staticmethod
@@ -462,7 +495,7 @@ class _Parser:
         return value
 
     def typed(self, owner: type, name: str, tp: Any, raw: object) -> Any:
-        if owner is LogConfig:
+        if owner is LogConfig and name in ("level", "format"):
             choices = LOG_LEVELS if name == "level" else LOG_FORMATS
             if not isinstance(raw, str) or raw.lower() not in choices:
                 shown = repr(raw) if isinstance(raw, str) else _describe(raw)
@@ -524,7 +557,10 @@ class _Parser:
             sub = f"{path}[{i}]"
             self.lines[sub] = item.start_mark.line + 1
             if dataclasses.is_dataclass(item_tp):
-                items.append(self.build(item_tp, item, sub))  # type: ignore[arg-type]
+                try:
+                    items.append(self.build(item_tp, item, sub))  # type: ignore[arg-type]
+                except (ConfigError, _Recorded) as exc:
+                    self.record(exc)
                 continue
             raw = self.scalar(item, sub)
             if not isinstance(raw, str) or not raw.strip():
@@ -549,7 +585,10 @@ class _Parser:
             if not key.strip():
                 self.fail(knode, path, f"a {what} name must not be empty")
             self.lines[sub] = knode.start_mark.line + 1
-            result.append(self.build(cls, vnode, sub, name=key))
+            try:
+                result.append(self.build(cls, vnode, sub, name=key))
+            except (ConfigError, _Recorded) as exc:
+                self.record(exc)
         return tuple(result)
 
     # ---- cross-field checks
@@ -558,6 +597,7 @@ class _Parser:
         top = root.start_mark.line + 1
         if not config.nodes:
             self.fail(self.line_of("nodes") or top, "nodes", "at least one node is required")
+            return  # (the checks below would only repeat it)
 
         seen: dict[str, int] = {}
         for i, n in enumerate(config.nodes):

@@ -220,6 +220,7 @@ class PluginsConfig:
 class LogConfig:
     level: str = "info"
     format: str = "text"  # text | json
+    connections: bool = True  # false: no client_connected / client_closed lines
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import deque
@@ -43,7 +42,9 @@ from heliosproxy.plugins.hooks import (
     parse_route,
 )
 from heliosproxy.plugins.kv import KvStore
-from heliosproxy.plugins.manifest import REWRITE_MULTI, Manifest, load_manifest
+from heliosproxy.plugins.loader import check_plugin
+from heliosproxy.plugins.manifest import REWRITE_MULTI, Manifest
+from heliosproxy.plugins.metrics import PluginMetrics
 from heliosproxy.plugins.reload import DirectoryWatcher, ReloadKind
 from heliosproxy.plugins.wasm import HostBindings, WasmInstance, WasmRuntime
 from heliosproxy.sql.classify import count_statements
@@ -80,7 +81,7 @@ class LoadedPlugin:
     path: Path
     loaded_at: float = field(default_factory=time.time)
     stats: dict[str, HookStats] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: PluginMetrics = field(default_factory=lambda: PluginMetrics())
     consecutive_errors: int = 0
     disabled: bool = False
     last_error: str | None = None
@@ -100,6 +101,8 @@ class PluginManager:
         self.runtime = WasmRuntime(tick_ms=max(1.0, min(5.0, cfg.limits.timeout_ms / 10)))
         self.kv = KvStore(cfg.kv_max_keys, cfg.kv_max_value_bytes)
         self.plugins: dict[str, LoadedPlugin] = {}
+        self._metrics: dict[str, PluginMetrics] = {}  # by plugin name: survives a hot reload
+        self.last_refusal: dict[str, str] = {}  # why each plugin's last refused version was refused
         self._chains: dict[HookType, tuple[LoadedPlugin, ...]] = {}
         # Bumped whenever the set of running plugins changes (load, reload, disable, enable):
         # verdicts cached per prepared statement are only valid for the generation they came from.
@@ -148,7 +151,9 @@ class PluginManager:
             self.watcher.prime()
 
     def _refuse(self, name: str, reason: str, *, signature: bool = False) -> None:
-        log.error("plugin %s refused: %s", name, reason)
+        self.last_refusal[name] = reason
+        log.error("plugin %s refused: %s", name, reason,
+                  extra={"event": "plugin_refused", "plugin": name, "reason": reason})
         self._event(
             "plugin_signature_refused" if signature else "plugin_load_failed",
             plugin=name,
@@ -183,60 +188,34 @@ class PluginManager:
     def load_plugin(self, wasm_path: Path) -> LoadedPlugin:
         """Read, verify, compile, instantiate and init one plugin; raises on any problem."""
         name = wasm_path.stem
-        manifest_path = wasm_path.with_suffix(".yaml")
-        try:
-            wasm = wasm_path.read_bytes()
-            manifest_bytes = manifest_path.read_bytes()
-        except FileNotFoundError as e:
-            raise PluginLoadError(f"{e.filename} not found") from None
-        except OSError as e:
-            raise PluginLoadError(f"cannot read {e.filename}: {e.strerror}") from None
-        signed_by = None
-        if self.cfg.trust_root:
-            sig_path = wasm_path.with_suffix(".sig")
-            if not sig_path.exists():
-                raise signing.SignatureError(f"unsigned: {sig_path.name} not found")
-            signed_by = signing.verify_bytes(wasm, manifest_bytes, sig_path.read_bytes(), Path(self.cfg.trust_root))
-        manifest = load_manifest(manifest_path, self.cfg.limits, expect_name=name)
-        compiled = self.runtime.compile(wasm)
-        holder: list[LoadedPlugin] = []
-        kv = self.kv.namespace(name) if "kv" in manifest.permissions else None
-        host = HostBindings(
-            log=lambda level, msg: log.log(_LOG_LEVELS.get(level, logging.INFO), "plugin %s: %s", name, msg),
-            metric_add=lambda metric, value: self._metric(name, holder, metric, value),
-            kv=kv,
-        )
-        limits = manifest.limits
-        instance = self.runtime.instantiate(
-            compiled,
-            fuel=limits.fuel,
-            timeout_ms=limits.timeout_ms,
-            memory=limits.memory,
-            permissions=manifest.permissions,
-            host=host,
-            hooks=[h.export_name() for h in manifest.hooks],
-        )
-        if "init" in instance.exports:
-            config = json.dumps(manifest.config or {}, separators=(",", ":")).encode()
-            try:
-                out = instance.call("init", config)
-            except PluginError as e:
-                raise PluginLoadError(f"init failed: {e}") from None
-            if out:
-                try:
-                    doc = json.loads(out)
-                except ValueError:
-                    doc = None
-                if isinstance(doc, dict) and doc.get("error"):
-                    raise PluginLoadError(f"init refused its config: {doc['error']}")
-        plugin = LoadedPlugin(name, manifest, instance, signed_by, wasm_path)
-        holder.append(plugin)
-        return plugin
+        store = self._metrics.get(name) or PluginMetrics()
 
-    def _metric(self, name: str, holder: list[LoadedPlugin], metric: str, value: float) -> None:
-        if holder:
-            m = holder[0].metrics
-            m[metric] = m.get(metric, 0.0) + value
+        def host_for(manifest: Manifest) -> HostBindings:
+            return HostBindings(
+                log=lambda level, msg: log.log(
+                    _LOG_LEVELS.get(level, logging.INFO), "plugin %s: %s", name, msg,
+                    extra={"event": "plugin_log", "plugin": name},
+                ),
+                metric_add=lambda metric, value: self._metric(name, store, "add", metric, "", value),
+                kv=self.kv.namespace(name) if "kv" in manifest.permissions else None,
+                metric_record=lambda kind, metric, labels, value: self._metric(
+                    name, store, kind, metric, labels, value
+                ),
+            )
+
+        checked = check_plugin(wasm_path, self.cfg, self.runtime, host_for)
+        self._metrics[name] = store  # the same series across hot reloads of this plugin
+        return LoadedPlugin(
+            checked.name, checked.manifest, checked.instance, checked.signed_by, wasm_path, metrics=store
+        )
+
+    def _metric(self, name: str, store: PluginMetrics, kind: str, metric: str, labels: str, value: float) -> None:
+        problem = store.record(kind, metric, labels, value)
+        if problem is not None:
+            if store.dropped == 1:  # once per plugin: a loop would flood the log
+                log.warning("plugin %s: metric %r dropped: %s", name, metric, problem,
+                            extra={"event": "plugin_metric_dropped", "plugin": name})
+            return
         self._event("plugin_metric", plugin=name, metric=metric, value=value)
 
     def _rebuild(self) -> None:
@@ -427,6 +406,7 @@ class PluginManager:
         for ev in self.watcher.poll():
             if ev.kind is ReloadKind.REMOVED:
                 if self.plugins.pop(ev.name, None) is not None:
+                    self._metrics.pop(ev.name, None)
                     self._rebuild()
                     log.info("plugin %s removed (file gone); unloaded", ev.name)
                     self._event("plugin_unloaded", plugin=ev.name)
@@ -439,6 +419,7 @@ class PluginManager:
             new = self._try_load(self.directory / f"{ev.name}.wasm")
             if new is None:
                 if old is not None:
+                    old.last_error = f"new version refused: {self.last_refusal.get(ev.name, 'see the log')}"
                     log.error(
                         "plugin %s: new version refused; keeping version %s running",
                         ev.name,
@@ -520,7 +501,9 @@ class PluginManager:
                         k: {"calls": s.calls, "errors": s.errors, "total_us": round(s.total_us, 1)}
                         for k, s in p.stats.items()
                     },
-                    "metrics": dict(p.metrics),
+                    "metrics": p.metrics.simple(),
+                    "metric_series": p.metrics.series(),
+                    "metrics_dropped": p.metrics.dropped,
                     "misroutes": p.misroutes,
                 }
             )

@@ -10,7 +10,11 @@ epoch deadline (wall clock) and the store's memory cap.
 
 Host imports (module "helios"; each needs the manifest permission in brackets):
   log(level i32, ptr i32, len i32)                               [log]  (0 debug .. 3 error)
-  metric_add(name_ptr i32, name_len i32, value f64)              [metrics]
+  metric_add(name_ptr i32, name_len i32, value f64)              [metrics]  counter += value
+  metric_set(name_ptr i32, name_len i32, value f64)              [metrics]  gauge = value
+  metric_add_labels(name_ptr i32, name_len i32, labels_ptr i32, labels_len i32, value f64)  [metrics]
+  metric_set_labels(name_ptr i32, name_len i32, labels_ptr i32, labels_len i32, value f64)  [metrics]
+      labels are `k=v,k2=v2` (at most 4; bounded series per plugin: see plugins/metrics.py)
   kv_get(key_ptr i32, key_len i32) -> i64                        [kv]
       0 = missing; else (ptr << 32) | len of a copy of the value in a buffer the host got from the
       guest's alloc(max(len, 1)); the guest owns it (dealloc(ptr, len) when done).
@@ -18,6 +22,9 @@ Host imports (module "helios"; each needs the manifest permission in brackets):
   kv_delete(key_ptr i32, key_len i32) -> i32                     [kv]     0 (also when absent)
   now_ms() -> i64                                                [clock]  Unix time in milliseconds
 A pointer/length outside linear memory in an import traps the call.
+Module "env", no permission needed:
+  abort(msg i32, file i32, line i32, col i32)   AssemblyScript's abort: traps the call with its
+      message ("abort: MSG at FILE:LINE:COL"; strings read as AssemblyScript UTF-16 strings).
 
 Fast path: wasmtime-py's Func.__call__ costs 25-45 us (it rebuilds the type and converts values);
 we call the C API `wasmtime_func_call_unchecked` through wasmtime-py's bundled ctypes library with
@@ -75,10 +82,17 @@ _string_at = ctypes.string_at
 HOST_IMPORTS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "log": ("log", ("i32", "i32", "i32"), ()),
     "metric_add": ("metrics", ("i32", "i32", "f64"), ()),
+    "metric_set": ("metrics", ("i32", "i32", "f64"), ()),
+    "metric_add_labels": ("metrics", ("i32", "i32", "i32", "i32", "f64"), ()),
+    "metric_set_labels": ("metrics", ("i32", "i32", "i32", "i32", "f64"), ()),
     "kv_get": ("kv", ("i32", "i32"), ("i64",)),
     "kv_set": ("kv", ("i32", "i32", "i32", "i32"), ("i32",)),
     "kv_delete": ("kv", ("i32", "i32"), ("i32",)),
     "now_ms": ("clock", (), ("i64",)),
+}
+# module "env": imports compilers emit on their own, allowed without a permission
+ENV_IMPORTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "abort": (("i32", "i32", "i32", "i32"), ()),
 }
 HOOK_SIG = (("i32", "i32"), ("i64",))
 OBSERVER_SIG = (("i32", "i32"), ())
@@ -111,6 +125,8 @@ class HostBindings:
     log: Callable[[int, str], None]
     metric_add: Callable[[str, float], None]
     kv: KvNamespace | None = None
+    # (kind "add" | "set", name, labels "k=v,...", value); None: only unlabelled counters (metric_add)
+    metric_record: Callable[[str, str, str, float], None] | None = None
 
 
 class CompiledModule:
@@ -132,6 +148,12 @@ class CompiledModule:
     def check_imports(self, permissions: frozenset[str]) -> None:
         """Refuse imports the host does not provide, of the wrong type, or not granted."""
         for module, name, sig in self.imports:
+            env = ENV_IMPORTS.get(name) if module == "env" else None
+            if env is not None:
+                if sig != env:
+                    got = _fmt(sig) if sig else "a non-function"
+                    raise PluginLoadError(f"import env.{name} must be {_fmt(env)}, module declares {got}")
+                continue
             spec = HOST_IMPORTS.get(name) if module == "helios" else None
             if spec is None:
                 raise PluginLoadError(f"import {module}.{name} is not provided by the host (ABI v1)")
@@ -275,7 +297,7 @@ class WasmInstance:
         self.store = store
         self._memory_obj: wasmtime.Memory | None = None
         self._alloc_obj: wasmtime.Func | None = None
-        imports = [self._make_import(name) for _m, name, _s in compiled.imports]
+        imports = [self._make_import(module, name) for module, name, _s in compiled.imports]
         try:
             instance = wasmtime.Instance(store, compiled.module, imports)
         except (wasmtime.WasmtimeError, wasmtime.Trap) as e:
@@ -322,15 +344,20 @@ class WasmInstance:
 
     # -- host imports ---------------------------------------------------------------------
 
-    def _make_import(self, name: str) -> wasmtime.Func:
-        _perm, params, results = HOST_IMPORTS[name]
+    def _make_import(self, module: str, name: str) -> wasmtime.Func:
+        if module == "env":
+            params, results = ENV_IMPORTS[name]
+            prefix = "_env_"
+        else:
+            _perm, params, results = HOST_IMPORTS[name]
+            prefix = "_imp_"
         vt = {
             "i32": wasmtime.ValType.i32(),
             "i64": wasmtime.ValType.i64(),
             "f64": wasmtime.ValType.f64(),
         }
         ft = wasmtime.FuncType([vt[p] for p in params], [vt[r] for r in results])
-        impl = getattr(self, f"_imp_{name}")
+        impl = getattr(self, f"{prefix}{name}")
         return wasmtime.Func(self.store, ft, impl, access_caller=True)
 
     def _read(self, caller: Any, ptr: int, length: int) -> bytes:
@@ -350,6 +377,40 @@ class WasmInstance:
     def _imp_metric_add(self, caller: Any, ptr: int, length: int, value: float) -> None:
         name = self._read(caller, ptr, length).decode("utf-8", "replace")
         self.host.metric_add(name, value)
+
+    def _as_string(self, caller: Any, ptr: int) -> str:
+        """An AssemblyScript string (UTF-16LE, byte length at ptr - 4); '' when unreadable."""
+        ptr &= 0xFFFFFFFF
+        mem = self._memory_obj
+        if ptr < 4 or mem is None or ptr > mem.data_len(caller):
+            return ""
+        size = int.from_bytes(bytes(mem.read(caller, ptr - 4, ptr)), "little")
+        if ptr + size > mem.data_len(caller):
+            return ""
+        return bytes(mem.read(caller, ptr, ptr + min(size, 2 * MAX_LOG_BYTES))).decode("utf-16-le", "replace")
+
+    def _env_abort(self, caller: Any, msg: int, file: int, line: int, col: int) -> None:
+        text = self._as_string(caller, msg) or "abort"
+        where = self._as_string(caller, file)
+        raise _HostTrap(f"abort: {text}" + (f" at {where}:{line}:{col}" if where else ""))
+
+    def _record(self, kind: str, name: str, labels: str, value: float) -> None:
+        rec = self.host.metric_record
+        if rec is not None:
+            rec(kind, name, labels, value)
+        elif kind == "add" and not labels:
+            self.host.metric_add(name, value)
+
+    def _imp_metric_set(self, caller: Any, ptr: int, length: int, value: float) -> None:
+        self._record("set", self._read(caller, ptr, length).decode("utf-8", "replace"), "", value)
+
+    def _imp_metric_add_labels(self, caller: Any, np: int, nl: int, lp: int, ll: int, value: float) -> None:
+        name = self._read(caller, np, nl).decode("utf-8", "replace")
+        self._record("add", name, self._read(caller, lp, ll).decode("utf-8", "replace"), value)
+
+    def _imp_metric_set_labels(self, caller: Any, np: int, nl: int, lp: int, ll: int, value: float) -> None:
+        name = self._read(caller, np, nl).decode("utf-8", "replace")
+        self._record("set", name, self._read(caller, lp, ll).decode("utf-8", "replace"), value)
 
     def _imp_kv_get(self, caller: Any, ptr: int, length: int) -> int:
         kv = self.host.kv

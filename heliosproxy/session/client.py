@@ -18,6 +18,7 @@ from heliosproxy.errors import (
     BackendUnavailable,
     HeliosError,
 )
+from heliosproxy.logsetup import client_fields, hostport
 from heliosproxy.plugins import hooks
 from heliosproxy.pool.pool import Pool, PoolWait
 from heliosproxy.protocol import codes, messages
@@ -296,7 +297,7 @@ class ClientSession(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "unix")
+        self.peer = hostport(peer) if isinstance(peer, tuple) else str(peer or "unix")
         transport.set_write_buffer_limits(high=512 * 1024)
         ctx = self.ctx
         ctx.counters.clients_total += 1
@@ -304,7 +305,8 @@ class ClientSession(asyncio.Protocol):
             ctx.counters.clients_refused += 1
             reason = "the proxy is shutting down" if ctx.shutting_down else "too many client connections"
             sqlstate = "57P03" if ctx.shutting_down else "53300"
-            log.warning("refused connection from %s: %s", self.peer, reason)
+            log.warning("refused connection from %s: %s", self.peer, reason,
+                        extra=client_fields(self, "client_refused", sqlstate=sqlstate))
             transport.write(messages.error_response("FATAL", sqlstate, f"sorry, {reason}"))
             transport.close()
             self.phase = CLOSED
@@ -375,6 +377,7 @@ class ClientSession(asyncio.Protocol):
                 self.user,
                 self.database,
                 f" ({exc})" if exc else "",
+                extra=client_fields(self, "client_closed", duration_ms=round((time.time() - self.connected_at) * 1000)),
             )
 
     def pause_writing(self) -> None:
@@ -430,8 +433,10 @@ class ClientSession(asyncio.Protocol):
             self.ctx.counters.bytes_out += len(data)
             self.transport.write(data)
 
-    def _fatal(self, sqlstate: str, message: str, detail: str | None = None) -> None:
-        log.info("client %s user=%s: FATAL %s %s", self.peer, self.user or "-", sqlstate, message)
+    def _fatal(self, sqlstate: str, message: str, detail: str | None = None, event: str = "client_fatal") -> None:
+        log.log(logging.WARNING if event == "auth_failed" else logging.INFO,
+                "client %s user=%s: FATAL %s %s", self.peer, self.user or "-", sqlstate, message,
+                extra=client_fields(self, event, sqlstate=sqlstate))
         if self.transport is not None and self.phase != CLOSED:
             self.transport.write(messages.error_response("FATAL", sqlstate, message, detail))
             self.transport.close()
@@ -616,7 +621,7 @@ class ClientSession(asyncio.Protocol):
     # ================================================================== authentication
     def _auth_failed(self) -> None:
         self.ctx.counters.login_failures += 1
-        self._fatal("28P01", f'password authentication failed for user "{self.user}"')
+        self._fatal("28P01", f'password authentication failed for user "{self.user}"', event="auth_failed")
 
     def _on_auth(self) -> None:
         buf = self.buf
@@ -663,7 +668,8 @@ class ClientSession(asyncio.Protocol):
                 self._authenticated()
             elif isinstance(result, hooks.AuthDenied):
                 self.ctx.counters.login_failures += 1
-                self._fatal("28000", result.reason or f'authentication denied for user "{self.user}"')
+                reason = result.reason or f'authentication denied for user "{self.user}"'
+                self._fatal("28000", reason, event="auth_failed")
             else:
                 method = ctx.config.auth.method
                 cred = ctx.pools.credentials.cached(self.user)[1]
@@ -742,7 +748,8 @@ class ClientSession(asyncio.Protocol):
             self._fatal(exc.sqlstate, exc.message)
             return
         except Exception as exc:  # never leave a client hanging at login
-            log.error("client %s user=%s: login failed: %r", self.peer, self.user, exc)
+            log.error("client %s user=%s: login failed: %r", self.peer, self.user, exc,
+                      extra=client_fields(self, "login_failed", sqlstate="08006"))
             self._fatal("08006", f"cannot get a server connection: {exc}")
             return
         if self.phase == CLOSED:
@@ -770,6 +777,7 @@ class ClientSession(asyncio.Protocol):
             self.user,
             self.database,
             "admin" if self.admin else self.mode.value,
+            extra=client_fields(self, "client_connected"),
         )
         self._resume_reading()
         if self.buf:
@@ -2152,7 +2160,11 @@ class ClientSession(asyncio.Protocol):
         if self.phase != READY:
             return
         log.warning(
-            "client %s: server connection to node %s was lost%s", self.peer, conn.node, f" ({exc})" if exc else ""
+            "client %s: server connection to node %s was lost%s",
+            self.peer,
+            conn.node,
+            f" ({exc})" if exc else "",
+            extra=client_fields(self, "server_lost", node=conn.node),
         )
         if owed or self.mode is PoolMode.SESSION or self.pinned:
             if relayed_fatal:

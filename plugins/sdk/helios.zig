@@ -667,12 +667,15 @@ pub fn authDenied(reason: []const u8) i64 {
 
 // ---------------------------------------------------------------------------------------------
 // Host functions (module "helios"). Each needs its permission in the manifest:
-// log → log, metric_add → metrics, kv_get/kv_set/kv_delete → kv, now_ms → clock.
+// log → log, metric_add/metric_set/metric_add_labels/metric_set_labels → metrics, kv_get/kv_set/kv_delete → kv, now_ms → clock.
 // ---------------------------------------------------------------------------------------------
 
 const host = struct {
     extern "helios" fn log(level: i32, ptr: [*]const u8, len: i32) void;
     extern "helios" fn metric_add(name_ptr: [*]const u8, name_len: i32, value: f64) void;
+    extern "helios" fn metric_set(name_ptr: [*]const u8, name_len: i32, value: f64) void;
+    extern "helios" fn metric_add_labels(name_ptr: [*]const u8, name_len: i32, labels_ptr: [*]const u8, labels_len: i32, value: f64) void;
+    extern "helios" fn metric_set_labels(name_ptr: [*]const u8, name_len: i32, labels_ptr: [*]const u8, labels_len: i32, value: f64) void;
     extern "helios" fn kv_get(key_ptr: [*]const u8, key_len: i32) i64;
     extern "helios" fn kv_set(key_ptr: [*]const u8, key_len: i32, val_ptr: [*]const u8, val_len: i32) i32;
     extern "helios" fn kv_delete(key_ptr: [*]const u8, key_len: i32) i32;
@@ -690,6 +693,22 @@ pub fn log(level: Level, msg: []const u8) void {
 /// Add `value` to the counter `name` (a Prometheus counter labelled with the plugin). Permission: metrics.
 pub fn metricAdd(name: []const u8, value: f64) void {
     host.metric_add(name.ptr, @intCast(name.len), value);
+}
+
+/// Set the gauge `name` to `value` (Prometheus heliosproxy_plugin_gauge). Permission: metrics.
+pub fn metricSet(name: []const u8, value: f64) void {
+    host.metric_set(name.ptr, @intCast(name.len), value);
+}
+
+/// Add `value` to the counter `name` with labels written `"k=v,k2=v2"` (at most 4 labels; keep
+/// their values to a small set: a plugin has at most 256 series). Permission: metrics.
+pub fn metricAddLabels(name: []const u8, labels: []const u8, value: f64) void {
+    host.metric_add_labels(name.ptr, @intCast(name.len), labels.ptr, @intCast(labels.len), value);
+}
+
+/// Set the gauge `name` with labels `"k=v,k2=v2"` to `value`. Permission: metrics.
+pub fn metricSetLabels(name: []const u8, labels: []const u8, value: f64) void {
+    host.metric_set_labels(name.ptr, @intCast(name.len), labels.ptr, @intCast(labels.len), value);
 }
 
 /// Read `key` from this plugin's key-value namespace; null when missing. The value lives in the

@@ -179,3 +179,44 @@ def test_add_and_remove(proxy_factory: ProxyFactory, tmp_path: Path) -> None:
         proxy.wait_output("plugin block_ddl removed", timeout=10)
         assert not drop_blocked(proxy)
     assert load.errors == [], (load.errors, proxy.output()[-4000:])
+
+
+def _plugin_stats(proxy: ProxyProcess, name: str) -> dict[str, Any]:
+    from tests.wat_e2e.kit import admin_plugins
+
+    stats = admin_plugins(proxy) or []
+    return next((p for p in stats if p["name"] == name), {})
+
+
+def test_plugin_counters_survive_a_hot_reload_and_a_refused_version_shows_last_error(
+    proxy_factory: ProxyFactory, tmp_path: Path
+) -> None:
+    d = tmp_path / "p"
+    install_example(d, "audit_log", version="1.0.0")
+    proxy = proxy_factory(plugin_config(d, **HOT), admin={"users": ["app"]})
+    with connect(proxy) as conn:
+        for i in range(3):
+            conn.execute(f"SELECT {i}")
+    wait_until(lambda: _plugin_stats(proxy, "audit_log").get("metrics", {}).get("queries_ok", 0) >= 3,
+               what="3 counted queries")
+    before = _plugin_stats(proxy, "audit_log")["metrics"]["queries_ok"]
+
+    install_example(d, "audit_log", version="1.0.1")
+    wait_until(lambda: _plugin_stats(proxy, "audit_log").get("version") == "1.0.1", what="version 1.0.1")
+    assert _plugin_stats(proxy, "audit_log")["metrics"]["queries_ok"] >= before  # not reset
+    with connect(proxy) as conn:
+        conn.execute("SELECT 'after reload'")
+    wait_until(lambda: _plugin_stats(proxy, "audit_log")["metrics"]["queries_ok"] > before,
+               what="the new version counting on from the old value")
+
+    manifest = manifest_of("audit_log")
+    manifest.update(version="2.0.0", hooks=["post_query", "no_such_hook"])
+    write_manifest(d / "audit_log.yaml", manifest)
+    wait_until(lambda: _plugin_stats(proxy, "audit_log").get("last_error"), what="last_error")
+    with psycopg.connect(proxy.dsn(dbname="heliosproxy"), autocommit=True) as adm:
+        cur = adm.execute("SHOW PLUGINS")
+        cols = [c.name for c in cur.description or []]
+        row = dict(zip(cols, cur.fetchone() or (), strict=True))
+    assert row["version"] == "1.0.1" and row["state"] == "running"
+    assert row["last_error"].startswith("new version refused: ")
+    assert "no_such_hook" in row["last_error"]

@@ -87,7 +87,7 @@ def test_usage_errors_exit_2() -> None:
 
 def _plugin_files(directory: Path) -> Path:
     wasm = directory / "hello.wasm"
-    wasm.write_bytes(b"\0asm\x01\0\0\0")
+    wasm.write_bytes((REPO / "plugins" / "build" / "noop.wasm").read_bytes())  # make plugins built it
     (directory / "hello.yaml").write_text("name: hello\nversion: 1.0.0\nhooks: [pre_query]\n")
     return wasm
 
@@ -111,7 +111,10 @@ def test_plugin_keygen_sign_verify(tmp_path: Path) -> None:
     trust.mkdir()
     (trust / "release.pub").write_bytes(public.read_bytes())
     result = heliosproxy("plugin", "verify", "--trust-root", trust, wasm)
-    assert (result.returncode, result.stdout) == (0, f"{wasm}: signature ok (key release)\n")
+    assert (result.returncode, result.stdout) == (
+        0,
+        f"{wasm}: ok (plugin hello 1.0.0, ABI v1, hooks pre_query, signed by release)\n",
+    )
 
     # the signature covers the manifest too
     (tmp_path / "hello.yaml").write_text("name: hello\nversion: 1.0.0\nhooks: [route]\n")
@@ -119,7 +122,7 @@ def test_plugin_keygen_sign_verify(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr == (
-        f"{wasm}: signature does not match any trusted key (tampered or unknown signer)\n"
+        f"{wasm}: refused: signature: signature does not match any trusted key (tampered or unknown signer)\n"
     )
 
 
@@ -130,7 +133,7 @@ def test_plugin_errors(tmp_path: Path) -> None:
     heliosproxy("plugin", "keygen", "--out", trust, "--name", "k")
 
     result = heliosproxy("plugin", "verify", "--trust-root", trust, wasm)
-    assert (result.returncode, result.stderr) == (1, f"{wasm}: unsigned: hello.sig not found\n")
+    assert (result.returncode, result.stderr) == (1, f"{wasm}: refused: signature: unsigned: hello.sig not found\n")
 
     result = heliosproxy("plugin", "sign", "--key", tmp_path / "nokey.key", wasm)
     assert result.returncode == 1
@@ -139,3 +142,37 @@ def test_plugin_errors(tmp_path: Path) -> None:
     result = heliosproxy("plugin", "keygen", "--out", trust, "--name", "k")
     assert result.returncode == 1
     assert result.stderr == f"{trust / 'k.key'} already exists; refusing to overwrite a key\n"
+
+
+def test_check_config_reports_every_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "listen: 127.0.0.1:6432\n"
+        "pool: {size: many, mode: transaction}\n"
+        "users:\n"
+        "  - {name: app, password: apppass, pool_sise: 3}\n"
+        "nodes:\n"
+        "  - {name: primary, host: 127.0.0.1, port: 99999, role: primary}\n"
+        "health: {interval: soon}\n"
+    )
+    result = heliosproxy("check-config", path)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"{path}:2: pool.size: expected an integer, got string 'many'\n"
+        f"{path}:4: users[0].pool_sise: unknown key (did you mean 'pool_size'?)\n"
+        f"{path}:6: nodes[0].port: must be between 1 and 65535, got 99999\n"
+        f"{path}:7: health.interval: bad duration 'soon' (use a number or a number with a unit:"
+        " us, ms, s, m, h, d; e.g. 500ms, 1s, 1m30s)\n"
+    )
+
+
+def test_check_config_reports_every_cross_field_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(GOOD + "  - {name: primary, host: 127.0.0.2, role: primary}\nadmin: {users: [nobody]}\n")
+    result = heliosproxy("check-config", path)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 3, lines
+    assert "duplicate node name 'primary'" in lines[0]
+    assert "more than one node has role primary" in result.stderr
+    assert "admin.users[0]: unknown user 'nobody'" in result.stderr

@@ -1,0 +1,110 @@
+"""Structured JSON logs from a running proxy: fields, events, auth failures, reloads, log.connections."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import psycopg
+import pytest
+
+from heliosproxy.logsetup import EVENTS
+from tests.helpers.proxy import ProxyFactory, ProxyProcess
+
+pytestmark = pytest.mark.timeout(60)
+JSON_LOG = {"log": {"format": "json"}, "admin": {"users": ["app"]}}
+HOSTPORT = re.compile(r"^127\.0\.0\.1:\d+$")
+
+
+def records(proxy: ProxyProcess) -> list[dict[str, Any]]:
+    out = []
+    for line in proxy.output().splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            out.append(json.loads(line))
+    return out
+
+
+def wait_for(proxy: ProxyProcess, event: str, count: int = 1, timeout: float = 5.0) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [r for r in records(proxy) if r["event"] == event]
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+def test_every_line_is_json_with_ts_level_event(proxy_factory: ProxyFactory) -> None:
+    proxy = proxy_factory(JSON_LOG)
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        conn.execute("SELECT 1")
+    lines = [ln for ln in proxy.output().splitlines() if ln.strip()]
+    assert lines and all(ln.startswith("{") for ln in lines), lines
+    recs = records(proxy)
+    assert all({"ts", "level", "event", "msg"} <= set(r) for r in recs)
+    listening = [r for r in recs if r["msg"].startswith("listening on ")]
+    assert listening and re.match(r"^listening on 127\.0\.0\.1:\d+$", listening[0]["msg"])
+
+    (connected,) = wait_for(proxy, "client_connected")
+    assert connected["level"] == "info"
+    assert HOSTPORT.match(connected["client"])
+    assert (connected["user"], connected["database"]) == ("app", "app")
+    (closed,) = wait_for(proxy, "client_closed")
+    assert closed["client"] == connected["client"]
+    assert isinstance(closed["duration_ms"], int) and closed["duration_ms"] >= 0
+    assert {r["event"] for r in recs} - {"log"} <= set(EVENTS)  # every event is documented
+
+
+def test_wrong_password_is_one_warning_with_the_address(proxy_factory: ProxyFactory) -> None:
+    proxy = proxy_factory(JSON_LOG)
+    with pytest.raises(psycopg.OperationalError) as info:
+        psycopg.connect(proxy.dsn(password="wrong"))
+    assert "password authentication failed" in str(info.value)
+    (failed,) = wait_for(proxy, "auth_failed")
+    assert failed["level"] == "warning"
+    assert HOSTPORT.match(failed["client"])
+    assert (failed["user"], failed["sqlstate"]) == ("app", "28P01")
+    time.sleep(0.2)
+    mine = [r for r in records(proxy) if r.get("client") == failed["client"]]
+    assert [r["event"] for r in mine if r["level"] != "info"] == ["auth_failed"]  # once per client
+
+
+def test_reload_logs_who_asked_and_the_outcome(proxy_factory: ProxyFactory) -> None:
+    proxy = proxy_factory(JSON_LOG)
+    req = urllib.request.Request(proxy.admin_url + "/api/reload", method="POST", data=b"")
+    with urllib.request.urlopen(req, timeout=5) as r:
+        assert r.status == 200
+    (ok,) = wait_for(proxy, "reload")
+    assert ok["outcome"] == "ok" and ok["level"] == "info"
+    assert re.match(r"^HTTP 127\.0\.0\.1:\d+$", ok["requested_by"]), ok
+
+    with psycopg.connect(proxy.dsn(dbname="heliosproxy"), autocommit=True) as adm:
+        adm.execute("RELOAD")
+    console = wait_for(proxy, "reload", 2)[1]
+    assert re.match(r"^console app@127\.0\.0\.1:\d+$", console["requested_by"]), console
+    assert console["outcome"] == "ok"
+
+    proxy.config_path.write_text("nodes: [")  # a broken file: the reload fails, the old config stays
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(urllib.request.Request(proxy.admin_url + "/api/reload", method="POST", data=b""),
+                               timeout=5)
+    assert err.value.code == 422
+    failed = wait_for(proxy, "reload", 3)[2]
+    assert (failed["outcome"], failed["level"]) == ("failed", "error")
+    assert "invalid YAML" in failed["msg"]
+
+
+def test_log_connections_false_drops_per_connection_lines(proxy_factory: ProxyFactory) -> None:
+    proxy = proxy_factory(JSON_LOG, log={"format": "json", "connections": False})
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        conn.execute("SELECT 1")
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(proxy.dsn(password="wrong"))
+    wait_for(proxy, "auth_failed")  # other events are still logged
+    events = {r["event"] for r in records(proxy)}
+    assert "auth_failed" in events
+    assert not events & {"client_connected", "client_closed"}

@@ -1,0 +1,20 @@
+;; Metrics ABI additions: each pre_query sets gauge "depth" to 7, adds 1 to counter "hits" with
+;; labels "kind=read", and adds 1 to a counter with a bad label (dropped by the host).
+(module
+  (import "helios" "metric_set" (func $set (param i32 i32 f64)))
+  (import "helios" "metric_add_labels" (func $addl (param i32 i32 i32 i32 f64)))
+  (import "helios" "metric_set_labels" (func $setl (param i32 i32 i32 i32 f64)))
+  (;PRELUDE;)
+  (data (i32.const 1024) "depth")
+  (data (i32.const 1040) "hits")
+  (data (i32.const 1056) "kind=read")
+  (data (i32.const 1072) "plugin=x")
+  (data (i32.const 1088) "queue")
+  (data (i32.const 1104) "tenant=acme")
+  (func (export "pre_query") (param i32 i32) (result i64)
+    (call $set (i32.const 1024) (i32.const 5) (f64.const 7))
+    (call $addl (i32.const 1040) (i32.const 4) (i32.const 1056) (i32.const 9) (f64.const 1))
+    (call $addl (i32.const 1040) (i32.const 4) (i32.const 1072) (i32.const 8) (f64.const 1))
+    (call $setl (i32.const 1088) (i32.const 5) (i32.const 1104) (i32.const 11) (f64.const 2.5))
+    (i64.const 0))
+)
