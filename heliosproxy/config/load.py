@@ -674,6 +674,7 @@ class _Parser:
                     key,
                     f"{exc} (expected SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey> as in pg_authid)",
                 )
+                continue  # recorded (check-config reports every error)
             if cred.md5 is not None and config.auth.method is AuthMethod.SCRAM:
                 self.fail(
                     self.line_of(key),

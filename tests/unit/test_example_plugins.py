@@ -520,33 +520,3 @@ def test_hook_cost_in_fuel_is_small(built: Path) -> None:
     used = before - store.get_fuel()
     # Far below the default 10,000,000 budget: a typical statement costs a few thousand units.
     assert 0 < used < 50_000, used
-
-
-def test_readme_example_builds_and_works(built: Path, tmp_path: Path) -> None:
-    readme = (PLUGINS / "README.md").read_text()
-    blocks = re.findall(r"```(zig|yaml)\n(.*?)```", readme, re.DOTALL)
-    source = next(body for lang, body in blocks if lang == "zig" and "no_vacuum" in body)
-    manifest = next(body for lang, body in blocks if lang == "yaml" and "name: no_vacuum" in body)
-    tree = tmp_path / "plugins"
-    (tree / "sdk").mkdir(parents=True)
-    (tree / "sdk" / "helios.zig").write_bytes((PLUGINS / "sdk" / "helios.zig").read_bytes())
-    (tree / "build.sh").write_bytes((PLUGINS / "build.sh").read_bytes())
-    (tree / "no_vacuum").mkdir()
-    (tree / "no_vacuum" / "no_vacuum.zig").write_text(source)
-    (tree / "no_vacuum" / "no_vacuum.yaml").write_text(manifest)
-    env = dict(os.environ, PYTHON=sys.executable)
-    subprocess.run(["bash", str(tree / "build.sh")], env=env, check=True, capture_output=True)
-
-    m = re.search(r"^config: (.*)$", manifest, re.MULTILINE)
-    assert m
-    config = json.loads(m.group(1))
-    g = Guest("no_vacuum", config, build=tree / "build")
-    assert {field for _, field in g.imported} == {"log"}
-    answer = g.call("pre_query", query_context("  VACUUM FULL orders", identity="bob"))
-    assert answer == {"action": "block", "reason": config["reason"]}
-    assert g.logs == [(2, "bob")]
-    assert g.call("pre_query", query_context("SELECT 1")) is None
-
-    refused = Guest("no_vacuum", {"reason": 5}, build=tree / "build")
-    assert refused.init_answer is not None
-    assert json.loads(refused.init_answer) == {"error": "no_vacuum: config.reason must be a string"}
