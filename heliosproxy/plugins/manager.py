@@ -40,7 +40,7 @@ from heliosproxy.plugins.hooks import (
     parse_route,
 )
 from heliosproxy.plugins.kv import KvStore
-from heliosproxy.plugins.manifest import Manifest, load_manifest
+from heliosproxy.plugins.manifest import Manifest, manifest_from_bytes
 from heliosproxy.plugins.reload import DirectoryWatcher, ReloadKind
 from heliosproxy.plugins.wasm import HostBindings, WasmInstance, WasmRuntime
 
@@ -186,10 +186,15 @@ class PluginManager:
         signed_by = None
         if self.cfg.trust_root:
             sig_path = wasm_path.with_suffix(".sig")
-            if not sig_path.exists():
-                raise signing.SignatureError(f"unsigned: {sig_path.name} not found")
-            signed_by = signing.verify_bytes(wasm, manifest_bytes, sig_path.read_bytes(), Path(self.cfg.trust_root))
-        manifest = load_manifest(manifest_path, self.cfg.limits, expect_name=name)
+            try:
+                sig = sig_path.read_bytes()
+            except FileNotFoundError:
+                raise signing.SignatureError(f"unsigned: {sig_path.name} not found") from None
+            except OSError as e:
+                raise signing.SignatureError(f"cannot read {sig_path.name}: {e.strerror}") from None
+            signed_by = signing.verify_bytes(wasm, manifest_bytes, sig, Path(self.cfg.trust_root))
+        # The manifest is parsed from the bytes just verified: no second read, no window to swap the file.
+        manifest = manifest_from_bytes(manifest_bytes, manifest_path, self.cfg.limits, expect_name=name)
         compiled = self.runtime.compile(wasm)
         holder: list[LoadedPlugin] = []
         kv = self.kv.namespace(name) if "kv" in manifest.permissions else None

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from heliosproxy.config.load import parse_yaml_text
 from heliosproxy.config.schema import FailMode, PluginLimits
 from heliosproxy.plugins.hooks import HookType, PluginLoadError
 
@@ -172,6 +173,20 @@ def load_manifest(path: Path, defaults: PluginLimits, *, expect_name: str | None
     except OSError as e:
         raise PluginLoadError(f"cannot read manifest {path}: {e.strerror or e}") from None
     except Exception as e:  # yaml errors: whichever module parsed it
+        raise PluginLoadError(f"manifest {path} is not valid YAML: {e}") from None
+    try:
+        return parse_manifest(doc, defaults, expect_name=expect_name)
+    except PluginLoadError as e:
+        raise PluginLoadError(f"{path}: {e}") from None
+
+
+def manifest_from_bytes(
+    data: bytes, path: Path, defaults: PluginLimits, *, expect_name: str | None = None
+) -> Manifest:
+    """The manifest parsed from `data`: the very bytes whose signature was checked (never read again)."""
+    try:
+        doc = parse_yaml_text(data, str(path))
+    except Exception as e:  # ConfigError (bad YAML) or a decoding error
         raise PluginLoadError(f"manifest {path} is not valid YAML: {e}") from None
     try:
         return parse_manifest(doc, defaults, expect_name=expect_name)
