@@ -12,7 +12,7 @@ import re
 import time
 from importlib import resources
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -26,6 +26,8 @@ from heliosproxy.admin import (
     primary_reachable,
     queries_view,
     set_node_disabled,
+    set_paused,
+    set_plugin_disabled,
     stats_view,
 )
 from heliosproxy.config.schema import Config, split_hostport
@@ -45,6 +47,8 @@ _REASONS = {
     505: "HTTP Version Not Supported", 422: "Unprocessable Entity",
 }
 _NODE_ACTION = re.compile(r"^/api/nodes/([^/]+)/(disable|enable)$")
+_DB_ACTION = re.compile(r"^/api/databases/([^/]+)/(pause|resume)$")
+_PLUGIN_ACTION = re.compile(r"^/api/plugins/([^/]+)/(disable|enable)$")
 _STATIC_NAME = re.compile(r"^/static/([A-Za-z0-9_-]+\.(?:js|css|svg|png|ico))$")
 _STATIC_TYPES = {
     "html": "text/html; charset=utf-8", "js": "text/javascript; charset=utf-8", "css": "text/css; charset=utf-8",
@@ -284,6 +288,16 @@ class AdminHttp:
             node = set_node_disabled(self.server, m.group(1), m.group(2) == "disable")
             log.info("admin HTTP: %s node %s", m.group(2), m.group(1))
             return json_response(200, node)
+        m = _DB_ACTION.match(path)
+        if m:
+            _allow(method, method == "POST", "POST")
+            log.info("admin HTTP: %s database %s", m.group(2), m.group(1))
+            return json_response(200, set_paused(self.server, unquote(m.group(1)), m.group(2) == "pause"))
+        m = _PLUGIN_ACTION.match(path)
+        if m:
+            _allow(method, method == "POST", "POST")
+            log.info("admin HTTP: %s plugin %s", m.group(2), m.group(1))
+            return json_response(200, set_plugin_disabled(self.server, unquote(m.group(1)), m.group(2) == "disable"))
         raise HttpError(404, f"no such endpoint: {path}")
 
 
