@@ -97,6 +97,9 @@ def test_dockerfile_runs_the_mounted_config(services: dict[str, dict[str, Any]])
     text = (REPO_ROOT / "Dockerfile").read_text()
     assert [ln for ln in text.splitlines() if ln.startswith("FROM ")] == ["FROM python:3.11-slim"]
     assert "RUN pip install ." in text
+    # `pip install .` needs every file pyproject names (license-files) inside the image.
+    copied = {src for ln in text.splitlines() if ln.startswith("COPY ") for src in shlex.split(ln)[1:-1]}
+    assert {"pyproject.toml", "README.md", "LICENSE", "heliosproxy"} <= copied
     assert 'ENTRYPOINT ["heliosproxy"]' in text
     proxy = services["heliosproxy"]
     assert proxy["command"] == ["run", "--config", CONFIG_IN_IMAGE]
