@@ -165,6 +165,14 @@ def test_dashboard_with_token(
     try:
         peak = _until(lambda: (n := _pool_active(browser)) >= 3 and n, 8, "pool active count rising under load")
         assert peak >= 3
+        # The clients view is filterable.
+        flt = browser.find_element(By.ID, "client-filter")
+        flt.send_keys("pgbench")
+        _until(lambda: browser.find_element(By.ID, "clients-count").text.startswith("6 shown"), 3, "filter: pgbench")
+        flt.send_keys("-no-such-client")
+        _until(lambda: browser.find_element(By.ID, "clients-count").text.startswith("0 shown"), 3, "filter: none")
+        flt.clear()
+        _until(lambda: browser.find_element(By.ID, "clients-count").text.startswith("6 shown"), 3, "filter cleared")
         # Let the charts gather a few samples, then take the screenshots with load on.
         _until(lambda: browser.find_element(By.ID, "qps-now").text not in ("", "0.0/s"), 5, "throughput shown")
         time.sleep(5)
