@@ -193,7 +193,7 @@ class AdminHttp:
                 return False
         self._peer_metrics: list[tuple[int, bytes]] | None = None
         link = getattr(self.server, "link", None)
-        if link is not None and path.split("?", 1)[0].rstrip("/") == "/metrics":
+        if link is not None and path.split("?", 1)[0].rstrip("/") == "/metrics" and self._may_scrape(headers):
             self._peer_metrics = await link.ask_all(b"M")
         try:
             response = self.dispatch(method, path, headers, body)
@@ -311,6 +311,14 @@ class AdminHttp:
             raise HttpError(403, f"Host {host[:100]!r} is not this admin server's address; add the name to"
                                  " admin.allowed_hosts to serve it")
 
+    def _may_scrape(self, headers: dict[str, str]) -> bool:
+        """Whether a /metrics request will be served (other workers are asked for theirs only then)."""
+        admin = self.config.admin
+        host = headers.get("host")
+        if host is not None and not host_allowed(host, admin.listen, admin.allowed_hosts):
+            return False
+        return not admin.metrics_auth or (bool(admin.token) and _token_ok(headers, admin.token or ""))
+
     def _check_token(self, headers: dict[str, str]) -> None:
         token = self.config.admin.token
         if token and not _token_ok(headers, token):
@@ -335,7 +343,7 @@ class AdminHttp:
     # ------------------------------------------------------------------ dashboard
     def _dashboard(self, path: str) -> Response:
         if path == "/ui.json":  # what the page needs before it may ask anything else
-            return json_response(200, {"token_required": bool(self.config.admin.token), "version": VERSION})
+            return json_response(200, {"token_required": bool(self.config.admin.token)})
         if path == "/":
             name = "index.html"
         else:

@@ -283,10 +283,12 @@ def test_http_bearer_token(cluster: PgCluster, proxy_factory: ProxyFactory) -> N
     assert _http(proxy, "/api/reload", "POST", token="s3cret")[0] == 200
     assert _http(proxy, "/api/nodes/standby1/disable", "POST")[0] == 401
 
-    locked = proxy_factory({"admin": {"token": "s3cret", "metrics_auth": True}})
+    locked = proxy_factory({"admin": {"token": "s3cret", "metrics_auth": True}, "workers": 2})
     assert _http(locked, "/metrics")[0] == 401
+    assert _http(locked, "/metrics", token="wrong")[0] == 401
     status, text = _http(locked, "/metrics", token="s3cret")
     assert status == 200 and "heliosproxy_queries_total" in text
+    assert 'worker="0"' in text and 'worker="1"' in text  # every worker's samples, as without the token
     assert _http(locked, "/live")[0] == 200
 
 

@@ -82,7 +82,6 @@ async function init() {
     return;
   }
   state.tokenRequired = !!ui.token_required;
-  $("version").textContent = ui.version || "";
   $("login-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     const t = $("token").value.trim();
@@ -188,7 +187,7 @@ function render(d) {
   renderQueries(d.queries || []);
   renderPlugins(d.plugins || []);
   renderEvents(d);
-  if (d.workers > 1) $("version").textContent = d.version + " · showing worker 0 of " + d.workers;
+  $("version").textContent = d.workers > 1 ? `${d.version} · showing worker 0 of ${d.workers}` : d.version;
 }
 
 function fillBody(table, rows) {
