@@ -50,6 +50,7 @@ def _banner(port: int, admin_port: int, cluster: PgCluster, config_path: Path) -
      psql "{admin}"
 
  Metrics and HTTP admin:
+     http://127.0.0.1:{admin_port}/            (the dashboard, in a browser)
      http://127.0.0.1:{admin_port}/metrics     (also /health, /api/nodes)
 
  Config: {config_path}

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the system packages the tests and the demo need (PostgreSQL 15 server and client).
+# Installs the system packages the tests and the demo need (PostgreSQL 15 server and client; headless
+# Chromium and its WebDriver for the dashboard's browser tests).
 set -euo pipefail
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 need=()
@@ -8,6 +9,8 @@ command -v psql >/dev/null || need+=(postgresql-client-15)
 command -v pgbench >/dev/null || need+=(postgresql-client-15)
 # `heliosproxy plugin build` for AssemblyScript plugins: asc from npm (make plugin-toolchain)
 command -v npm >/dev/null || need+=(nodejs npm)
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "missing: ${need[*]}; run: sudo apt-get install -y ${need[*]}" >&2
@@ -17,9 +20,5 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-# Debian's package starts a cluster of its own on 5432; we never use it, and it holds the port.
-if [ "$(id -u)" = 0 ] && command -v pg_lsclusters >/dev/null; then
-  pg_lsclusters -h 2>/dev/null | awk '$4=="online"{print $1, $2}' | while read -r v c; do
-    pg_ctlcluster "$v" "$c" stop || true
-  done
-fi
+# PostgreSQL clusters already on this machine (Debian's own on 5432 included) are never stopped, started
+# or reconfigured: tests, the demo and the bench start throwaway servers of their own on free ports.

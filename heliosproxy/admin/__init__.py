@@ -92,6 +92,28 @@ def set_node_disabled(server: ServerControl, name: str, disabled: bool) -> dict[
     return node_view(node, ctx.registry.primary, ctx.pools.active_on(name))
 
 
+def set_paused(server: ServerControl, database: str, paused: bool) -> dict[str, Any]:
+    """PAUSE/RESUME one database ("*" = all): new statements wait while paused."""
+    held: set[str] = server.ctx.paused
+    if paused:
+        held.add(database)
+    elif database == "*":
+        held.clear()
+    elif database in held:
+        held.discard(database)
+    else:
+        raise AdminError(f'database "{database}" is not paused', status=409, sqlstate="55000")
+    return {"database": database, "paused": sorted(held)}
+
+
+def set_plugin_disabled(server: ServerControl, name: str, disabled: bool) -> dict[str, Any]:
+    plugins = server.ctx.plugins
+    if not plugins.set_disabled(name, disabled):
+        known = ", ".join(p["name"] for p in plugins.stats()) or "none loaded"
+        raise AdminError(f'plugin "{name}" is not loaded (plugins: {known})', status=404, sqlstate="42704")
+    return next(p for p in plugins.stats() if p["name"] == name)
+
+
 def primary_reachable(server: ServerControl) -> bool:
     node = server.ctx.registry.primary_node()
     return node is not None and node.state in (NodeState.UP, NodeState.LAGGING)

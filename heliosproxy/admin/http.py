@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import json
 import logging
 import re
+import time
+from importlib import resources
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -22,6 +26,9 @@ from heliosproxy.admin import (
     primary_reachable,
     queries_view,
     set_node_disabled,
+    set_paused,
+    set_plugin_disabled,
+    stats_view,
 )
 from heliosproxy.config.schema import Config, split_hostport
 from heliosproxy.logsetup import hostport
@@ -35,12 +42,28 @@ READ_TIMEOUT = 10.0
 MAX_REQUESTS_PER_CONNECTION = 100
 
 _REASONS = {
-    200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
+    200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
     408: "Request Timeout", 411: "Length Required", 413: "Payload Too Large",
     431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable",
     505: "HTTP Version Not Supported", 422: "Unprocessable Entity",
 }
 _NODE_ACTION = re.compile(r"^/api/nodes/([^/]+)/(disable|enable)$")
+_DB_ACTION = re.compile(r"^/api/databases/([^/]+)/(pause|resume)$")
+_PLUGIN_ACTION = re.compile(r"^/api/plugins/([^/]+)/(disable|enable)$")
+_STATIC_NAME = re.compile(r"^/static/([A-Za-z0-9_-]+\.(?:js|css|svg|png|ico))$")
+_STATIC_TYPES = {
+    "html": "text/html; charset=utf-8", "js": "text/javascript; charset=utf-8", "css": "text/css; charset=utf-8",
+    "svg": "image/svg+xml", "png": "image/png", "ico": "image/x-icon",
+}
+# POST bodies a plain HTML form can send cross-site without a CORS preflight (CSRF).
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
+_PUBLIC = ("/live", "/ready", "/health")
+_WILDCARDS = ("0.0.0.0", "::", "")
+_NO_TOKEN = ("admin actions are disabled: no admin.token is configured. Set one (admin: {token: ${HELIOS_ADMIN_TOKEN}}"
+             " in the config, the variable in the environment), reload or restart, and send"
+             " 'Authorization: Bearer <token>'")
+_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self';"
+        " base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
 class HttpError(Exception):
@@ -172,7 +195,7 @@ class AdminHttp:
         self._peer_metrics: list[tuple[int, bytes]] | None = None
         self._peer = hostport(writer.get_extra_info("peername"))
         link = getattr(self.server, "link", None)
-        if link is not None and path.split("?", 1)[0].rstrip("/") == "/metrics":
+        if link is not None and path.split("?", 1)[0].rstrip("/") == "/metrics" and self._may_scrape(headers):
             self._peer_metrics = await link.ask_all(b"M")
         try:
             response = self.dispatch(method, path, headers, body)
@@ -193,6 +216,7 @@ class AdminHttp:
             f"Content-Length: {len(r.body)}",
             f"Connection: {'keep-alive' if keep else 'close'}",
             "Cache-Control: no-store",
+            "X-Content-Type-Options: nosniff",
             *(f"{k}: {v}" for k, v in r.headers.items()),
         ]
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head_only else r.body))
@@ -204,36 +228,41 @@ class AdminHttp:
         path = target.split("?", 1)[0]
         if len(path) > 1:
             path = path.rstrip("/")
-        token = self.config.admin.token
-        if token:
-            auth = headers.get("authorization", "")
-            scheme, _, given = auth.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-                raise HttpError(401, "missing or wrong bearer token")
+        self._check_host(headers)
         get = method in ("GET", "HEAD")
+        if method == "POST":
+            self._check_post(headers)
+        elif path.startswith("/api/") or (path == "/metrics" and self.config.admin.metrics_auth):
+            self._check_token(headers)
         if path == "/metrics":
             _allow(method, get)
             data, ctype = self.metrics.exposition(getattr(self, "_peer_metrics", None))
             return Response(200, data, ctype or CONTENT_TYPE_LATEST)
+        # /live, /ready and /health never need the token (orchestrators' probes) and say only a status;
+        # the details are under /api/nodes.
         if path == "/live":
             _allow(method, get)
-            return json_response(200, {"status": "live", "version": VERSION})
+            return json_response(200, {"status": "live"})
         if path == "/health":
             _allow(method, get)
             ok = primary_reachable(self.server)
-            reg = self.server.ctx.registry
-            return json_response(200 if ok else 503, {
-                "status": "ok" if ok else "no primary reachable",
-                "primary": reg.primary if ok else None,
-                "nodes": {n.name: n.state.value for n in reg.nodes.values()},
-            })
+            return json_response(200 if ok else 503, {"status": "ok" if ok else "no primary reachable"})
         if path == "/ready":
             _allow(method, get)
             ctx = self.server.ctx
             usable = [n.name for n in ctx.registry.nodes.values() if n.usable]
             ready = not ctx.shutting_down and bool(usable) and ctx.registry.primary_node() is not None
             reason = ("shutting down" if ctx.shutting_down else "ready" if ready else "no usable primary")
-            return json_response(200 if ready else 503, {"status": reason, "usable_nodes": usable})
+            return json_response(200 if ready else 503, {"status": reason})
+        if self.config.admin.dashboard and (path in ("/", "/ui.json") or path.startswith("/static/")):
+            _allow(method, get)
+            return self._dashboard(path)
+        if path == "/api/overview":
+            _allow(method, get)
+            return json_response(200, self._overview())
+        if path == "/api/stats":
+            _allow(method, get)
+            return json_response(200, self._stats())
         if path == "/api/nodes":
             _allow(method, get)
             return json_response(200, nodes_view(self.server))
@@ -261,7 +290,167 @@ class AdminHttp:
             node = set_node_disabled(self.server, m.group(1), m.group(2) == "disable")
             log.info("admin HTTP: %s node %s", m.group(2), m.group(1))
             return json_response(200, node)
+        m = _DB_ACTION.match(path)
+        if m:
+            _allow(method, method == "POST", "POST")
+            log.info("admin HTTP: %s database %s", m.group(2), m.group(1))
+            return json_response(200, set_paused(self.server, unquote(m.group(1)), m.group(2) == "pause"))
+        m = _PLUGIN_ACTION.match(path)
+        if m:
+            _allow(method, method == "POST", "POST")
+            log.info("admin HTTP: %s plugin %s", m.group(2), m.group(1))
+            return json_response(200, set_plugin_disabled(self.server, unquote(m.group(1)), m.group(2) == "disable"))
         raise HttpError(404, f"no such endpoint: {path}")
+
+
+    # ------------------------------------------------------------------ admin surface checks
+    def _check_host(self, headers: dict[str, str]) -> None:
+        """DNS rebinding: a browser always sends the name it resolved; only ours are served."""
+        host = headers.get("host")
+        if host is None:  # not a browser (HTTP/1.0 probes): nothing to rebind
+            return
+        if not host_allowed(host, self.config.admin.listen, self.config.admin.allowed_hosts):
+            raise HttpError(403, f"Host {host[:100]!r} is not this admin server's address; add the name to"
+                                 " admin.allowed_hosts to serve it")
+
+    def _may_scrape(self, headers: dict[str, str]) -> bool:
+        """Whether a /metrics request will be served (other workers are asked for theirs only then)."""
+        admin = self.config.admin
+        host = headers.get("host")
+        if host is not None and not host_allowed(host, admin.listen, admin.allowed_hosts):
+            return False
+        return not admin.metrics_auth or (bool(admin.token) and _token_ok(headers, admin.token or ""))
+
+    def _check_token(self, headers: dict[str, str]) -> None:
+        token = self.config.admin.token
+        if token and not _token_ok(headers, token):
+            raise HttpError(401, "missing or wrong bearer token")
+
+    def _check_post(self, headers: dict[str, str]) -> None:
+        """Every POST changes something: refuse cross-site and form posts (CSRF), then ask for the token."""
+        origin = headers.get("origin")
+        if origin is not None and not same_origin(origin, headers.get("host")):
+            raise HttpError(403, f"cross-site request refused (Origin {origin[:100]!r})")
+        if headers.get("sec-fetch-site", "").lower() in ("cross-site", "same-site"):
+            raise HttpError(403, "cross-site request refused (Sec-Fetch-Site)")
+        ctype = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if ctype in _FORM_TYPES:
+            raise HttpError(403, f"form posts are refused (Content-Type {ctype}); send JSON or no body")
+        token = self.config.admin.token
+        if not token:
+            raise HttpError(403, _NO_TOKEN)
+        if not _token_ok(headers, token):
+            raise HttpError(401, "missing or wrong bearer token")
+
+    # ------------------------------------------------------------------ dashboard
+    def _dashboard(self, path: str) -> Response:
+        if path == "/ui.json":  # what the page needs before it may ask anything else
+            return json_response(200, {"token_required": bool(self.config.admin.token)})
+        if path == "/":
+            name = "index.html"
+        else:
+            m = _STATIC_NAME.match(path)
+            if not m:
+                raise HttpError(404, f"no such file: {path}")
+            name = m.group(1)
+        try:
+            data = resources.files("heliosproxy.admin").joinpath("static", name).read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            raise HttpError(404, f"no such file: {path}") from None
+        ext = name.rsplit(".", 1)[1]
+        headers = {"Content-Security-Policy": _CSP, "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer"}
+        return Response(200, data, _STATIC_TYPES[ext], headers)
+
+    def _stats(self) -> dict[str, Any]:
+        """Process totals and the cumulative statement-duration histogram (the page derives rates and
+        percentiles from two samples)."""
+        self.metrics.drain()
+        d = self.metrics.durations
+        totals = stats_view(self.server)[0]
+        return {
+            "time": time.time(),
+            "queries": totals["total_query_count"],
+            "errors": totals["total_error_count"],
+            "bytes_in": totals["total_received"],
+            "bytes_out": totals["total_sent"],
+            "clients_total": totals["total_client_connections"],
+            "clients_refused": totals["refused_client_connections"],
+            "login_failures": totals["login_failures"],
+            "failovers": self.server.ctx.registry.failovers,
+            "paused": sorted(self.server.ctx.paused) if self.server.ctx.paused else [],
+            "reloads_ok": self.server.reloads_ok,
+            "reloads_failed": self.server.reloads_failed,
+            "duration_buckets": [[b, n] for b, n in d.cumulative()],
+            "duration_count": d.count,
+            "duration_sum_s": d.sum,
+        }
+
+    def _overview(self) -> dict[str, Any]:
+        """Everything the dashboard shows, in one request (no secrets: the views mask none because they hold
+        none)."""
+        clients = clients_view(self.server)
+        return {
+            "version": VERSION,
+            "workers": self.config.workers,
+            "nodes": nodes_view(self.server),
+            "pools": pools_view(self.server),
+            "clients": clients[:500],
+            "clients_total": len(clients),
+            "plugins": self.server.ctx.plugins.stats(),
+            "queries": queries_view(self.server, limit=20),
+            "stats": self._stats(),
+        }
+
+
+def _token_ok(headers: dict[str, str], token: str) -> bool:
+    scheme, _, given = headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def _split_host(value: str) -> str:
+    """'Host' header value -> the lower-case name without port or brackets."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:value.find("]")] if "]" in value else value
+    name, sep, port = value.rpartition(":")
+    if sep and port.isdigit():
+        value = name
+    return value.rstrip(".")
+
+
+def _ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(name)
+    except ValueError:
+        return None
+
+
+def host_allowed(host: str, listen: str | None, allowed: tuple[str, ...]) -> bool:
+    """Whether a request's Host names this server: the listen address, a loopback name when listening on
+    loopback, any IP literal when listening on every address (an IP cannot be rebound), or admin.allowed_hosts."""
+    name = _split_host(host)
+    extra = {a.strip().lower().rstrip(".") for a in allowed}
+    if name in extra or host.strip().lower() in extra or "*" in extra:
+        return True
+    listen_host = split_hostport(listen)[0].lower() if listen else ""
+    if name == listen_host:
+        return True
+    ip = _ip(name)
+    listen_ip = _ip(listen_host)
+    if listen_host in _WILDCARDS:
+        return ip is not None or name == "localhost"
+    loopback_listen = listen_host == "localhost" or (listen_ip is not None and listen_ip.is_loopback)
+    return loopback_listen and (name == "localhost" or (ip is not None and ip.is_loopback))
+
+
+def same_origin(origin: str, host: str | None) -> bool:
+    """An Origin header names the same server as the Host header (scheme http, same host and port)."""
+    if host is None or origin.strip().lower() == "null":
+        return False
+    parts = urlsplit(origin.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return False
+    return parts.netloc.lower() == host.strip().lower()
 
 
 def _allow(method: str, ok: bool, allowed: str = "GET") -> None:

@@ -43,6 +43,7 @@ __all__ = [
     "parse_config",
     "parse_duration",
     "parse_size",
+    "parse_yaml_text",
 ]
 
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error", "critical")
@@ -651,6 +652,9 @@ class _Parser:
         self.check_listen(config.listen, "listen", top)
         if config.admin.listen is not None:
             self.check_listen(config.admin.listen, "admin.listen", top)
+        if config.admin.metrics_auth and not config.admin.token:
+            key = "admin.metrics_auth"
+            self.fail(self.line_of(key) or top, key, "needs admin.token (the token /metrics will ask for)")
 
         if config.pool.min_size > config.pool.size:
             self.fail(
@@ -748,6 +752,14 @@ def load_yaml_file(path: str | os.PathLike[str]) -> Any:
     source = os.fspath(path)
     with open(source, encoding="utf-8") as f:
         text = f.read()
+    return parse_yaml_text(text, source)
+
+
+def parse_yaml_text(text: str | bytes, source: str) -> Any:
+    """Any YAML document (safe types only) from text already read, e.g. bytes whose signature was checked.
+
+    Bad YAML raises ConfigError (`source:line: invalid YAML: problem`).
+    """
     try:
         return yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:

@@ -192,6 +192,11 @@ class AdminConfig:
     listen: str | None = "127.0.0.1:9187"  # HTTP admin; null disables it
     token: str | None = None
     users: tuple[str, ...] = ()  # may use the SQL console (database "heliosproxy")
+    # Admin surface (issue 12 §6, issue 17): Host names accepted besides the listen address,
+    # whether /metrics needs the token, and the web dashboard at /.
+    allowed_hosts: tuple[str, ...] = ()
+    metrics_auth: bool = False
+    dashboard: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 from heliosproxy.config.schema import PluginsConfig
 from heliosproxy.plugins import signing
 from heliosproxy.plugins.hooks import PluginError, PluginLoadError
-from heliosproxy.plugins.manifest import Manifest, load_manifest
+from heliosproxy.plugins.manifest import Manifest, manifest_from_bytes
 from heliosproxy.plugins.wasm import HostBindings, WasmInstance, WasmRuntime
 
 
@@ -61,7 +61,8 @@ def check_plugin(
         if not sig_path.exists():
             raise signing.SignatureError(f"unsigned: {sig_path.name} not found")
         signed_by = signing.verify_bytes(wasm, manifest_bytes, sig_path.read_bytes(), Path(cfg.trust_root))
-    manifest = load_manifest(manifest_path, cfg.limits, expect_name=name)
+    # Parsed from the bytes just verified: no second read, no window to swap the file.
+    manifest = manifest_from_bytes(manifest_bytes, manifest_path, cfg.limits, expect_name=name)
     compiled = runtime.compile(wasm)
     limits = manifest.limits
     instance = runtime.instantiate(

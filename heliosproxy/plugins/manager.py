@@ -230,6 +230,20 @@ class PluginManager:
         self.has_auth = bool(chains[HookType.AUTHENTICATE])
         self.has_connect = bool(chains[HookType.ON_CONNECT] or chains[HookType.ON_DISCONNECT])
 
+    def set_disabled(self, name: str, disabled: bool) -> bool:
+        """An admin's disable/enable of a loaded plugin (enable also clears its error streak); False if unknown."""
+        p = self.plugins.get(name)
+        if p is None:
+            return False
+        if p.disabled != disabled:
+            p.disabled = disabled
+            if not disabled:
+                p.consecutive_errors = 0
+            self._rebuild()
+            log.info("plugin %s %s by an admin", name, "disabled" if disabled else "enabled")
+            self._event("plugin_disabled" if disabled else "plugin_enabled", plugin=name, by="admin")
+        return True
+
     def chain(self, hook: HookType) -> tuple[LoadedPlugin, ...]:
         return self._chains.get(hook, ())
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from heliosproxy.config.load import parse_yaml_text
 from heliosproxy.config.schema import FailMode, PluginLimits
 from heliosproxy.plugins.hooks import HookType, PluginLoadError
 
@@ -46,20 +46,6 @@ class Manifest:
     limits: PluginLimits = field(default_factory=PluginLimits)
     fail_mode: FailMode = FailMode.OPEN
     config: Any = None
-
-
-def load_yaml_file(path: Path) -> Any:
-    """YAML document of `path`, through heliosproxy.config.load when it offers the accessor.
-
-    Fallback (flagged for the config owner): import yaml here until load.load_yaml_file exists.
-    """
-    load = importlib.import_module("heliosproxy.config.load")
-    accessor = getattr(load, "load_yaml_file", None)
-    if accessor is not None:
-        return accessor(path)
-    yaml = importlib.import_module("yaml")
-    with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f)
 
 
 def parse_size(value: Any, key: str) -> int:
@@ -168,11 +154,21 @@ def _limits(raw: Any, defaults: PluginLimits) -> PluginLimits:
 
 
 def load_manifest(path: Path, defaults: PluginLimits, *, expect_name: str | None = None) -> Manifest:
+    """Read NAME.yaml once and parse it (the loader itself uses manifest_from_bytes on verified bytes)."""
     try:
-        doc = load_yaml_file(path)
+        data = Path(path).read_bytes()
     except OSError as e:
         raise PluginLoadError(f"cannot read manifest {path}: {e.strerror or e}") from None
-    except Exception as e:  # yaml errors: whichever module parsed it
+    return manifest_from_bytes(data, path, defaults, expect_name=expect_name)
+
+
+def manifest_from_bytes(
+    data: bytes, path: Path, defaults: PluginLimits, *, expect_name: str | None = None
+) -> Manifest:
+    """The manifest parsed from `data`: the very bytes whose signature was checked (never read again)."""
+    try:
+        doc = parse_yaml_text(data, str(path))
+    except Exception as e:  # ConfigError (bad YAML) or a decoding error
         raise PluginLoadError(f"manifest {path} is not valid YAML: {e}") from None
     try:
         return parse_manifest(doc, defaults, expect_name=expect_name)

@@ -18,6 +18,7 @@ from tests.helpers.pgcluster import PgCluster
 from tests.helpers.proxy import ProxyFactory, ProxyProcess
 
 ADMIN = {"admin": {"users": ["app"]}, "health": {"interval": "300ms"}}
+TOKEN = "t0ken-for-tests"
 
 
 def _admin(proxy: ProxyProcess) -> psycopg.Connection[tuple[Any, ...]]:
@@ -48,6 +49,10 @@ def _http(proxy: ProxyProcess, path: str, method: str = "GET", token: str | None
     except urllib.error.HTTPError as e:
         raw, status, ctype = e.read(), e.code, e.headers.get("Content-Type", "")
     return status, json.loads(raw) if "json" in ctype else raw.decode()
+
+
+def _authed(proxy: ProxyProcess, path: str, method: str = "GET") -> tuple[int, Any]:
+    return _http(proxy, path, method, token=TOKEN)
 
 
 def _raw(proxy: ProxyProcess, data: bytes) -> bytes:
@@ -206,47 +211,46 @@ def test_reload_and_shutdown_from_console(cluster: PgCluster, proxy_factory: Pro
 
 
 def test_http_endpoints(cluster: PgCluster, proxy_factory: ProxyFactory) -> None:
-    proxy = proxy_factory(ADMIN)
+    proxy = proxy_factory({**ADMIN, "admin": {"users": ["app"], "token": TOKEN}})
     with psycopg.connect(proxy.dsn(application_name="http-test"), autocommit=True) as app:
         app.execute("SELECT 1")
-        _wait(lambda: _http(proxy, "/health")[0] == 200)
-        assert _http(proxy, "/health")[1]["primary"] == "primary"
-        assert _http(proxy, "/ready") == (200, {"status": "ready", "usable_nodes": ["primary", "standby1",
-                                                                                     "standby2"]})
-        assert _http(proxy, "/live")[0] == 200
-        status, nodes = _http(proxy, "/api/nodes")
+        _wait(lambda: _authed(proxy, "/health")[0] == 200)
+        assert _authed(proxy, "/health") == (200, {"status": "ok"})
+        assert _authed(proxy, "/ready") == (200, {"status": "ready"})
+        assert _authed(proxy, "/live") == (200, {"status": "live"})
+        status, nodes = _authed(proxy, "/api/nodes")
         assert status == 200 and [n["name"] for n in nodes] == ["primary", "standby1", "standby2"]
         assert nodes[0]["write_target"] is True and nodes[1]["role"] == "standby"
-        status, pools = _http(proxy, "/api/pools")
+        status, pools = _authed(proxy, "/api/pools")
         assert status == 200 and any(p["database"] == "app" for p in pools)
-        status, clients = _http(proxy, "/api/clients")
+        status, clients = _authed(proxy, "/api/clients")
         assert status == 200 and any(c["application_name"] == "http-test" for c in clients)
-        assert _http(proxy, "/api/plugins") == (200, [])
-        status, queries = _http(proxy, "/api/queries")
+        assert _authed(proxy, "/api/plugins") == (200, [])
+        status, queries = _authed(proxy, "/api/queries")
         assert status == 200 and any(q["calls"] >= 1 for q in queries)
-        status, text = _http(proxy, "/metrics")
+        status, text = _authed(proxy, "/metrics")
         assert status == 200 and "heliosproxy_queries_total" in text
 
-        status, node = _http(proxy, "/api/nodes/standby2/disable", "POST")
+        status, node = _authed(proxy, "/api/nodes/standby2/disable", "POST")
         assert status == 200 and node["disabled"] is True and node["usable"] is False
         ports = {app.execute("SELECT inet_server_port()").fetchone()[0] for _ in range(6)}  # type: ignore[index]
         assert ports == {cluster.standbys[0].port}
-        assert _http(proxy, "/api/nodes/standby2/enable", "POST")[1]["disabled"] is False
+        assert _authed(proxy, "/api/nodes/standby2/enable", "POST")[1]["disabled"] is False
 
-        assert _http(proxy, "/api/reload", "POST") == (200, {"ok": True, "message": f"reloaded {proxy.config_path}"})
+        assert _authed(proxy, "/api/reload", "POST") == (200, {"ok": True, "message": f"reloaded {proxy.config_path}"})
         bad = dict(proxy.config)
         bad["frobnicate"] = True
         proxy.rewrite_config(bad)
-        status, err = _http(proxy, "/api/reload", "POST")
+        status, err = _authed(proxy, "/api/reload", "POST")
         assert status == 422 and err["ok"] is False and "frobnicate" in err["error"]
         assert "heliosproxy.yaml:" in err["error"]
 
         # Bad requests: 4xx with a JSON error, and the server keeps serving.
-        assert _http(proxy, "/nope")[0] == 404 and "error" in _http(proxy, "/nope")[1]
-        assert _http(proxy, "/api/nodes/ghost/disable", "POST")[0] == 404
-        assert _http(proxy, "/api/nodes/standby1/explode", "POST")[0] == 404
-        assert _http(proxy, "/api/reload")[0] == 405
-        assert _http(proxy, "/api/nodes", "DELETE")[0] == 405
+        assert _authed(proxy, "/nope")[0] == 404 and "error" in _authed(proxy, "/nope")[1]
+        assert _authed(proxy, "/api/nodes/ghost/disable", "POST")[0] == 404
+        assert _authed(proxy, "/api/nodes/standby1/explode", "POST")[0] == 404
+        assert _authed(proxy, "/api/reload")[0] == 405
+        assert _authed(proxy, "/api/nodes", "DELETE")[0] == 405
         assert _raw(proxy, b"\x00\xff garbage\r\n\r\n").startswith(b"HTTP/1.1 400")
         assert _raw(proxy, b"GET /live HTTP/9.9\r\n\r\n").startswith(b"HTTP/1.1 505")
         assert _raw(proxy, b"GET /live HTTP/1.1\r\nX: " + b"a" * 40000 + b"\r\n\r\n").startswith(b"HTTP/1.1 431")
@@ -256,16 +260,88 @@ def test_http_endpoints(cluster: PgCluster, proxy_factory: ProxyFactory) -> None
         assert _raw(proxy, b"") == b""  # connect and close: nothing to answer
         keep = _raw(proxy, b"GET /live HTTP/1.1\r\n\r\nGET /live HTTP/1.1\r\nConnection: close\r\n\r\n")
         assert keep.count(b"HTTP/1.1 200") == 2
-        assert _http(proxy, "/live")[0] == 200
+        assert _authed(proxy, "/live")[0] == 200
         assert app.execute("SELECT 2").fetchone() == (2,)
 
 
 def test_http_bearer_token(cluster: PgCluster, proxy_factory: ProxyFactory) -> None:
     proxy = proxy_factory({"admin": {"token": "s3cret"}})
-    for path in ("/metrics", "/health", "/api/nodes"):
+    for path in ("/api/nodes", "/api/pools", "/api/overview", "/api/stats"):
         status, body = _http(proxy, path)
         assert status == 401 and body["error"] == "missing or wrong bearer token"
         assert _http(proxy, path, token="wrong")[0] == 401
-    assert _http(proxy, "/api/nodes", token="s3cret")[0] == 200
+        assert _http(proxy, path, token="s3cret")[0] == 200
+    # Orchestrator probes never need the token, and say nothing but a status.
+    _wait(lambda: _http(proxy, "/health")[0] == 200)
+    assert _http(proxy, "/live") == (200, {"status": "live"})
+    assert _http(proxy, "/ready") == (200, {"status": "ready"})
+    assert _http(proxy, "/health") == (200, {"status": "ok"})
+    # /metrics is open unless admin.metrics_auth: true.
+    assert _http(proxy, "/metrics")[0] == 200
     assert _http(proxy, "/api/reload", "POST")[0] == 401
+    assert _http(proxy, "/api/reload", "POST", token="wrong")[0] == 401
     assert _http(proxy, "/api/reload", "POST", token="s3cret")[0] == 200
+    assert _http(proxy, "/api/nodes/standby1/disable", "POST")[0] == 401
+
+    locked = proxy_factory({"admin": {"token": "s3cret", "metrics_auth": True}, "workers": 2})
+    assert _http(locked, "/metrics")[0] == 401
+    assert _http(locked, "/metrics", token="wrong")[0] == 401
+    status, text = _http(locked, "/metrics", token="s3cret")
+    assert status == 200 and "heliosproxy_queries_total" in text
+    assert 'worker="0"' in text and 'worker="1"' in text  # every worker's samples, as without the token
+    assert _http(locked, "/live")[0] == 200
+
+
+def test_http_no_token_means_no_actions(cluster: PgCluster, proxy_factory: ProxyFactory) -> None:
+    proxy = proxy_factory()
+    for path in ("/api/reload", "/api/nodes/standby1/disable"):
+        status, body = _http(proxy, path, "POST")
+        assert status == 403 and "admin.token" in body["error"] and "Bearer" in body["error"]
+        assert _http(proxy, path, "POST", token="anything")[0] == 403
+    nodes = _http(proxy, "/api/nodes")[1]
+    assert all(n["disabled"] is False for n in nodes)  # nothing was done
+    assert _http(proxy, "/api/nodes")[0] == 200  # reads stay open without a token
+    assert _http(proxy, "/metrics")[0] == 200
+
+
+def _req(proxy: ProxyProcess, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> int:
+    """Status of one raw request (exact headers, including Host)."""
+    head = f"{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {len(body)}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    out = _raw(proxy, head.encode() + b"\r\n" + body)
+    return int(out.split(b" ", 2)[1])
+
+
+def test_http_dns_rebinding_and_csrf(cluster: PgCluster, proxy_factory: ProxyFactory) -> None:
+    proxy = proxy_factory({"admin": {"token": "s3cret", "allowed_hosts": ["proxy.internal"]}})
+    port = proxy.admin_port
+    auth = {"Authorization": "Bearer s3cret"}
+    # Host: the listen address, loopback names, allowed_hosts; a rebound name is refused.
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "proxy.internal", f"PROXY.internal:{port}"):
+        assert _req(proxy, "GET", "/api/nodes", {"Host": host, **auth}) == 200, host
+    for host in (f"evil.example:{port}", "attacker.test", f"10.1.2.3:{port}"):
+        assert _req(proxy, "GET", "/api/nodes", {"Host": host, **auth}) == 403, host
+        assert _req(proxy, "GET", "/live", {"Host": host}) == 403, host
+        assert _req(proxy, "POST", "/api/reload", {"Host": host, **auth}) == 403, host
+    host = {"Host": f"127.0.0.1:{port}"}
+    # CSRF: a cross-site Origin, a cross-site fetch or a form content type is refused even with the token.
+    assert _req(proxy, "POST", "/api/reload", {**host, **auth, "Origin": "http://evil.example"}) == 403
+    assert _req(proxy, "POST", "/api/reload", {**host, **auth, "Origin": "null"}) == 403
+    assert _req(proxy, "POST", "/api/reload", {**host, **auth, "Sec-Fetch-Site": "cross-site"}) == 403
+    for ctype in ("application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "text/plain;charset=UTF-8"):
+        assert _req(proxy, "POST", "/api/reload", {**host, **auth, "Content-Type": ctype}, b"a=b") == 403, ctype
+    # The same request from the dashboard's own origin works.
+    same = {**host, **auth, "Origin": f"http://127.0.0.1:{port}", "Content-Type": "application/json"}
+    assert _req(proxy, "POST", "/api/reload", same, b"{}") == 200
+    assert _req(proxy, "POST", "/api/reload", {**host, **auth}) == 200
+
+
+def test_http_wildcard_listen_accepts_ip_hosts(cluster: PgCluster, proxy_factory: ProxyFactory) -> None:
+    from tests.helpers import free_port
+
+    port = free_port()
+    proxy = proxy_factory({"admin": {"listen": f"0.0.0.0:{port}"}})
+    assert _req(proxy, "GET", "/live", {"Host": f"127.0.0.1:{port}"}) == 200
+    assert _req(proxy, "GET", "/live", {"Host": f"192.0.2.7:{port}"}) == 200
+    assert _req(proxy, "GET", "/live", {"Host": f"localhost:{port}"}) == 200
+    assert _req(proxy, "GET", "/live", {"Host": f"rebind.example:{port}"}) == 403

@@ -153,10 +153,11 @@ def test_writes_follow_a_promotion_and_the_old_primary_is_fenced(
     with psycopg.connect(dsn, autocommit=True) as conn:
         for _ in range(5):
             assert conn.execute("SELECT inet_server_port()").fetchone() == (new.port,)
-    # /health: a primary is reachable.
+    # /health: a primary is reachable (the probe says only that; /api/nodes names it).
     with urllib.request.urlopen(proxy.admin_url + "/health", timeout=5) as r:
         assert r.status == 200
-        assert json.load(r)["primary"] == "standby1"
+        assert json.load(r) == {"status": "ok"}
+    assert _nodes(proxy)["standby1"]["write_target"] is True
 
 
 def test_proxy_promotes_the_best_standby_itself(

@@ -52,7 +52,7 @@ class Worker(threading.Thread):
 
 
 def test_reload_good_and_bad_while_clients_run(cluster: PgCluster, proxy_factory: ProxyFactory) -> None:
-    proxy = proxy_factory({"pool": {"size": 4}})
+    proxy = proxy_factory({"pool": {"size": 4}, "admin": {"token": "reload-token"}})
     table = "reload_" + uuid.uuid4().hex[:8]
     with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
         conn.execute(f"CREATE TABLE {table} (x int)")
@@ -84,7 +84,8 @@ def test_reload_good_and_bad_while_clients_run(cluster: PgCluster, proxy_factory
     assert _reloads(proxy) == {"ok": 1.0, "failed": 1.0}
 
     # Same through the HTTP API: the bad file is refused and reported, the running config stays.
-    req = urllib.request.Request(proxy.admin_url + "/api/reload", method="POST")
+    req = urllib.request.Request(proxy.admin_url + "/api/reload", method="POST",
+                                 headers={"Authorization": "Bearer reload-token"})
     with pytest.raises(urllib.error.HTTPError) as ei:
         urllib.request.urlopen(req, timeout=5)
     assert ei.value.code == 422

@@ -50,7 +50,8 @@ def test_services_and_images(services: dict[str, dict[str, Any]]) -> None:
 
 
 def test_published_ports(services: dict[str, dict[str, Any]]) -> None:
-    assert sorted(services["heliosproxy"]["ports"]) == ["6432:6432", "9187:9187"]
+    # The admin port (dashboard, actions) is reachable from this host only.
+    assert sorted(services["heliosproxy"]["ports"]) == ["127.0.0.1:9187:9187", "6432:6432"]
     assert "ports" not in services["primary"]
     assert "ports" not in services["standby"]
 
@@ -60,7 +61,10 @@ def test_healthchecks_and_start_order(services: dict[str, dict[str, Any]]) -> No
         test = services[name]["healthcheck"]["test"]
         assert test[0] == "CMD-SHELL" and test[1].startswith("pg_isready "), name
     proxy_check = " ".join(services["heliosproxy"]["healthcheck"]["test"])
-    assert "http://127.0.0.1:9187/live" in proxy_check
+    assert "http://127.0.0.1:9187/live" in proxy_check  # /live never needs the admin token
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    healthcheck = dockerfile[dockerfile.index("HEALTHCHECK"):].split("\n\n")[0]
+    assert "http://127.0.0.1:9187/live" in healthcheck and "Authorization" not in healthcheck
     assert services["standby"]["depends_on"] == {"primary": {"condition": "service_healthy"}}
     assert services["heliosproxy"]["depends_on"] == {
         "primary": {"condition": "service_healthy"},
@@ -93,6 +97,9 @@ def test_dockerfile_runs_the_mounted_config(services: dict[str, dict[str, Any]])
     text = (REPO_ROOT / "Dockerfile").read_text()
     assert [ln for ln in text.splitlines() if ln.startswith("FROM ")] == ["FROM python:3.11-slim"]
     assert "RUN pip install ." in text
+    # `pip install .` needs every file pyproject names (license-files) inside the image.
+    copied = {src for ln in text.splitlines() if ln.startswith("COPY ") for src in shlex.split(ln)[1:-1]}
+    assert {"pyproject.toml", "README.md", "LICENSE", "heliosproxy"} <= copied
     assert 'ENTRYPOINT ["heliosproxy"]' in text
     proxy = services["heliosproxy"]
     assert proxy["command"] == ["run", "--config", CONFIG_IN_IMAGE]
@@ -109,10 +116,26 @@ def _strings(value: object) -> list[str]:
     return []
 
 
+# The one value compose takes from the host's environment: the admin token.
+TOKEN_FROM_HOST = "${HELIOS_ADMIN_TOKEN:-}"
+
+
 def test_no_unescaped_dollar_in_compose(compose: dict[str, Any]) -> None:
     # Compose interpolates $VAR / ${VAR} from the host: shell variables must be written $$.
     for text in _strings(compose):
-        assert "$" not in text.replace("$$", ""), text
+        assert "$" not in text.replace("$$", "").replace(TOKEN_FROM_HOST, ""), text
+
+
+def test_admin_token_comes_from_the_environment(
+    services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert services["heliosproxy"]["environment"] == {"HELIOS_ADMIN_TOKEN": TOKEN_FROM_HOST}
+    monkeypatch.setenv("HELIOS_ADMIN_TOKEN", "from-env-123")
+    assert load_config(REPO_ROOT / "config" / "docker.yaml").admin.token == "from-env-123"
+    monkeypatch.delenv("HELIOS_ADMIN_TOKEN")
+    assert load_config(REPO_ROOT / "config" / "docker.yaml").admin.token is None  # no token: no actions
+    text = (REPO_ROOT / "config" / "docker.yaml").read_text()
+    assert "${HELIOS_ADMIN_TOKEN" in text
 
 
 @pytest.mark.parametrize("service", ["primary", "standby"])
@@ -170,7 +193,7 @@ def test_readme_agrees_with_compose(services: dict[str, dict[str, Any]]) -> None
     section = readme[readme.index("### docker-compose"):]
     for name in services:
         assert f"(`{name}`" in section, f"README does not name service {name}"
-    published = {str(p).split(":")[0] for svc in services.values() for p in svc.get("ports", [])}
+    published = {str(p).split(":")[-2] for svc in services.values() for p in svc.get("ports", [])}
     assert published == {"6432", "9187"}
     for port in published:
         assert port in section, f"README does not mention port {port}"

@@ -105,3 +105,35 @@ def test_no_trust_root_ignores_signatures(pdir: Path, manager: Make) -> None:
     install(pdir, "p", wat2wasm(respond_wat(BLOCK)))
     (pdir / "p.sig").write_text("garbage")
     assert sorted(manager().plugins) == ["p"]
+
+
+_OPENED: list[str] = []
+_AUDITING: list[bool] = []
+
+
+def _audit(event: str, args: tuple[object, ...]) -> None:
+    if _AUDITING and event == "open" and args and isinstance(args[0], (str, Path)):
+        _OPENED.append(str(args[0]))
+
+
+def test_manifest_verified_and_parsed_from_one_read(
+    pdir: Path, manager: Make, keys: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The signature is checked over the bytes the manifest is parsed from: NAME.yaml is opened once."""
+    import sys
+
+    key, trust = keys
+    signing.sign(install(pdir, "p", wat2wasm(respond_wat(BLOCK))), key)
+    if not getattr(sys, "_helios_audit_installed", False):  # audit hooks cannot be removed: install once
+        sys.addaudithook(_audit)
+        sys._helios_audit_installed = True  # type: ignore[attr-defined]
+    _OPENED.clear()
+    _AUDITING.append(True)
+    try:
+        m = run_case(pdir, manager, trust, caplog)
+    finally:
+        _AUDITING.clear()
+    assert m.stats()[0]["signed_by"] == "release"
+    manifest = str(pdir / "p.yaml")
+    assert [p for p in _OPENED if p == manifest] == [manifest], _OPENED
+    assert _OPENED.count(str(pdir / "p.wasm")) == 1 and _OPENED.count(str(pdir / "p.sig")) == 1
