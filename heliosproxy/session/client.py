@@ -100,6 +100,16 @@ def _names_in(batch: list[tuple[int, bytes, Any]]) -> bool:
     return False
 
 
+_ABORTED = "current transaction is aborted, commands ignored until end of transaction block"
+_EXITS = frozenset((TxControl.COMMIT, TxControl.ROLLBACK, TxControl.ROLLBACK_TO, TxControl.PREPARE_TRANSACTION))
+
+
+def _exits_transaction(sql: str) -> bool:
+    """Would a server run this in an aborted transaction (COMMIT, ROLLBACK [TO], PREPARE TRANSACTION)?"""
+    info = classify_uncached(sql)
+    return info.statements == 1 and info.tx in _EXITS
+
+
 def _stale_plan(m: bytes) -> bool:
     """Is this ErrorResponse a server saying a prepared statement went stale (schema changed)?"""
     f = messages.parse_error_fields(m[5:])
@@ -1271,7 +1281,11 @@ class ClientSession(asyncio.Protocol):
             if t == codes.F_PARSE:
                 name, sql, tail, raw, readable = dec
                 if name and rename and name in self.statements:
-                    self._batch_error(batch, "42P05", f'prepared statement "{name}" already exists', sync)
+                    if self.tx_status == codes.TX_FAILED and not _exits_transaction(sql):
+                        # A server checks the aborted transaction first.
+                        self._batch_error(batch, "25P02", _ABORTED, sync)
+                    else:
+                        self._batch_error(batch, "42P05", f'prepared statement "{name}" already exists', sync)
                     return
                 judged = self._judge(name, sql, tail, raw, readable)
                 if isinstance(judged, HeliosError):
