@@ -171,7 +171,7 @@ def _quote(value: str) -> str:
 class Expect:
     """One request the backend will answer, and what to do with its answer (slow relay path)."""
 
-    __slots__ = ("action", "capture", "data", "failed", "kind", "rows")
+    __slots__ = ("action", "capture", "client", "data", "failed", "kind", "rows")
 
     def __init__(
         self,
@@ -179,11 +179,13 @@ class Expect:
         action: int = PASS,
         data: bytes = b"",
         capture: Callable[[list[list[str | None]] | None], None] | None = None,
+        client: str | None = None,
     ):
         self.kind = kind
         self.action = action
         self.data = data
         self.capture = capture  # a hidden query whose rows are handed to this at its ReadyForQuery
+        self.client = client  # a client's own Parse: its statement name
         self.rows: list[list[str | None]] = []
         self.failed = False
 
@@ -1680,7 +1682,7 @@ class ClientSession(asyncio.Protocol):
                         fix.append(Expect(0, SYNTH, messages.PARSE_COMPLETE))
                     else:
                         out.append(_parse_msg(st))
-                        fix.append(Expect(t, PASS, st.server.encode()))
+                        fix.append(Expect(t, PASS, st.server.encode(), client=st.name))
                         self._remember(conn, st.server, out, fix)
                     need_fix = True
                 elif rename and t == codes.F_BIND and dec[1]:
@@ -1779,13 +1781,15 @@ class ClientSession(asyncio.Protocol):
         assert plan.raw is not None
         conn.write(plan.raw)
 
-    def _forget_failed(self, conn: BackendConnection, server: str) -> None:
-        """A Parse failed on the server: no backend has it and no client name may point at it."""
+    def _forget_failed(self, conn: BackendConnection, server: str, client: str | None) -> None:
+        """A Parse failed on the server: this server does not have it, and the client's Parse that
+        failed (`client`, its name) made no statement. Other names for the same text stay: they
+        were prepared before, as on a direct connection."""
         conn.prepared.pop(server, None)
-        for name in [n for n, st in self.statements.items() if st.server == server]:
-            del self.statements[name]
-        if self.unnamed is not None and self.unnamed.server == server:
-            self.unnamed = None
+        if client:
+            st = self.statements.get(client)
+            if st is not None and st.server == server:
+                del self.statements[client]
 
     def _remember(self, conn: BackendConnection, name: str, out: list[bytes], fix: list[Expect]) -> None:
         conn.prepared[name] = None
@@ -1906,7 +1910,7 @@ class ClientSession(asyncio.Protocol):
                 continue
             if t == codes.B_ERROR:
                 if head is not None and head.kind == codes.F_PARSE and head.data:
-                    self._forget_failed(conn, head.data.decode())
+                    self._forget_failed(conn, head.data.decode(), head.client)
                 if m[5:11] in _FATAL_SEVERITY and not (head is not None and head.action == HIDE):
                     self.scanner.fatal = True
                 if head is not None and head.action == HIDE:
