@@ -68,11 +68,11 @@ def test_pooled_clients_behave_like_direct_sessions(primary: PgCluster, pool_siz
     if outcome.divergence is not None:
         model.shrink(outcome)
     report = outcome.report()
-    print(report)
     if outcome.divergence is not None:
         pytest.fail(report, pytrace=False)
     if problems:
         pytest.fail("the proxy logged a traceback:\n" + problems[0], pytrace=False)
+    print(report)
 
 
 def test_the_model_sees_no_divergence_between_two_direct_sessions(primary: PgCluster) -> None:
