@@ -545,6 +545,9 @@ class Piggyback(RawPg):
         self.extra = extra
         self.sends = 0
 
+    def __enter__(self) -> Piggyback:
+        return self
+
     def send(self, data: bytes) -> None:
         self.sends += 1
         super().send(data + self.extra if self.sends == self.nth else data)
