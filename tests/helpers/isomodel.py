@@ -143,7 +143,11 @@ CATALOGUE: dict[str, tuple[int, Gen]] = {
     "session-characteristics": (1, lambda r, c, s: "SET SESSION CHARACTERISTICS AS TRANSACTION "
                                 + _pick(r, "READ ONLY", "READ WRITE", "ISOLATION LEVEL REPEATABLE READ")),
     "backslash-literal": (2, lambda r, c, s: "SELECT 'ab\\' AS x"),
-    "show": (2, lambda r, c, s: f"SHOW {_guc(r)[0]}"),
+    # SHOW of a custom parameter nobody set in this session: a fresh backend says 42704, a reused one
+    # (even after DISCARD ALL) knows the placeholder and shows ''. Not something a pooler can hide: read
+    # custom parameters with missing_ok instead.
+    "show": (2, lambda r, c, s: (lambda g: f"SHOW {g}" if not g.startswith("app.") else
+                                 f"SELECT coalesce(current_setting('{g}', true), '')")(_guc(r)[0])),
     # --- roles
     "set-role": (3, lambda r, c, s: f"SET ROLE {_pick(r, *ROLES, NOT_GRANTED)}"),
     "reset-role": (2, lambda r, c, s: _pick(r, "RESET ROLE", "SET ROLE NONE")),
@@ -549,7 +553,7 @@ class Outcome:
         ]
         for i, st in enumerate(seq):
             mark = "  <-- diverges here" if i == div.step_index else ""
-            lines.append(f"  {i + 1:3d}. {st.show()}{mark}")
+            lines.append(f"  {i + 1:3d}. {st.show()}   [{st.kind}]{mark}")
         lines.append("  then " + div.describe())
         if self.note:
             lines.append(f"  note: {self.note}")
@@ -616,12 +620,13 @@ class Model:
         return out
 
     def replay(self, seq: list[Step], clients: int, pool_size: int) -> Divergence | None:
+        """The first divergence of `seq` on a fresh proxy; what="blocked" if the proxy had no server for a step."""
         with self._world(clients, pool_size) as world:
             for i, step in enumerate(seq):
                 try:
                     div = world.step(i, step)
-                except Blocked:
-                    return None
+                except Blocked as exc:
+                    return Divergence(i, step.client, "blocked", str(exc), "(runs)")
                 if div is not None:
                     return div
         return None
@@ -642,6 +647,10 @@ class Model:
         first = replay(best)
         if first is None:
             out.note = "replaying the sequence on a fresh proxy showed no divergence: it depends on timing"
+            return
+        if first.what == "blocked":
+            out.note = (f"replaying the sequence on a fresh proxy, step {first.step_index + 1} found no free server "
+                        "(53300): another client kept it longer than when exploring (timing)")
             return
         if first.signature != out.divergence.signature:
             again = replay(best[: first.step_index + 1])
