@@ -9,6 +9,7 @@ divergence is shrunk to the shortest sequence of steps that still shows it, repl
 
 from __future__ import annotations
 
+import os
 import random
 import select
 import time
@@ -551,7 +552,12 @@ class Outcome:
             f"(found after {self.divergence.step_index + 1} steps; shortest sequence found: {len(seq)} steps, "
             f"{self.replays} replays on fresh proxies):",
         ]
+        shown = 40  # a sequence that could not be shrunk: its end says the most
+        if len(seq) > shown:
+            lines.append(f"  ... {len(seq) - shown} earlier steps (all of them: ISOLATION_SHOW_ALL=1) ...")
         for i, st in enumerate(seq):
+            if len(seq) - i > shown and not os.environ.get("ISOLATION_SHOW_ALL"):
+                continue
             mark = "  <-- diverges here" if i == div.step_index else ""
             lines.append(f"  {i + 1:3d}. {st.show()}   [{st.kind}]{mark}")
         lines.append("  then " + div.describe())
