@@ -9,6 +9,7 @@ divergence is shrunk to the shortest sequence of steps that still shows it, repl
 
 from __future__ import annotations
 
+import os
 import random
 import select
 import time
@@ -65,7 +66,7 @@ OBSERVE_SQL = """SELECT current_user, session_user, current_setting('is_superuse
  (SELECT coalesce(string_agg(objid::text || ':' || mode, ',' ORDER BY objid, mode), '') FROM pg_catalog.pg_locks
    WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()),
  (SELECT coalesce(string_agg(c, ',' ORDER BY c), '') FROM pg_catalog.pg_listening_channels() c)"""
-_LOCKS = OBSERVE_FIELDS.index("advisory locks")
+_NO_TEMP_OBJECT = ("3F000", "42883", "42P01", "42704")
 _HELD = ("temp relations", "temp functions", "SQL prepared statements", "cursors", "advisory locks",
          "LISTEN channels")
 
@@ -143,7 +144,11 @@ CATALOGUE: dict[str, tuple[int, Gen]] = {
     "session-characteristics": (1, lambda r, c, s: "SET SESSION CHARACTERISTICS AS TRANSACTION "
                                 + _pick(r, "READ ONLY", "READ WRITE", "ISOLATION LEVEL REPEATABLE READ")),
     "backslash-literal": (2, lambda r, c, s: "SELECT 'ab\\' AS x"),
-    "show": (2, lambda r, c, s: f"SHOW {_guc(r)[0]}"),
+    # SHOW of a custom parameter nobody set in this session: a fresh backend says 42704, a reused one
+    # (even after DISCARD ALL) knows the placeholder and shows ''. Not something a pooler can hide: read
+    # custom parameters with missing_ok instead.
+    "show": (2, lambda r, c, s: (lambda g: f"SHOW {g}" if not g.startswith("app.") else
+                                 f"SELECT coalesce(current_setting('{g}', true), '')")(_guc(r)[0])),
     # --- roles
     "set-role": (3, lambda r, c, s: f"SET ROLE {_pick(r, *ROLES, NOT_GRANTED)}"),
     "reset-role": (2, lambda r, c, s: _pick(r, "RESET ROLE", "SET ROLE NONE")),
@@ -326,7 +331,12 @@ class Wire:
                     continue
                 if kind == "E":
                     f = error_fields(body)
-                    out.append(f"error {f.get('S')} {f.get('C')} {self.norm(f.get('M', ''))}")
+                    message = self.norm(f.get("M", ""))
+                    if f.get("C") in _NO_TEMP_OBJECT and "pg_temp" in message:
+                        # Whether "pg_temp" exists yet depends on the backend's past, not the session's.
+                        out.append("error ERROR (a pg_temp object that does not exist)")
+                        continue
+                    out.append(f"error {f.get('S')} {f.get('C')} {message}")
                     if f.get("S") == "FATAL":
                         self.closed = True
                         out.append("(connection closed)")
@@ -407,11 +417,14 @@ class Divergence:
 
 
 class Blocked(Exception):
-    """The proxy answered 53300 (no server free within acquire_timeout): the step did not run."""
+    """The proxy answered 53300 (no server free within acquire_timeout) to the step or to the observation.
 
+    `ran`: the step itself ran on both sides (only the observation after it found no server).
+    """
 
-class BlockedAfter(Blocked):
-    """The step ran (on both sides) but observing its result needed a server and none was free."""
+    def __init__(self, message: str, ran: bool = False) -> None:
+        super().__init__(message)
+        self.ran = ran
 
 
 @dataclass
@@ -487,14 +500,13 @@ class World:
             twin.proxy.poll(0.05)
             twin.direct.poll(0.05)
         obs_p, obs_d = twin.proxy.observe(), twin.direct.observe()
-        if "SQLSTATE 53300" in obs_p.get("observation", "") or "ERROR 53300" in obs_p.get("observation", ""):
-            # The step ran without a server (answered by the proxy), the observation needs one
-            # and every server is held by other clients' transactions or pins: not a divergence.
-            raise BlockedAfter(obs_p["observation"])
+        if obs_p.get("observation", "").startswith("error ERROR 53300"):
+            raise Blocked(obs_p["observation"], ran=True)
         if twin.proxy.notifications != twin.direct.notifications:
             return Divergence(index, client, "notifications received", str(twin.proxy.notifications),
                               str(twin.direct.notifications))
-        for k in sorted(set(obs_p) | set(obs_d), key=lambda k: (k not in OBSERVE_FIELDS, k)):
+        order = ("observation", *OBSERVE_FIELDS)
+        for k in sorted(set(obs_p) | set(obs_d), key=lambda k: (order.index(k) if k in order else len(order), k)):
             if obs_p.get(k) != obs_d.get(k):
                 return Divergence(index, client, k, repr(obs_p.get(k)), repr(obs_d.get(k)))
         twin.holds = twin.holds or any(obs_d.get(k) for k in _HELD) or obs_d.get("current_user") != USER
@@ -526,6 +538,7 @@ class Outcome:
     replays: int = 0
     blocked: int = 0
     proxy_log: str = ""
+    note: str = ""  # what shrinking found out about reproducibility
 
     def report(self) -> str:
         c = self.config
@@ -539,10 +552,17 @@ class Outcome:
             f"(found after {self.divergence.step_index + 1} steps; shortest sequence found: {len(seq)} steps, "
             f"{self.replays} replays on fresh proxies):",
         ]
+        shown = 40  # a sequence that could not be shrunk: its end says the most
+        if len(seq) > shown:
+            lines.append(f"  ... {len(seq) - shown} earlier steps (all of them: ISOLATION_SHOW_ALL=1) ...")
         for i, st in enumerate(seq):
+            if len(seq) - i > shown and not os.environ.get("ISOLATION_SHOW_ALL"):
+                continue
             mark = "  <-- diverges here" if i == div.step_index else ""
-            lines.append(f"  {i + 1:3d}. {st.show()}{mark}")
+            lines.append(f"  {i + 1:3d}. {st.show()}   [{st.kind}]{mark}")
         lines.append("  then " + div.describe())
+        if self.note:
+            lines.append(f"  note: {self.note}")
         if c.replay_hint:
             lines.append(f"  (run again: {c.replay_hint})")
         if self.proxy_log:
@@ -588,9 +608,9 @@ class Model:
                 try:
                     div = world.step(len(out.sequence), step)
                 except Blocked as exc:
-                    if isinstance(exc, BlockedAfter):
-                        out.sequence.append(step)
                     out.blocked += 1
+                    if exc.ran:
+                        out.sequence.append(step)
                     # The proxy keeps a server for a client the model does not count as holding one:
                     # let every other client go, once, and carry on.
                     for i in range(len(twins)):
@@ -606,12 +626,13 @@ class Model:
         return out
 
     def replay(self, seq: list[Step], clients: int, pool_size: int) -> Divergence | None:
+        """The first divergence of `seq` on a fresh proxy; what="blocked" if the proxy had no server for a step."""
         with self._world(clients, pool_size) as world:
             for i, step in enumerate(seq):
                 try:
                     div = world.step(i, step)
-                except Blocked:
-                    return None
+                except Blocked as exc:
+                    return Divergence(i, step.client, "blocked", str(exc), "(runs)")
                 if div is not None:
                     return div
         return None
@@ -620,23 +641,40 @@ class Model:
         """Shortest subsequence (greedy delta debugging) that still shows a divergence of the same kind."""
         assert out.divergence is not None
         cfg = out.config
-        target = out.divergence.signature
         best = out.sequence[: out.divergence.step_index + 1]
-        best_div: Divergence | None = None
         deadline = time.monotonic() + cfg.shrink_seconds
+
+        def replay(candidate: list[Step]) -> Divergence | None:
+            out.replays += 1
+            return self.replay(candidate, cfg.clients, cfg.pool_size)
+
+        # The replay of the whole prefix must show it again; if it shows another divergence instead
+        # (timing), shrink that one when it reproduces.
+        first = replay(best)
+        if first is None:
+            out.note = "replaying the sequence on a fresh proxy showed no divergence: it depends on timing"
+            return
+        if first.what == "blocked":
+            out.note = (f"replaying the sequence on a fresh proxy, step {first.step_index + 1} found no free server "
+                        "(53300): another client kept it longer than when exploring (timing)")
+            return
+        if first.signature != out.divergence.signature:
+            again = replay(best[: first.step_index + 1])
+            if again is None or again.signature != first.signature:
+                out.note = (f"replaying the sequence on a fresh proxy diverged differently (step "
+                            f"{first.step_index + 1}, {first.what}) and not reproducibly: it depends on timing")
+                return
+            out.note = (f"replaying the sequence on a fresh proxy diverged earlier, at step {first.step_index + 1}; "
+                        "that divergence is the one shrunk")
+        target = first.signature
+        best, best_div = best[: first.step_index + 1], first
 
         def still_fails(candidate: list[Step]) -> Divergence | None:
             if out.replays >= cfg.shrink_replays or time.monotonic() > deadline:
                 return None
-            out.replays += 1
-            div = self.replay(candidate, cfg.clients, cfg.pool_size)
+            div = replay(candidate)
             return div if div is not None and div.signature == target else None
 
-        # The replay of the whole prefix must show it (else the divergence depends on timing).
-        best_div = still_fails(best)
-        if best_div is None:
-            return
-        best = best[: best_div.step_index + 1]
         # Drop whole clients first, then chunks of decreasing size, then single steps.
         for c in range(cfg.clients):
             cand = [s for s in best if s.client != c]

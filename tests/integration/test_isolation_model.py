@@ -68,8 +68,21 @@ def test_pooled_clients_behave_like_direct_sessions(primary: PgCluster, pool_siz
     if outcome.divergence is not None:
         model.shrink(outcome)
     report = outcome.report()
-    print(report)
     if outcome.divergence is not None:
         pytest.fail(report, pytrace=False)
     if problems:
         pytest.fail("the proxy logged a traceback:\n" + problems[0], pytrace=False)
+    print(report)
+
+
+def test_the_model_sees_no_divergence_between_two_direct_sessions(primary: PgCluster) -> None:
+    """The model itself is deterministic: with PostgreSQL on both sides, 300 steps show nothing."""
+
+    @contextmanager
+    def no_proxy(size: int) -> Iterator[Endpoint]:
+        yield Endpoint("127.0.0.1", primary.primary.port)
+
+    model = Model(no_proxy, Endpoint("127.0.0.1", primary.primary.port))
+    outcome = model.explore(Config(seed=SEED, steps=300, clients=3, pool_size=1))
+    if outcome.divergence is not None:
+        pytest.fail("the model is not deterministic:\n" + outcome.report(), pytrace=False)
