@@ -6,6 +6,8 @@ need=()
 [ -x "$PG_BIN/initdb" ] || need+=(postgresql-15)
 command -v psql >/dev/null || need+=(postgresql-client-15)
 command -v pgbench >/dev/null || need+=(postgresql-client-15)
+# The PgBouncer-compatibility proof (tests/integration/test_pgbouncer_compat.py) scrapes the admin console with it.
+[ -x /usr/bin/prometheus-pgbouncer-exporter ] || need+=(prometheus-pgbouncer-exporter)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "missing: ${need[*]}; run: sudo apt-get install -y ${need[*]}" >&2

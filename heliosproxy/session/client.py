@@ -24,6 +24,7 @@ from heliosproxy.protocol import codes, messages
 from heliosproxy.protocol.auth import SCRAM_MECHANISM, ScramError, ScramServer, md5_password
 from heliosproxy.protocol.scan import ERROR_SEEN, ReplyScanner
 from heliosproxy.routing.router import Target
+from heliosproxy.session import pgcompat
 from heliosproxy.session.context import ProxyContext, QueryStat
 from heliosproxy.session.prepared import Statement, server_name
 from heliosproxy.sql.classify import Effect, StatementInfo, TxControl
@@ -201,6 +202,7 @@ class ClientSession(asyncio.Protocol):
         self._processing = False
         self._closing = False
         self.query_count = 0
+        self.compat = pgcompat.ClientCompat()  # PgBouncer counters and timeouts
 
     # ================================================================== asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -224,6 +226,7 @@ class ClientSession(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.ctx.counters.bytes_in += len(data)
+        self.compat.received(len(data))
         self.buf += data
         phase = self.phase
         if phase == READY:
@@ -292,6 +295,7 @@ class ClientSession(asyncio.Protocol):
     def _write(self, data: bytes) -> None:
         if self.transport is not None and self.phase != CLOSED:
             self.ctx.counters.bytes_out += len(data)
+            self.compat.sent(len(data))
             self.transport.write(data)
 
     def _fatal(self, sqlstate: str, message: str, detail: str | None = None) -> None:
@@ -560,7 +564,7 @@ class ClientSession(asyncio.Protocol):
     async def _finish_login(self) -> None:
         ctx = self.ctx
         try:
-            if self.database == ADMIN_DATABASE:
+            if self.database in pgcompat.ADMIN_DATABASES:
                 if self.user not in ctx.config.admin.users:
                     self._fatal("42501", f'user "{self.user}" is not an admin of the proxy')
                     return
@@ -583,7 +587,7 @@ class ClientSession(asyncio.Protocol):
                         return
                     self.branch_pref = branch
                     self.database = db or self.database
-                self.mode = ctx.pools.mode_for(self.user)
+                self.mode = pgcompat.login(self)
                 if self.branch_pref:
                     target = ctx.router.branch(self.branch_pref)
                 else:
@@ -601,7 +605,7 @@ class ClientSession(asyncio.Protocol):
                     self.pid, self.key = ctx.new_key()
                     params = dict(pool.server_params)
                 for k, v in self.startup.items():
-                    if k in _REPORTED or k.lower() in ("application_name",):
+                    if k in _REPORTED or k.lower() in ("application_name",) or pgcompat.reported(ctx.config, k):
                         params[k] = v
         except HeliosError as exc:
             self.ctx.counters.login_failures += 1
@@ -1218,6 +1222,8 @@ class ClientSession(asyncio.Protocol):
         asyncio.get_running_loop().create_task(self._acquire_then_send(plan))
 
     def _on_pool_wait(self, pool: Pool, plan: Plan, conn: BackendConnection | None, exc: Exception | None) -> None:
+        if self._pool_wait is not None:
+            pgcompat.waited(self, self._pool_wait.started)
         self._pool_wait = None
         if self.phase != READY:
             if conn is not None:
@@ -1238,6 +1244,7 @@ class ClientSession(asyncio.Protocol):
 
     async def _acquire_then_send(self, plan: Plan) -> None:
         ctx = self.ctx
+        self.compat.wait_start = since = time.monotonic()
         try:
             while ctx.paused and self._is_paused() and self.phase == READY:
                 await asyncio.sleep(0.05)
@@ -1257,6 +1264,7 @@ class ClientSession(asyncio.Protocol):
         if self.phase != READY:
             pool.release(conn)
             return
+        pgcompat.waited(self, since)
         self.stalled = None
         self._bind(conn, pool)
         self._send(conn, plan)
@@ -1296,6 +1304,7 @@ class ClientSession(asyncio.Protocol):
             conn.transport.pause_reading()
         self.backend = conn
         self.backend_pool = pool
+        self.compat.assigned()
         self.scanner.reset()
         self.slow = False
         self.rbuf.clear()
@@ -1557,6 +1566,8 @@ class ClientSession(asyncio.Protocol):
             self._on_ready(conn, status)
 
     def _on_ready(self, conn: BackendConnection, status: int) -> None:
+        if pgcompat.refuse_transaction(self, status):
+            return
         self.tx_status = status
         conn.tx_status = status
         if self.pending:
@@ -1602,6 +1613,7 @@ class ClientSession(asyncio.Protocol):
         error = fl.error is not None
         if fl.info is not None:
             self._record(fl.info, elapsed, error)
+        pgcompat.statement_done(self, fl.start, elapsed)
         route = fl.target.route if fl.target is not None else "primary"
         if route == "standby" and conn.node == ctx.registry.primary:
             route = "primary"  # it ran inside a transaction that began on the primary

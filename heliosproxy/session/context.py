@@ -14,6 +14,7 @@ from heliosproxy.plugins.manager import PluginManager
 from heliosproxy.pool.manager import PoolManager
 from heliosproxy.protocol.auth import ScramSecret
 from heliosproxy.routing.router import Router
+from heliosproxy.session.pgcompat import StatsBook
 from heliosproxy.sql.classify import Classifier
 
 if TYPE_CHECKING:
@@ -61,6 +62,8 @@ class ProxyContext:
     on_cancel_miss: Callable[[int, int], None] | None = None  # multi-worker cancel forwarding
     known_statements: dict[str, None] = field(default_factory=dict)  # server names some backend accepted
     shutting_down: bool = False
+    pg_stats: StatsBook = field(default_factory=StatsBook)  # PgBouncer's per-database SHOW STATS counters
+    disabled_databases: set[str] = field(default_factory=set)  # DISABLE db: new clients refused
     _pid_counter: int = 0
 
     def scram_secret(self, user: str) -> ScramSecret | None:

@@ -323,15 +323,15 @@ BAD_CASES: list[tuple[str, str, str]] = [
         "unknown key without a close match",
         BASE + "zzzzz: 1\n",
         "bad.yaml:10: zzzzz: unknown key (known keys: admin, auth, branches, client_login_timeout,"
-        " databases, failover, health, listen, log, max_client_connections, max_message_size, nodes, plugins,"
-        " pool, routing, shutdown_timeout, users, workers)",
+        " databases, failover, health, listen, listen_unix, log, max_client_connections, max_message_size, nodes,"
+        " plugins, pool, routing, shutdown_timeout, users, workers)",
     ),
     (
         "source is not a key",
         BASE + "source: x\n",
         "bad.yaml:10: source: unknown key (known keys: admin, auth, branches, client_login_timeout,"
-        " databases, failover, health, listen, log, max_client_connections, max_message_size, nodes, plugins,"
-        " pool, routing, shutdown_timeout, users, workers)",
+        " databases, failover, health, listen, listen_unix, log, max_client_connections, max_message_size, nodes,"
+        " plugins, pool, routing, shutdown_timeout, users, workers)",
     ),
     (
         "duplicate key",
@@ -406,8 +406,8 @@ BAD_CASES: list[tuple[str, str, str]] = [
     ),
     (
         "bad pool mode",
-        BASE + "pool: {mode: statement}\n",
-        "bad.yaml:10: pool.mode: 'statement' is not one of transaction, session",
+        BASE + "pool: {mode: statements}\n",
+        "bad.yaml:10: pool.mode: 'statements' is not one of transaction, session, statement",
     ),
     (
         "bad policy",
@@ -423,7 +423,7 @@ BAD_CASES: list[tuple[str, str, str]] = [
     (
         "bad user pool_mode",
         BASE.replace("password: apppass", "password: apppass\n    pool_mode: sessions"),
-        "bad.yaml:7: users[0].pool_mode: 'sessions' is not one of transaction, session",
+        "bad.yaml:7: users[0].pool_mode: 'sessions' is not one of transaction, session, statement",
     ),
     (
         "bad log level",
