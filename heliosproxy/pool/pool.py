@@ -60,6 +60,19 @@ class ConnCap:
     def room(self) -> bool:
         return self.limit <= 0 or self.used() < self.limit
 
+    def evict(self, by: Pool) -> bool:
+        """At the limit: close the longest-idle connection of another pool of the group (PgBouncer evicts
+        idle servers for max_db_connections too); False if none is idle."""
+        victims = [p for p in self.pools if p is not by and p.idle and not p.closed]
+        if not victims:
+            return False
+        pool = min(victims, key=lambda p: p.idle[0].last_used)
+        conn = pool.idle.pop(0)
+        log.info("closing an idle connection of %s/%s/%s: %s reached", pool.key.node, pool.key.database,
+                 pool.key.user, self.name)
+        conn.close()
+        return True
+
     def freed(self, by: Pool) -> None:
         """A connection of `by` went away: a waiting pool of the same group may open one now."""
         for p in list(self.pools):
@@ -128,7 +141,9 @@ class Pool:
     def can_open(self, reserve: bool = False) -> bool:
         """Room for one more server connection: pool size (+ reserve), max_db/max_user_connections."""
         limit = self.size + (self.reserve_size if reserve else 0)
-        return self.total < limit and all(c.room() for c in self.caps)
+        if self.total >= limit:
+            return False
+        return all(c.room() or c.evict(self) for c in self.caps)
 
     def try_acquire(self) -> BackendConnection | None:
         idle = self.idle

@@ -764,6 +764,8 @@ class ClientSession(asyncio.Protocol):
             return
         ctx = self.ctx
         info = ctx.classifier.classify(sql)
+        if self.compat.statement_mode and pgcompat.refuse_block(self, info):
+            return
         effects = info.effects
         if effects and effects & _HELIOS:
             if info.statements != 1:
@@ -1067,6 +1069,8 @@ class ClientSession(asyncio.Protocol):
                     return
                 any_stmt = True
                 info = st2.info
+                if self.compat.statement_mode and pgcompat.refuse_block(self, info):
+                    return
                 read_only = read_only and st2.info.read_only
                 if st2.hints is not None:
                     hints = st2.hints

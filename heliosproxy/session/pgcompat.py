@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from heliosproxy.config.schema import Config, PoolMode
 from heliosproxy.errors import HeliosError
 from heliosproxy.protocol import codes
+from heliosproxy.sql.classify import StatementInfo, TxControl
 
 if TYPE_CHECKING:
     from heliosproxy.session.client import ClientSession
@@ -187,6 +188,15 @@ def statement_done(client: ClientSession, started: float, elapsed: float) -> Non
         db.xact_count += 1
         db.xact_time += int((now - compat.xact_start) * 1_000_000)
         compat.xact_start = 0.0
+
+
+def refuse_block(client: ClientSession, info: StatementInfo) -> bool:
+    """Statement pooling: BEGIN/START TRANSACTION on its own ends the client before it reaches a server."""
+    if client.compat.statement_mode and info.statements == 1 and info.tx in (TxControl.BEGIN,
+                                                                             TxControl.BEGIN_READ_ONLY):
+        client.close("08P01", STATEMENT_MODE_ERROR)
+        return True
+    return False
 
 
 def refuse_transaction(client: ClientSession, status: int) -> bool:

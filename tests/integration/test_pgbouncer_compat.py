@@ -24,7 +24,8 @@ INT4, INT8, NUMERIC, TEXT = 23, 20, 1700, 25
 
 
 def _admin(proxy: ProxyProcess, dbname: str = "pgbouncer") -> psycopg.Connection[tuple[Any, ...]]:
-    return psycopg.connect(proxy.dsn(dbname=dbname), autocommit=True)
+    # prepare_threshold=None: PgBouncer's console speaks the simple protocol only; no server-side prepares
+    return psycopg.connect(proxy.dsn(dbname=dbname), autocommit=True, prepare_threshold=None)
 
 
 def _dicts(conn: psycopg.Connection[tuple[Any, ...]], sql: str) -> list[dict[str, Any]]:
