@@ -64,7 +64,7 @@ def _wall_ts(wall: float | None) -> str | None:
 def _split(addr: Any) -> tuple[str | None, int | None]:
     if isinstance(addr, tuple) and len(addr) >= 2:
         return str(addr[0]), int(addr[1])
-    if isinstance(addr, str) and addr:
+    if isinstance(addr, str):  # a Unix socket: peername is "" (or the path, for sockname)
         return "unix", 0
     return None, None
 

@@ -398,8 +398,10 @@ class Pool:
             self.active.add(conn)
 
             async def do_reset() -> None:
-                self.checking -= 1
-                await self.reset_and_release(conn, self.cfg.reset_query)
+                try:
+                    await self.reset_and_release(conn, self.cfg.reset_query)
+                finally:
+                    self.checking -= 1
 
             task = asyncio.get_running_loop().create_task(do_reset())
             self._tasks.add(task)
