@@ -24,7 +24,7 @@ from heliosproxy.protocol import codes, messages
 from heliosproxy.protocol.auth import SCRAM_MECHANISM, ScramError, ScramServer, md5_password
 from heliosproxy.protocol.scan import ERROR_SEEN, ReplyScanner
 from heliosproxy.routing.router import Target
-from heliosproxy.session import pgcompat
+from heliosproxy.session import adminproto, pgcompat
 from heliosproxy.session.context import ProxyContext, QueryStat
 from heliosproxy.session.prepared import Statement, server_name
 from heliosproxy.sql.classify import Effect, StatementInfo, TxControl
@@ -1160,17 +1160,7 @@ class ClientSession(asyncio.Protocol):
             self._write(body)
 
     def _admin_batch(self, batch: list[tuple[int, bytes, Any]]) -> None:
-        sql = next((d[1] for t, _m, d in batch if t == codes.F_PARSE), None)
-        out: list[bytes] = []
-        if sql is not None and self.ctx.admin is not None:
-            try:
-                body = self.ctx.admin.execute_local(sql, self) or b""
-                out.append(messages.PARSE_COMPLETE + messages.BIND_COMPLETE + body)
-            except HeliosError as exc:
-                out.append(messages.error_response("ERROR", exc.sqlstate, exc.message))
-        if batch and batch[-1][0] == codes.F_SYNC:
-            out.append(messages.READY_IDLE)
-        self._write(b"".join(out))
+        self._write(adminproto.answer(self, batch))
 
     # ================================================================== dispatch to a backend
     def _dispatch(self, plan: Plan) -> None:

@@ -96,7 +96,8 @@ def _avg(cur: tuple[int, ...], prev: tuple[int, ...] | None, span: float) -> tup
 class ClientCompat:
     """Per-client state for the counters and timeouts (`ClientSession.compat`)."""
 
-    __slots__ = ("db", "last_reply", "request_time", "statement_mode", "wait_start", "xact_start")
+    __slots__ = ("admin_statements", "db", "last_reply", "request_time", "statement_mode", "wait_start",
+                 "xact_start")
 
     def __init__(self) -> None:
         self.db: DbStats | None = None
@@ -105,6 +106,7 @@ class ClientCompat:
         self.statement_mode = False
         self.wait_start = 0.0  # waiting for a server outside a pool queue (PAUSE, no primary)
         self.xact_start = 0.0
+        self.admin_statements: dict[str, str] = {}  # admin console: prepared statement name -> SQL
 
     def received(self, n: int) -> None:
         self.request_time = time.monotonic()

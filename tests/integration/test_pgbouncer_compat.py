@@ -362,3 +362,38 @@ def test_shutdown_wait_for_clients(cluster: PgCluster, proxy_factory: ProxyFacto
         psycopg.connect(proxy.dsn(), connect_timeout=3)  # no new clients
     app.close()
     assert proxy.wait(15) == 0
+
+
+def test_extended_protocol_clients_on_the_console(cluster: PgCluster, proxy_factory: ProxyFactory) -> None:
+    """psycopg's server-side prepares (after 5 runs) and asyncpg's named statements work on the console."""
+    import asyncio
+
+    import asyncpg
+
+    proxy = proxy_factory(ADMIN)
+    with psycopg.connect(proxy.dsn(dbname="pgbouncer"), autocommit=True) as adm:
+        for _ in range(8):  # prepared on the "server" from the 6th run on
+            rows = _dicts(adm, "SHOW LISTS")
+            assert {r["list"]: r["items"] for r in rows}["used_clients"] == 1
+        cur = adm.execute("SHOW POOLS", prepare=True)
+        assert cur.description is not None and cur.description[2].name == "cl_active"
+        with pytest.raises(psycopg.errors.SyntaxError):
+            adm.execute("SHOW MOON", prepare=True)
+        assert adm.execute("SHOW VERSION", prepare=True).fetchone() is not None
+
+    with psycopg.connect(proxy.dsn(), autocommit=True) as app:
+        app.execute("SELECT 1")
+
+    async def go() -> tuple[list[Any], list[Any]]:
+        conn = await asyncpg.connect(host=proxy.host, port=proxy.port, user="app", password="apppass",
+                                     database="pgbouncer", ssl=False)
+        try:
+            return list(await conn.fetch("SHOW LISTS")), list(await conn.fetch("SHOW STATS"))
+        finally:
+            await conn.close()
+
+    rows, stats = asyncio.run(go())
+    assert {r["list"]: r["items"] for r in rows}["users"] == 4
+    app_stats = {r["database"]: r for r in stats}["app"]
+    assert app_stats["total_query_count"] == 1 and app_stats["total_received"] > 10  # numeric, binary
+
