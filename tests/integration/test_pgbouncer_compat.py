@@ -397,3 +397,19 @@ def test_extended_protocol_clients_on_the_console(cluster: PgCluster, proxy_fact
     app_stats = {r["database"]: r for r in stats}["app"]
     assert app_stats["total_query_count"] == 1 and app_stats["total_received"] > 10  # numeric, binary
 
+
+
+def test_shutdown_wait_for_servers(cluster: PgCluster, proxy_factory: ProxyFactory) -> None:
+    proxy = proxy_factory(ADMIN)
+    app = psycopg.connect(proxy.dsn())
+    app.execute("SELECT 1")  # an open transaction holds its server connection
+    with _admin(proxy) as adm:
+        adm.execute("SHUTDOWN WAIT_FOR_SERVERS")
+    time.sleep(0.5)
+    assert proxy.proc is not None and proxy.proc.poll() is None, "exited while a server was in use"
+    assert app.execute("SELECT 2").fetchone() == (2,)  # the transaction goes on to its end
+    app.commit()
+    assert proxy.wait(15) == 0
+    with pytest.raises(psycopg.OperationalError):
+        app.execute("SELECT 3")
+    app.close()

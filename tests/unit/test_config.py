@@ -994,3 +994,16 @@ def test_load_yaml_file_for_other_readers(tmp_path: Path) -> None:
     assert str(info.value).startswith(f"{path}:1: invalid YAML: could not determine a constructor")
     with pytest.raises(FileNotFoundError):
         load_yaml_file(tmp_path / "missing.yaml")
+
+
+def test_pgbouncer_names_of_pool_keys() -> None:
+    """server_lifetime, server_idle_timeout, server_connect_timeout and query_wait_timeout are aliases."""
+    from heliosproxy.config.load import parse_config
+
+    base = "nodes: [{name: p, host: h, role: primary}]\n"
+    c = parse_config(base + "pool: {server_lifetime: 10s, server_idle_timeout: 1m, server_connect_timeout: 2s,"
+                            " query_wait_timeout: 3s}\n", "x.yaml")
+    assert (c.pool.max_lifetime, c.pool.idle_timeout, c.pool.connect_timeout, c.pool.acquire_timeout) == (
+        10.0, 60.0, 2.0, 3.0)
+    with pytest.raises(ConfigError, match=r"pool\.max_lifetime: max_lifetime is given twice"):
+        parse_config(base + "pool: {server_lifetime: 10s, max_lifetime: 5s}\n", "x.yaml")
