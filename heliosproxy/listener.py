@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
+import stat
 
 from heliosproxy.logsetup import hostport
 from heliosproxy.session.client import ClientSession
@@ -34,4 +36,18 @@ async def start_listener(ctx: ProxyContext, *, reuse_port: bool = False) -> asyn
     )
     for s in server.sockets:
         log.info("listening on %s", hostport(s.getsockname()))
+    return server
+
+
+async def start_unix_listener(ctx: ProxyContext, path: str) -> asyncio.Server:
+    """listen_unix: the same sessions on a Unix socket (psql -h DIR -p PORT for DIR/.s.PGSQL.PORT)."""
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)  # a socket left by an earlier run
+    server = await asyncio.get_running_loop().create_unix_server(lambda: _Session(ctx), path, backlog=4096)
+    os.chmod(path, 0o777)  # like PostgreSQL's default unix_socket_permissions
+    log.info("listening on %s", path)
     return server

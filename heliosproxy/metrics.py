@@ -41,6 +41,17 @@
 | heliosproxy_plugin_metric_dropped_total | counter | plugin | plugin metric samples refused |
 | heliosproxy_plugin_misroutes_total | counter | plugin | writes a route hook sent to a standby (run on the primary) |
 | heliosproxy_config_reloads_total | counter | result (ok, failed) | config reloads |
+| heliosproxy_database_queries_total | counter | database | statements (PgBouncer's total_query_count) |
+| heliosproxy_database_transactions_total | counter | database | transactions (total_xact_count) |
+| heliosproxy_database_received_bytes_total | counter | database | bytes from clients (total_received) |
+| heliosproxy_database_sent_bytes_total | counter | database | bytes to clients (total_sent) |
+| heliosproxy_database_query_time_seconds_total | counter | database | time in statements (total_query_time) |
+| heliosproxy_database_xact_time_seconds_total | counter | database | time in transactions (total_xact_time) |
+| heliosproxy_database_wait_time_seconds_total | counter | database | time clients waited for a server |
+| heliosproxy_database_server_assignments_total | counter | database | server connections assigned to clients |
+| heliosproxy_database_client_logins_total | counter | database | client logins |
+| heliosproxy_pool_clients | gauge | database, user, state (active, waiting) | SHOW POOLS' cl_active, cl_waiting |
+| heliosproxy_pool_maxwait_seconds | gauge | database, user | SHOW POOLS' maxwait: the oldest waiting client |
 """
 
 from __future__ import annotations
@@ -64,8 +75,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from heliosproxy import __version__
+from heliosproxy.admin.pgbouncer import pool_rows
 from heliosproxy.backends.registry import NodeState
 from heliosproxy.config.schema import Role
+from heliosproxy.session import pgcompat
 
 PREFIX = "heliosproxy_"
 DURATION_BUCKETS: tuple[float, ...] = (
@@ -185,7 +198,7 @@ class ProxyCollector(Collector):
         # clients
         states = {"active": 0, "idle": 0, "idle_in_transaction": 0, "waiting": 0, "login": 0}
         for client in list(ctx.clients):
-            if getattr(client, "stalled", None) is not None:
+            if getattr(client, "phase", 3) >= 3 and pgcompat.is_waiting(client):
                 states["waiting"] += 1
                 continue
             state = client.describe()["state"]
@@ -304,10 +317,43 @@ class ProxyCollector(Collector):
             pmr.add_metric([name], plugin.get("misroutes", 0))
         yield from (pc, pe, pd, pdis, pm, pg, pdrop, pmr)
 
+        yield from self._pgbouncer(ctx)
+
         rl = CounterMetricFamily(p + "config_reloads", "Config reloads", labels=["result"])
         rl.add_metric(["ok"], server.reloads_ok)
         rl.add_metric(["failed"], server.reloads_failed)
         yield rl
+
+
+    def _pgbouncer(self, ctx: Any) -> Iterator[Metric]:
+        """The per-database counters and per-(database, user) client counts SHOW STATS/POOLS show."""
+        p = PREFIX
+        spec = (
+            ("queries", "query_count", "Statements (total_query_count)", 1),
+            ("transactions", "xact_count", "Transactions (total_xact_count)", 1),
+            ("received_bytes", "received", "Bytes received from clients (total_received)", 1),
+            ("sent_bytes", "sent", "Bytes sent to clients (total_sent)", 1),
+            ("query_time_seconds", "query_time", "Time in statements (total_query_time)", 1e-6),
+            ("xact_time_seconds", "xact_time", "Time in transactions (total_xact_time)", 1e-6),
+            ("wait_time_seconds", "wait_time", "Time clients waited for a server (total_wait_time)", 1e-6),
+            ("server_assignments", "server_assignment_count", "Server connections assigned to clients", 1),
+            ("client_logins", "client_login_count", "Client logins", 1),
+        )
+        fams = [(CounterMetricFamily(p + "database_" + name, doc, labels=["database"]), attr, scale)
+                for name, attr, doc, scale in spec]
+        for db, st in sorted(ctx.pg_stats.dbs.items()):
+            for fam, attr, scale in fams:
+                fam.add_metric([db], getattr(st, attr) * scale)
+        yield from (f for f, _a, _s in fams)
+        pc = GaugeMetricFamily(p + "pool_clients", "Clients per pool (cl_active, cl_waiting)",
+                               labels=["database", "user", "state"])
+        mw = GaugeMetricFamily(p + "pool_maxwait_seconds", "Wait of the oldest waiting client",
+                               labels=["database", "user"])
+        for r in pool_rows(ctx):
+            pc.add_metric([r["database"], r["user"], "active"], r["cl_active"])
+            pc.add_metric([r["database"], r["user"], "waiting"], r["cl_waiting"])
+            mw.add_metric([r["database"], r["user"]], r["maxwait"] + r["maxwait_us"] / 1e6)
+        yield from (pc, mw)
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:

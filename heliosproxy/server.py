@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from typing import Any
 
+from heliosproxy.admin import pgbouncer
 from heliosproxy.admin.console import AdminConsole
 from heliosproxy.admin.http import AdminHttp
 from heliosproxy.backends.credentials import CredentialStore
@@ -17,13 +19,14 @@ from heliosproxy.backends.registry import Registry
 from heliosproxy.config.load import load_config
 from heliosproxy.config.schema import Config
 from heliosproxy.errors import ConfigError
-from heliosproxy.listener import start_listener
+from heliosproxy.listener import start_listener, start_unix_listener
 from heliosproxy.logsetup import setup_logging
 from heliosproxy.metrics import ProxyCollector
 from heliosproxy.plugins.manager import PluginManager
 from heliosproxy.pool.manager import PoolManager
 from heliosproxy.routing.router import Router
 from heliosproxy.session.context import ProxyContext
+from heliosproxy.session.pgcompat import Janitor
 from heliosproxy.sql.classify import Classifier
 from heliosproxy.workers import WorkerLink, supervise
 
@@ -51,6 +54,8 @@ class Server:
             worker_id=worker_id,
         )
         self.listener: asyncio.Server | None = None
+        self.unix_listener: asyncio.Server | None = None
+        self.shutdown_mode = "drain"  # SIGTERM/SIGINT; the console's SHUTDOWN picks PgBouncer's modes
         self.stopping = asyncio.Event()
         self.immediate = False
         self.reloads_ok = 0
@@ -65,7 +70,7 @@ class Server:
         self.ctx.admin = self.admin_console
         self.metrics = ProxyCollector(self, self.failover, self.health)
         self.admin_http = AdminHttp(self, self.metrics)
-        self.extras.extend([self.health, self.failover, self.metrics])
+        self.extras.extend([self.health, self.failover, self.metrics, Janitor(self.ctx)])
         if worker_id == 0:
             # One HTTP admin for the process group (workers share the client port, not this one).
             self.extras.append(self.admin_http)
@@ -94,6 +99,11 @@ class Server:
             self.listener = await start_listener(self.ctx, reuse_port=self.reuse_port)
         except OSError as exc:
             raise OSError(exc.errno, f"listen {self.config.listen}: {exc.strerror or exc}") from None
+        if self.config.listen_unix and self.worker_id == 0:
+            try:
+                self.unix_listener = await start_unix_listener(self.ctx, self.config.listen_unix)
+            except OSError as exc:
+                raise OSError(exc.errno, f"listen_unix {self.config.listen_unix}: {exc.strerror or exc}") from None
 
     def _cancel_from_peer(self, pid: int, key: int) -> bool:
         client = self.ctx.cancel_keys.get((pid, key))
@@ -106,6 +116,7 @@ class Server:
         """This worker's numbers, as plain data (aggregated across workers by worker 0)."""
         ctx = self.ctx
         c = ctx.counters
+        pgb_clients = [{k: v for k, v in r.items()} for r in pgbouncer.client_rows(ctx)]
         return {
             "worker": self.worker_id,
             "clients": [cl.describe() for cl in ctx.clients],
@@ -123,6 +134,8 @@ class Server:
                 fp: [q.normalized, q.calls, q.total_us, q.errors] for fp, q in ctx.query_stats.items()
             },
             "plugins": self.plugins.stats(),
+            "pgb_clients": pgb_clients,
+            "pgb_pools": pgbouncer.pool_rows(ctx, pgb_clients),
         }
 
     async def serve(self) -> int:
@@ -154,7 +167,11 @@ class Server:
     def _on_sighup(self) -> None:
         self.reload(requested_by="SIGHUP")
 
-    def request_shutdown(self) -> None:
+    def request_shutdown(self, mode: str = "drain") -> None:
+        """mode: drain (SIGTERM), immediate (SHUTDOWN), wait_for_servers, wait_for_clients (PgBouncer's)."""
+        self.shutdown_mode = mode
+        if mode == "immediate":
+            self.immediate = True
         self.stopping.set()
 
     async def shutdown(self) -> None:
@@ -162,12 +179,26 @@ class Server:
         ctx.shutting_down = True
         if self.listener is not None:
             self.listener.close()
+        if self.unix_listener is not None:
+            self.unix_listener.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.config.listen_unix or "")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.shutdown_timeout
+        if self.shutdown_mode == "wait_for_clients":
+            deadline = float("inf")  # PgBouncer's: exit once every client has disconnected by itself
+        if self.shutdown_mode == "wait_for_servers":
+            ctx.paused.add("*")  # like PAUSE: no new server work; waiting clients are closed now
         while ctx.clients and not self.immediate and loop.time() < deadline:
             for client in list(ctx.clients):
-                if client.backend is None and client.pending == 0 and client.stalled is None:
-                    client.close()
+                if self.shutdown_mode == "wait_for_clients" and not client.admin:
+                    continue
+                idle = client.backend is None and client.pending == 0
+                if idle and (client.stalled is None or self.shutdown_mode == "wait_for_servers"):
+                    if self.shutdown_mode == "wait_for_servers":
+                        client.close("08P01", "server shutting down")
+                    else:
+                        client.close()
             if not ctx.clients:
                 break
             await asyncio.sleep(0.05)

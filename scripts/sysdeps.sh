@@ -11,6 +11,8 @@ command -v pgbench >/dev/null || need+=(postgresql-client-15)
 command -v npm >/dev/null || need+=(nodejs npm)
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
+# The PgBouncer-compatibility proof (tests/integration/test_pgbouncer_compat.py) scrapes the admin console with it.
+[ -x /usr/bin/prometheus-pgbouncer-exporter ] || need+=(prometheus-pgbouncer-exporter)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "missing: ${need[*]}; run: sudo apt-get install -y ${need[*]}" >&2

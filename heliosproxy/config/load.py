@@ -77,6 +77,16 @@ _NONEMPTY: frozenset[tuple[type, str]] = frozenset(
     }
 )
 
+# PgBouncer's names for existing keys: (section, PgBouncer name) -> our name.
+_ALIASES: dict[tuple[type, str], str] = {
+    (PoolConfig, "server_lifetime"): "max_lifetime",
+    (PoolConfig, "server_idle_timeout"): "idle_timeout",
+    (PoolConfig, "server_connect_timeout"): "connect_timeout",
+    (PoolConfig, "query_wait_timeout"): "acquire_timeout",
+}
+
+_ALIASED: frozenset[tuple[type, str]] = frozenset((cls, name) for (cls, _), name in _ALIASES.items())
+
 # Values never shown in error messages.
 _SECRETS: frozenset[str] = frozenset({"password", "token"})
 
@@ -97,6 +107,18 @@ _RANGES: dict[tuple[type, str], tuple[float, bool, float | None]] = {
     (PoolConfig, "max_lifetime"): (0, True, None),
     (PoolConfig, "connect_timeout"): (0, False, None),
     (PoolConfig, "prepared_statements_per_server"): (1, True, None),
+    (PoolConfig, "reserve_pool_timeout"): (0, True, None),
+    (PoolConfig, "server_check_delay"): (0, True, None),
+    (PoolConfig, "query_timeout"): (0, True, None),
+    (PoolConfig, "idle_transaction_timeout"): (0, True, None),
+    (PoolConfig, "client_idle_timeout"): (0, True, None),
+    (PoolConfig, "max_db_connections"): (0, True, None),
+    (PoolConfig, "max_user_connections"): (0, True, None),
+    (UserConfig, "max_user_connections"): (0, True, None),
+    (DatabaseConfig, "pool_size"): (1, True, None),
+    (DatabaseConfig, "min_pool_size"): (0, True, None),
+    (DatabaseConfig, "reserve_pool_size"): (0, True, None),
+    (DatabaseConfig, "max_db_connections"): (0, True, None),
     (RoutingConfig, "max_lag_bytes"): (0, True, None),
     (RoutingConfig, "max_lag_ms"): (0, True, None),
     (RoutingConfig, "read_your_writes_ms"): (0, True, None),
@@ -441,6 +463,12 @@ class _Parser:
         kwargs: dict[str, Any] = dict(preset)
         broken = False
         for key, knode, vnode in self.pairs(node, path):
+            alias = _ALIASES.get((cls, key))
+            if alias is not None or (cls, key) in _ALIASED:
+                name = alias or key
+                if name in kwargs:
+                    self.fail(knode, _join(path, key), f"{name} is given twice (also as its PgBouncer name)")
+                key = name
             sub = _join(path, key)
             try:  # a bad key is recorded and skipped: the rest of the file is still checked
                 if key not in fields:

@@ -20,6 +20,7 @@ class Role(str, Enum):
 class PoolMode(str, Enum):
     TRANSACTION = "transaction"
     SESSION = "session"
+    STATEMENT = "statement"  # transaction pooling that refuses multi-statement transactions (PgBouncer's)
 
 
 class Policy(str, Enum):
@@ -78,6 +79,7 @@ class UserConfig:
     password: str | None = None
     pool_mode: PoolMode | None = None  # overrides pool.mode for this user
     pool_size: int | None = None  # overrides pool.size for this user
+    max_user_connections: int | None = None  # server connections of this user, all pools (None = pool's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +157,18 @@ class PoolConfig:
     connect_timeout: float = 5.0
     prepared_statements_per_server: int = 1000  # LRU bound of proxy-named statements per backend
     strict_isolation: bool = False  # pin clients that call functions with unknown session effects
+    # PgBouncer's pool controls (idle_timeout, max_lifetime, connect_timeout and acquire_timeout are also
+    # accepted as server_idle_timeout, server_lifetime, server_connect_timeout and query_wait_timeout).
+    reserve_pool_timeout: float = 5.0  # a client waiting this long may use a database's reserve_pool_size
+    server_check_query: str = ""  # run on a connection idle longer than server_check_delay; "" = never
+    server_check_delay: float = 30.0
+    query_timeout: float = 0.0  # a statement running longer closes the client (08P01 "query timeout"); 0 = off
+    idle_transaction_timeout: float = 0.0  # idle in transaction longer: 08P01 "idle transaction timeout"
+    client_idle_timeout: float = 0.0  # a client idle (no server) longer is closed: 08P01 "client_idle_timeout"
+    server_reset_query_always: bool = False  # run reset_query in transaction pooling too
+    track_extra_parameters: tuple[str, ...] = ("IntervalStyle",)  # startup parameters reported back
+    max_db_connections: int = 0  # server connections per database over all pools; 0 = unlimited
+    max_user_connections: int = 0  # server connections per user over all pools; 0 = unlimited
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +246,7 @@ class LogConfig:
 class Config:
     nodes: tuple[NodeConfig, ...]
     listen: str = "127.0.0.1:6432"
+    listen_unix: str | None = None  # also listen on this Unix socket (e.g. /run/heliosproxy/.s.PGSQL.6432)
     workers: int = 1  # "auto" in YAML becomes os.cpu_count()
     max_client_connections: int = 1000
     client_login_timeout: float = 15.0

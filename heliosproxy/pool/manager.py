@@ -6,9 +6,9 @@ import asyncio
 import contextlib
 
 from heliosproxy.backends.credentials import CredentialStore
-from heliosproxy.config.schema import Config, PoolMode
+from heliosproxy.config.schema import Config, DatabaseConfig, PoolMode
 from heliosproxy.errors import BackendUnavailable
-from heliosproxy.pool.pool import Pool, PoolKey
+from heliosproxy.pool.pool import ConnCap, Pool, PoolKey
 
 
 class PoolManager:
@@ -18,10 +18,35 @@ class PoolManager:
         self.credentials = credentials or CredentialStore(config)
         self.pools: dict[PoolKey, Pool] = {}
         self._reaper: asyncio.Task[None] | None = None
+        self.caps: dict[tuple[str, str], ConnCap] = {}  # ("db"|"user", name) -> shared limit
+        self._fills: set[asyncio.Task[None]] = set()
+        self.retired: list[Pool] = []  # retired pools that may still hold active connections
 
-    def mode_for(self, user: str) -> PoolMode:
+    def db_config(self, database: str) -> DatabaseConfig | None:
+        """The `databases:` entry of a client database name (or of the server database it maps to)."""
+        d = self.config.database(database)
+        if d is None:
+            d = next((x for x in self.config.databases if x.dbname == database), None)
+        return d
+
+    def mode_for(self, user: str, database: str | None = None) -> PoolMode:
+        """PgBouncer's precedence: the user's pool_mode, then the database's, then pool.mode."""
         u = self.config.user(user)
-        return (u.pool_mode if u and u.pool_mode else None) or self.config.pool.mode
+        if u is not None and u.pool_mode is not None:
+            return u.pool_mode
+        d = self.db_config(database) if database is not None else None
+        if d is not None and d.pool_mode is not None:
+            return d.pool_mode
+        return self.config.pool.mode
+
+    def _cap(self, kind: str, name: str, limit: int) -> ConnCap | None:
+        if limit <= 0:
+            return None
+        cap = self.caps.get((kind, name))
+        if cap is None:
+            cap = self.caps[(kind, name)] = ConnCap(f"{kind} {name}", limit)
+        cap.limit = limit
+        return cap
 
     def get(self, node: str, database: str, user: str) -> Pool:
         key = PoolKey(node, database, user)
@@ -32,9 +57,24 @@ class PoolManager:
         if nc is None:
             raise BackendUnavailable(f"node {node!r} is not configured")
         u = self.config.user(user)
-        size = (u.pool_size if u and u.pool_size else None) or self.config.pool.size
+        d = self.db_config(database)
+        pc = self.config.pool
+        size = (u.pool_size if u and u.pool_size else None) or (d.pool_size if d else None) or pc.size
+        mode = self.mode_for(user, database)
         creds = self.credentials
-        pool = Pool(key, nc.host, nc.port, lambda: creds.for_server(user), size, self.mode_for(user), self.config.pool)
+        pool = Pool(key, nc.host, nc.port, lambda: creds.for_server(user), size, mode, pc)
+        if d is not None:
+            if d.min_pool_size is not None:
+                pool.min_size = d.min_pool_size
+            pool.reserve_size = d.reserve_pool_size or 0
+        db_limit = d.max_db_connections if d is not None and d.max_db_connections is not None else pc.max_db_connections
+        user_limit = (
+            u.max_user_connections if u is not None and u.max_user_connections is not None else pc.max_user_connections
+        )
+        for cap in (self._cap("db", database, db_limit), self._cap("user", user, user_limit)):
+            if cap is not None:
+                cap.pools.add(pool)
+                pool.caps.append(cap)
         self.pools[key] = pool
         return pool
 
@@ -47,8 +87,27 @@ class PoolManager:
             nc_old, nc_new = old.node(key.node), config.node(key.node)
             u_old, u_new = old.user(key.user), config.user(key.user)
             gone = u_new is None and config.auth.auth_user is None  # (auth_query users are not listed)
-            if nc_new is None or gone or nc_old != nc_new or u_old != u_new or old.pool != config.pool:
+            if (
+                nc_new is None
+                or gone
+                or nc_old != nc_new
+                or u_old != u_new
+                or old.pool != config.pool
+                or old.databases != config.databases
+            ):
                 self._retire(key)
+
+    def reconnect(self, database: str | None) -> int:
+        """RECONNECT [db]: every server connection (of db) closes once released; how many pools."""
+        keys = [k for k in self.pools if database is None or k.database == database]
+        for key in keys:
+            self._retire(key)
+        return len(keys)
+
+    def closing(self, database: str | None) -> int:
+        """Connections still open in retired pools (of db): what WAIT_CLOSE waits for."""
+        self.retired = [p for p in self.retired if p.total]
+        return sum(p.total for p in self.retired if database is None or p.key.database == database)
 
     def drain_node(self, node: str) -> None:
         """The node lost its role or went down: close idle connections, retire its pools."""
@@ -59,6 +118,7 @@ class PoolManager:
         """Idle connections close now; active ones close as their clients give them back."""
         pool = self.pools.pop(key)
         pool.retired = True
+        self.retired = [p for p in self.retired if p.total] + [pool]  # close_needed until their last goes
         for conn in pool.idle:
             conn.close()
         pool.idle.clear()
@@ -85,6 +145,10 @@ class PoolManager:
             await asyncio.sleep(1.0)
             for pool in list(self.pools.values()):
                 pool.reap()
+                if pool.min_size and not pool.closed and pool.total < min(pool.min_size, pool.size):
+                    task = asyncio.get_running_loop().create_task(pool.fill_min())
+                    self._fills.add(task)
+                    task.add_done_callback(self._fills.discard)
 
     def start(self) -> None:
         self._reaper = asyncio.get_running_loop().create_task(self._reap_loop())

@@ -42,6 +42,45 @@ class PoolWait:
                 self.pool.waiters.remove(self)
 
 
+class ConnCap:
+    """A limit on server connections shared by several pools (max_db_connections, max_user_connections)."""
+
+    __slots__ = ("limit", "name", "pools")
+
+    def __init__(self, name: str, limit: int):
+        self.name = name
+        self.limit = limit
+        self.pools: set[Pool] = set()
+
+    def used(self) -> int:
+        dead = [p for p in self.pools if p.closed or (p.retired and p.total == 0)]
+        for p in dead:
+            self.pools.discard(p)
+        return sum(p.total for p in self.pools)
+
+    def room(self) -> bool:
+        return self.limit <= 0 or self.used() < self.limit
+
+    def evict(self, by: Pool) -> bool:
+        """At the limit: close the longest-idle connection of another pool of the group (PgBouncer evicts
+        idle servers for max_db_connections too); False if none is idle."""
+        victims = [p for p in self.pools if p is not by and p.idle and not p.closed]
+        if not victims:
+            return False
+        pool = min(victims, key=lambda p: p.idle[0].last_used)
+        conn = pool.idle.pop(0)
+        log.info("closing an idle connection of %s/%s/%s: %s reached", pool.key.node, pool.key.database,
+                 pool.key.user, self.name)
+        conn.close()
+        return True
+
+    def freed(self, by: Pool) -> None:
+        """A connection of `by` went away: a waiting pool of the same group may open one now."""
+        for p in list(self.pools):
+            if p is not by and p.waiters and not p.closed:
+                p._slot_freed()
+
+
 @dataclass(frozen=True, slots=True)
 class PoolKey:
     node: str
@@ -87,6 +126,12 @@ class Pool:
         self.waited_count = 0
         self.timeouts = 0
         self.connect_errors = 0
+        # PgBouncer's per-database/per-user settings (set by PoolManager.get).
+        self.min_size = cfg.min_size
+        self.reserve_size = 0
+        self.caps: list[ConnCap] = []
+        self._reserve_timer: asyncio.TimerHandle | None = None
+        self.checking = 0  # connections running server_check_query or a transaction-mode reset
 
     # ------------------------------------------------------------------ counts
     @property
@@ -94,11 +139,22 @@ class Pool:
         return len(self.idle) + len(self.active) + self.connecting
 
     # ------------------------------------------------------------------ acquire
+    def can_open(self, reserve: bool = False) -> bool:
+        """Room for one more server connection: pool size (+ reserve), max_db/max_user_connections."""
+        limit = self.size + (self.reserve_size if reserve else 0)
+        if self.total >= limit:
+            return False
+        return all(c.room() or c.evict(self) for c in self.caps)
+
     def try_acquire(self) -> BackendConnection | None:
         idle = self.idle
+        check = self.cfg.server_check_query
         while idle:
             conn = idle.pop()
             if conn.closed:
+                continue
+            if check and time.monotonic() - conn.last_used > self.cfg.server_check_delay:
+                self._check(conn, check)  # comes back through release() once it answered
                 continue
             self.active.add(conn)
             self.acquired_total += 1
@@ -112,7 +168,7 @@ class Pool:
             return conn
         if self.closed:
             raise BackendUnavailable(f"pool for node {self.key.node} is closed")
-        if self.total < self.size:
+        if self.can_open():
             conn = await self._open()
             self.active.add(conn)
             self.acquired_total += 1
@@ -122,7 +178,7 @@ class Pool:
         def done(conn: BackendConnection | None, exc: Exception | None) -> None:
             if fut.done():  # the awaiting task went away in between: give the connection back
                 if conn is not None:
-                    self.release(conn)
+                    self.release(conn, reset=False)
             elif conn is not None:
                 fut.set_result(conn)
             else:
@@ -134,7 +190,7 @@ class Pool:
         except asyncio.CancelledError:
             handle.cancel()
             if fut.done() and not fut.cancelled() and fut.exception() is None:
-                self.release(fut.result())
+                self.release(fut.result(), reset=False)
             raise
 
     def wait(self, callback: WaitCallback, timeout: float | None = None) -> PoolWait:
@@ -157,9 +213,50 @@ class Pool:
             self._arm(loop, w.deadline, now)
         if self.idle:  # the caller did not try_acquire first: still deliver through the loop
             loop.call_soon(self._hand_idle)
-        elif self.total < self.size:
+        elif self.can_open():
             self._spawn_open()
+        elif self.reserve_size and self._reserve_timer is None:
+            self._reserve_timer = loop.call_later(self.cfg.reserve_pool_timeout, self._use_reserve)
         return w
+
+    def _use_reserve(self) -> None:
+        """reserve_pool_timeout passed: a client still waiting that long gets a reserve connection."""
+        self._reserve_timer = None
+        if self.closed or not self.waiters:
+            return
+        now = time.monotonic() + 0.001
+        rpt = self.cfg.reserve_pool_timeout
+        first = next((w for w in self.waiters if w.pending), None)
+        if first is None:
+            return
+        if first.started + rpt <= now:
+            if self.can_open(reserve=True):
+                log.info("pool %s/%s/%s: using the reserve pool", self.key.node, self.key.database, self.key.user)
+                self._spawn_open()
+            delay = rpt
+        else:
+            delay = first.started + rpt - now
+        self._reserve_timer = asyncio.get_running_loop().call_later(max(delay, 0.01), self._use_reserve)
+
+    def _check(self, conn: BackendConnection, sql: str) -> None:
+        """server_check_query on a connection idle past server_check_delay, then back to the pool."""
+        self.checking += 1
+        self.active.add(conn)
+
+        async def run() -> None:
+            ok = True
+            try:
+                await asyncio.wait_for(conn.query(sql), self.cfg.connect_timeout)
+            except (QueryError, OSError, TimeoutError, ConnectionError) as exc:
+                log.info("server_check_query failed on %s (%s); closing the connection", self.key.node, exc)
+                ok = False
+            finally:
+                self.checking -= 1
+            self.release(conn, ok, reset=False)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _spawn_open(self) -> None:
         """Open one connection for the first waiter; the slot is reserved now (N waiters in one
@@ -274,9 +371,11 @@ class Pool:
         if conn in self.idle:
             self.idle.remove(conn)
         self._slot_freed()
+        for cap in self.caps:
+            cap.freed(self)
 
     # ------------------------------------------------------------------ release
-    def release(self, conn: BackendConnection, reusable: bool = True) -> None:
+    def release(self, conn: BackendConnection, reusable: bool = True, reset: bool = True) -> None:
         """Give a connection back. Unknown or failed state → closed, never reused."""
         self.active.discard(conn)
         conn.detach()
@@ -291,6 +390,23 @@ class Pool:
         ):
             conn.close()
             self._slot_freed()
+            for cap in self.caps:
+                cap.freed(self)
+            return
+        if reset and self.cfg.server_reset_query_always and self.cfg.reset_query:
+            # server_reset_query_always: transaction pooling resets too, before anyone else gets it.
+            self.checking += 1
+            self.active.add(conn)
+
+            async def do_reset() -> None:
+                try:
+                    await self.reset_and_release(conn, self.cfg.reset_query)
+                finally:
+                    self.checking -= 1
+
+            task = asyncio.get_running_loop().create_task(do_reset())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
             return
         if self.waiters and self._give(conn):
             return
@@ -298,7 +414,7 @@ class Pool:
 
     def _slot_freed(self) -> None:
         """A connection went away: start one for the first waiter, if any."""
-        if self.waiters and not self.closed and self.total < self.size:
+        if self.waiters and not self.closed and self.can_open():
             self._spawn_open()
 
     async def _open_for_waiter(self, reserved: bool = False) -> None:
@@ -311,7 +427,7 @@ class Pool:
                     self._fail(w, exc)
                     return
             return
-        self.release(conn)
+        self.release(conn, reset=False)
 
     async def reset_and_release(self, conn: BackendConnection, query: str | None) -> None:
         """Session-mode release: run the reset query (e.g. DISCARD ALL), then give it back."""
@@ -325,7 +441,7 @@ class Pool:
             except (QueryError, OSError, TimeoutError, ConnectionError) as exc:
                 log.info("reset of a connection to %s failed (%s); closing it", self.key.node, exc)
                 ok = False
-        self.release(conn, ok)
+        self.release(conn, ok, reset=False)
 
     # ------------------------------------------------------------------ maintenance
     def reap(self) -> None:
@@ -337,14 +453,14 @@ class Pool:
             too_idle = now - conn.last_used > self.cfg.idle_timeout
             if conn.closed:
                 continue
-            if too_old or (too_idle and self.total - 1 >= self.cfg.min_size):
+            if too_old or (too_idle and self.total - 1 >= self.min_size):
                 conn.close()
             else:
                 keep.append(conn)
         self.idle = keep
 
     async def fill_min(self) -> None:
-        while not self.closed and self.total < min(self.cfg.min_size, self.size):
+        while not self.closed and self.total < min(self.min_size, self.size) and all(c.room() for c in self.caps):
             try:
                 conn = await self._open()
             except BackendUnavailable as exc:
@@ -360,6 +476,9 @@ class Pool:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._reserve_timer is not None:
+            self._reserve_timer.cancel()
+            self._reserve_timer = None
         waiters = list(self.waiters)
         self.waiters.clear()
         for w in waiters:

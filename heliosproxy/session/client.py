@@ -26,6 +26,7 @@ from heliosproxy.protocol.auth import ClientAuth, Credential
 from heliosproxy.protocol.encodings import python_codec
 from heliosproxy.protocol.scan import ERROR_SEEN, ReplyScanner
 from heliosproxy.routing.router import Target
+from heliosproxy.session import adminproto, pgcompat
 from heliosproxy.session.context import ProxyContext, QueryStat
 from heliosproxy.session.prepared import Statement, server_name
 from heliosproxy.sql.classify import (
@@ -304,6 +305,7 @@ class ClientSession(asyncio.Protocol):
         self._listening = False  # ... and that relay is on (from a message boundary)
         self._held: list[bytes] = []  # replies kept back (HOLD) until the request's ReadyForQuery
         self._held_plan: Plan | None = None
+        self.compat = pgcompat.ClientCompat()  # PgBouncer counters and timeouts
 
     # ================================================================== asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -328,6 +330,7 @@ class ClientSession(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.ctx.counters.bytes_in += len(data)
+        self.compat.received(len(data))
         self.buf += data
         try:
             phase = self.phase
@@ -443,6 +446,7 @@ class ClientSession(asyncio.Protocol):
     def _write(self, data: bytes) -> None:
         if self.transport is not None and self.phase != CLOSED:
             self.ctx.counters.bytes_out += len(data)
+            self.compat.sent(len(data))
             self.transport.write(data)
 
     def _fatal(self, sqlstate: str, message: str, detail: str | None = None, event: str = "client_fatal") -> None:
@@ -714,7 +718,7 @@ class ClientSession(asyncio.Protocol):
     async def _finish_login(self) -> None:
         ctx = self.ctx
         try:
-            if self.database == ADMIN_DATABASE:
+            if self.database in pgcompat.ADMIN_DATABASES:
                 if self.user not in ctx.config.admin.users:
                     self._fatal("42501", f'user "{self.user}" is not an admin of the proxy')
                     return
@@ -737,7 +741,7 @@ class ClientSession(asyncio.Protocol):
                         return
                     self.branch_pref = branch
                     self.database = db or self.database
-                self.mode = ctx.pools.mode_for(self.user)
+                self.mode = pgcompat.login(self)
                 if self.branch_pref:
                     target = ctx.router.branch(self.branch_pref)
                 else:
@@ -950,6 +954,8 @@ class ClientSession(asyncio.Protocol):
             info = _UNREADABLE
         if self.admin:
             self._admin_query(sql)
+            return
+        if self.compat.statement_mode and pgcompat.refuse_block(self, info):
             return
         effects = info.effects
         if effects:
@@ -1322,6 +1328,8 @@ class ClientSession(asyncio.Protocol):
                     return
                 any_stmt = True
                 info = st2.info
+                if self.compat.statement_mode and pgcompat.refuse_block(self, info):
+                    return
                 read_only = read_only and st2.info.read_only
                 if st2.hints is not None:
                     hints = st2.hints
@@ -1465,17 +1473,7 @@ class ClientSession(asyncio.Protocol):
             self._write(body)
 
     def _admin_batch(self, batch: list[tuple[int, bytes, Any]]) -> None:
-        sql = next((d[1] for t, _m, d in batch if t == codes.F_PARSE), None)
-        out: list[bytes] = []
-        if sql is not None and self.ctx.admin is not None:
-            try:
-                body = self.ctx.admin.execute_local(sql, self) or b""
-                out.append(messages.PARSE_COMPLETE + messages.BIND_COMPLETE + body)
-            except HeliosError as exc:
-                out.append(messages.error_response("ERROR", exc.sqlstate, exc.message))
-        if batch and batch[-1][0] == codes.F_SYNC:
-            out.append(messages.READY_IDLE)
-        self._write(b"".join(out))
+        self._write(adminproto.answer(self, batch))
 
     # ================================================================== dispatch to a backend
     def _dispatch(self, plan: Plan) -> None:
@@ -1531,6 +1529,8 @@ class ClientSession(asyncio.Protocol):
         self._spawn(self._acquire_then_send(plan))
 
     def _on_pool_wait(self, pool: Pool, plan: Plan, conn: BackendConnection | None, exc: Exception | None) -> None:
+        if self._pool_wait is not None:
+            pgcompat.waited(self, self._pool_wait.started)
         self._pool_wait = None
         if self.phase != READY:
             if conn is not None:
@@ -1551,6 +1551,7 @@ class ClientSession(asyncio.Protocol):
 
     async def _acquire_then_send(self, plan: Plan) -> None:
         ctx = self.ctx
+        self.compat.wait_start = since = time.monotonic()
         try:
             while ctx.paused and self._is_paused() and self.phase == READY:
                 await asyncio.sleep(0.05)
@@ -1570,6 +1571,7 @@ class ClientSession(asyncio.Protocol):
         if self.phase != READY:
             pool.release(conn)
             return
+        pgcompat.waited(self, since)
         self.stalled = None
         self._bind(conn, pool)
         self._send(conn, plan)
@@ -1609,6 +1611,7 @@ class ClientSession(asyncio.Protocol):
             conn.transport.pause_reading()
         self.backend = conn
         self.backend_pool = pool
+        self.compat.assigned()
         self.scanner.reset()
         self.slow = self._listening
         self.rbuf.clear()
@@ -1964,6 +1967,8 @@ class ClientSession(asyncio.Protocol):
 
     def _on_ready(self, conn: BackendConnection, status: int) -> None:
         prev = self.tx_status
+        if pgcompat.refuse_transaction(self, status):
+            return
         self.tx_status = status
         conn.tx_status = status
         if self.pending:
@@ -2116,6 +2121,7 @@ class ClientSession(asyncio.Protocol):
         error = fl.error is not None
         if fl.info is not None:
             self._record(fl.info, elapsed, error)
+        pgcompat.statement_done(self, fl.start, elapsed)
         route = fl.target.route if fl.target is not None else "primary"
         if route == "standby" and conn.node == ctx.registry.primary:
             route = "primary"  # it ran inside a transaction that began on the primary

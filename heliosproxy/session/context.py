@@ -13,6 +13,7 @@ from heliosproxy.config.schema import Config
 from heliosproxy.plugins.manager import PluginManager
 from heliosproxy.pool.manager import PoolManager
 from heliosproxy.routing.router import Router
+from heliosproxy.session.pgcompat import StatsBook
 from heliosproxy.sql.classify import Classifier
 
 if TYPE_CHECKING:
@@ -67,6 +68,8 @@ class ProxyContext:
     # settings applied (validated once: a setting the server refuses fails the login instead).
     login_views: dict[tuple[Any, tuple[tuple[str, str], ...]], dict[str, str]] = field(default_factory=dict)
     shutting_down: bool = False
+    pg_stats: StatsBook = field(default_factory=StatsBook)  # PgBouncer's per-database SHOW STATS counters
+    disabled_databases: set[str] = field(default_factory=set)  # DISABLE db: new clients refused
     _pid_counter: int = 0
 
     def remember_statement(self, server_name: str) -> None:

@@ -88,24 +88,28 @@ def test_show_commands(cluster: PgCluster, proxy_factory: ProxyFactory) -> None:
 
             pools = _dicts(adm, "SHOW POOLS")
             cols, _ = _rows(adm, "SHOW POOLS")
-            assert cols[:8] == ["database", "user", "cl_active", "cl_waiting", "sv_active", "sv_idle",
-                                "sv_login", "pool_mode"]
+            assert cols[:17] == ["database", "user", "cl_active", "cl_waiting", "cl_active_cancel_req",
+                                 "cl_waiting_cancel_req", "sv_active", "sv_active_cancel", "sv_being_canceled",
+                                 "sv_idle", "sv_used", "sv_tested", "sv_login", "maxwait", "maxwait_us",
+                                 "pool_mode", "load_balance_hosts"]
             assert any(p["database"] == "app" and p["user"] == "app" and p["pool_mode"] == "transaction"
-                       and p["sv_active"] == "1" for p in pools), pools
+                       and p["sv_active"] == 1 for p in pools), pools
 
             clients = _dicts(adm, "SHOW CLIENTS")
             mine = [c for c in clients if c["application_name"] == "worker-1"]
             assert len(mine) == 1 and mine[0]["type"] == "C" and mine[0]["database"] == "app"
-            assert mine[0]["pinned"] == "t" and mine[0]["remote_pid"] is not None
+            assert mine[0]["pinned"] == "t" and mine[0]["state"] == "active" and isinstance(mine[0]["id"], int)
             assert any(c["database"] == "heliosproxy" for c in clients)
 
             servers = _dicts(adm, "SHOW SERVERS")
             assert any(s["link"] == mine[0]["client_id"] and s["state"] == "active"
-                       and s["remote_pid"] == mine[0]["remote_pid"] for s in servers), servers
+                       and s["ptr"] == mine[0]["link"] for s in servers), servers
 
-            stats = _dicts(adm, "SHOW STATS")
-            assert stats[0]["node"] == "*" and int(stats[0]["total_query_count"]) >= 2
-            assert int(stats[0]["total_received"]) > 0 and int(stats[0]["total_sent"]) > 0
+            stats = {s["database"]: s for s in _dicts(adm, "SHOW STATS")}
+            assert stats["app"]["total_query_count"] >= 2 and stats["app"]["total_xact_count"] >= 2
+            assert stats["app"]["total_received"] > 0 and stats["app"]["total_sent"] > 0
+            node_stats = _dicts(adm, "SHOW NODE_STATS")
+            assert node_stats[0]["node"] == "*" and int(node_stats[0]["total_query_count"]) >= 2
 
             queries = _dicts(adm, "SHOW QUERIES")
             assert list(queries[0]) == ["fingerprint", "query", "calls", "total_ms", "mean_ms", "errors"]
@@ -128,8 +132,12 @@ def test_errors_and_access(cluster: PgCluster, proxy_factory: ProxyFactory) -> N
             adm.execute("FROB the knob")
         with pytest.raises(psycopg.errors.SyntaxError, match='unknown SHOW item "MOON"'):
             adm.execute("SHOW MOON")
-        with pytest.raises(psycopg.errors.UndefinedObject, match='node "nope" does not exist'):
-            adm.execute("DISABLE nope")
+        # DISABLE takes a database (PgBouncer's) or a node name; an unknown name is a database.
+        adm.execute("DISABLE nope")
+        assert {d["name"]: d for d in _dicts(adm, "SHOW DATABASES")}["nope"]["disabled"] == 1
+        with pytest.raises(psycopg.OperationalError, match='database "nope" is disabled'):
+            psycopg.connect(proxy.dsn(dbname="nope"))
+        adm.execute("ENABLE nope")
         with pytest.raises(psycopg.errors.UndefinedObject, match="no client"):
             adm.execute("KILL c1234")
         assert adm.execute("SHOW VERSION").fetchone() is not None  # the session goes on

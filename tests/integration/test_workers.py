@@ -51,7 +51,7 @@ def test_two_workers_serve_cancel_and_drain(proxy_factory: ProxyFactory) -> None
             rows = admin.execute("SHOW CLIENTS").fetchall()
             cols = [d.name for d in admin.execute("SHOW CLIENTS").description or []]
             workers = {r[cols.index("worker")] for r in rows}
-            assert workers == {"0", "1"}
+            assert workers == {0, 1}
             assert len(rows) >= 13  # the 12 clients and the admin itself
             queries = admin.execute("SHOW QUERIES").fetchall()
             assert any("pg_sleep" in str(q[1]) and int(q[2]) >= 6 for q in queries)

@@ -323,15 +323,15 @@ BAD_CASES: list[tuple[str, str, str]] = [
         "unknown key without a close match",
         BASE + "zzzzz: 1\n",
         "bad.yaml:10: zzzzz: unknown key (known keys: admin, auth, branches, client_login_timeout,"
-        " databases, failover, health, listen, log, max_client_connections, max_message_size, nodes, plugins,"
-        " pool, routing, shutdown_timeout, users, workers)",
+        " databases, failover, health, listen, listen_unix, log, max_client_connections, max_message_size, nodes,"
+        " plugins, pool, routing, shutdown_timeout, users, workers)",
     ),
     (
         "source is not a key",
         BASE + "source: x\n",
         "bad.yaml:10: source: unknown key (known keys: admin, auth, branches, client_login_timeout,"
-        " databases, failover, health, listen, log, max_client_connections, max_message_size, nodes, plugins,"
-        " pool, routing, shutdown_timeout, users, workers)",
+        " databases, failover, health, listen, listen_unix, log, max_client_connections, max_message_size, nodes,"
+        " plugins, pool, routing, shutdown_timeout, users, workers)",
     ),
     (
         "duplicate key",
@@ -406,8 +406,8 @@ BAD_CASES: list[tuple[str, str, str]] = [
     ),
     (
         "bad pool mode",
-        BASE + "pool: {mode: statement}\n",
-        "bad.yaml:10: pool.mode: 'statement' is not one of transaction, session",
+        BASE + "pool: {mode: statements}\n",
+        "bad.yaml:10: pool.mode: 'statements' is not one of transaction, session, statement",
     ),
     (
         "bad policy",
@@ -423,7 +423,7 @@ BAD_CASES: list[tuple[str, str, str]] = [
     (
         "bad user pool_mode",
         BASE.replace("password: apppass", "password: apppass\n    pool_mode: sessions"),
-        "bad.yaml:7: users[0].pool_mode: 'sessions' is not one of transaction, session",
+        "bad.yaml:7: users[0].pool_mode: 'sessions' is not one of transaction, session, statement",
     ),
     (
         "bad log level",
@@ -994,3 +994,16 @@ def test_load_yaml_file_for_other_readers(tmp_path: Path) -> None:
     assert str(info.value).startswith(f"{path}:1: invalid YAML: could not determine a constructor")
     with pytest.raises(FileNotFoundError):
         load_yaml_file(tmp_path / "missing.yaml")
+
+
+def test_pgbouncer_names_of_pool_keys() -> None:
+    """server_lifetime, server_idle_timeout, server_connect_timeout and query_wait_timeout are aliases."""
+    from heliosproxy.config.load import parse_config
+
+    base = "nodes: [{name: p, host: h, role: primary}]\n"
+    c = parse_config(base + "pool: {server_lifetime: 10s, server_idle_timeout: 1m, server_connect_timeout: 2s,"
+                            " query_wait_timeout: 3s}\n", "x.yaml")
+    assert (c.pool.max_lifetime, c.pool.idle_timeout, c.pool.connect_timeout, c.pool.acquire_timeout) == (
+        10.0, 60.0, 2.0, 3.0)
+    with pytest.raises(ConfigError, match=r"pool\.max_lifetime: max_lifetime is given twice"):
+        parse_config(base + "pool: {server_lifetime: 10s, max_lifetime: 5s}\n", "x.yaml")
