@@ -62,6 +62,7 @@ class BackendConnection(asyncio.Protocol):
         # A client ran something here that may have dropped statements other clients rely on:
         # close it when that client is done instead of pooling it.
         self.poisoned = False
+        self.doomed = False  # an error arrived while nobody owned it: never hand it out again
         self.on_lost: Callable[[BackendConnection], None] | None = None
         self._buf = bytearray()
         self._waiter: asyncio.Future[None] | None = None
@@ -80,6 +81,8 @@ class BackendConnection(asyncio.Protocol):
         w = self._waiter
         if w is not None and not w.done():
             w.set_result(None)
+        elif self.pid and not self.closed and _has_error(self._buf):
+            self.doomed = True  # idle in the pool and the server sent an error (it is ending the session)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -287,6 +290,17 @@ class BackendConnection(asyncio.Protocol):
                 if error is not None:
                     raise QueryError(error.get("M", "query failed"), error.get("C", "XX000"))
                 return rows
+
+
+def _has_error(buf: bytearray) -> bool:
+    """Does this buffer of whole (or partial) backend messages hold an ErrorResponse?"""
+    pos = 0
+    n = len(buf)
+    while n - pos >= 5:
+        if buf[pos] == codes.B_ERROR:
+            return True
+        pos += 1 + _I.unpack_from(buf, pos + 1)[0]
+    return False
 
 
 class QueryError(Exception):

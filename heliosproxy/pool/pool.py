@@ -151,7 +151,9 @@ class Pool:
         check = self.cfg.server_check_query
         while idle:
             conn = idle.pop()
-            if conn.closed:
+            if conn.closed or conn.doomed:
+                if not conn.closed:
+                    conn.close()
                 continue
             if check and time.monotonic() - conn.last_used > self.cfg.server_check_delay:
                 self._check(conn, check)  # comes back through release() once it answered

@@ -210,7 +210,7 @@ class Inflight:
 class Plan:
     """What to send for one client request once a backend is at hand."""
 
-    __slots__ = ("answer", "batch", "dbs", "info", "qctx", "raw", "sync", "target", "write")
+    __slots__ = ("answer", "batch", "dbs", "info", "qctx", "raw", "retries", "sync", "target", "write")
 
     def __init__(
         self,
@@ -233,6 +233,7 @@ class Plan:
         # DROP/ALTER/CREATE ... TEMPLATE DATABASE: databases our own idle connections may keep busy
         # (55006); the statement is retried once after closing them.
         self.dbs: tuple[str, ...] = ()
+        self.retries = 0  # sent again because the pooled server it got was already gone
 
     @classmethod
     def deferred(cls, answer: bytes | None) -> Plan:
@@ -302,6 +303,8 @@ class ClientSession(asyncio.Protocol):
         self._codec = "utf-8"  # Python codec of the client's client_encoding (to read its SQL text)
         self._listen_pid = False  # LISTEN seen: relay notifications with this client's PID
         self._temp_schema = False  # may have made its server create a temp schema: never reuse that server
+        self._just_bound = False  # a server was just taken from the pool: the next plan sent is...
+        self._fresh: Plan | None = None  # ...this one, until the server's first bytes arrive
         self._listening = False  # ... and that relay is on (from a message boundary)
         self._held: list[bytes] = []  # replies kept back (HOLD) until the request's ReadyForQuery
         self._held_plan: Plan | None = None
@@ -757,8 +760,11 @@ class ClientSession(asyncio.Protocol):
                     self._bind(conn, pool)
                     self.pid, self.key = conn.pid, ctx.new_key()[1]
                 else:
-                    params = await self._server_view(pool)
+                    params = dict(await self._server_view(pool))
                     self.pid, self.key = ctx.new_key()
+                for k, v in self.startup.items():
+                    if k not in params and pgcompat.reported(ctx.config, k):
+                        params[k] = v  # pool.track_extra_parameters: not reported by the server itself
         except HeliosError as exc:
             self.ctx.counters.login_failures += 1
             self._fatal(exc.sqlstate, exc.message)
@@ -1615,6 +1621,8 @@ class ClientSession(asyncio.Protocol):
         self.scanner.reset()
         self.slow = self._listening
         self.rbuf.clear()
+        self._just_bound = True
+        self._fresh = None
         conn.attach(self)
 
     def _unbind(self, reusable: bool) -> None:
@@ -1628,6 +1636,9 @@ class ClientSession(asyncio.Protocol):
             pool.release(conn, reusable and not conn.poisoned)
 
     def _send(self, conn: BackendConnection, plan: Plan) -> None:
+        if self._just_bound:
+            self._just_bound = False
+            self._fresh = plan
         raw = plan.raw
         if (
             raw is not None
@@ -1838,6 +1849,14 @@ class ClientSession(asyncio.Protocol):
     def on_backend_data(self, conn: BackendConnection, data: bytes) -> None:
         if conn is not self.backend:
             return
+        fresh = self._fresh
+        if fresh is not None:
+            self._fresh = None
+            if data[:1] == b"E" and bytes(data[5:11]) in _FATAL_SEVERITY and self._can_resend(fresh):
+                # The server taken from the pool was already ending (terminated while idle): its
+                # FATAL is the first thing it says, so nothing ran. Send the request to another.
+                self._resend_elsewhere(conn, fresh)
+                return
         try:
             if self.slow:
                 self._slow_feed(conn, data)
@@ -2202,6 +2221,36 @@ class ClientSession(asyncio.Protocol):
             plan = self.stalled
             self.stalled = None
             self._call_soon(self._resume_stalled, plan)
+
+    def _can_resend(self, plan: Plan) -> bool:
+        return (
+            plan.retries < 3
+            and self.mode is PoolMode.TRANSACTION
+            and not self.pinned
+            and self.tx_status == codes.TX_IDLE
+            and len(self.inflight) <= 1
+            and self.pending == (1 if plan.sync else 0)
+        )
+
+    def _resend_elsewhere(self, conn: BackendConnection, plan: Plan) -> None:
+        log.info("client %s: server connection to %s was already gone; sending to another", self.peer, conn.node)
+        self.backend = None
+        pool = self.backend_pool
+        self.backend_pool = None
+        conn.owner = None
+        conn.close()
+        if pool is not None:
+            pool.release(conn, reusable=False)
+        self.expect.clear()
+        self.rbuf.clear()
+        self.scanner.reset()
+        self.slow = self._listening
+        if plan.sync:
+            self.pending -= 1
+            if self.inflight:
+                self.inflight.pop()
+        plan.retries += 1
+        self._dispatch(plan)
 
     def _close_quietly(self) -> None:
         """Close without a word (the server's own FATAL went to the client, or PostgreSQL would)."""
