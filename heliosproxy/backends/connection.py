@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol, cast
 
+from heliosproxy.backends.tls import BackendTls, open_connection
 from heliosproxy.errors import BackendAuthError
 from heliosproxy.protocol import codes, messages
 from heliosproxy.protocol.auth import (
@@ -238,6 +239,7 @@ async def connect(
     *,
     timeout: float = 5.0,
     params: dict[str, str] | None = None,
+    tls: BackendTls | None = None,
 ) -> BackendConnection:
     """Open and log in a backend connection; raises OSError/TimeoutError/BackendAuthError."""
     loop = asyncio.get_running_loop()
@@ -246,8 +248,8 @@ async def connect(
         startup.update(params)
 
     async def _go() -> BackendConnection:
-        _, conn = await loop.create_connection(
-            lambda: BackendConnection(node, host, port, user, database), host, port
+        _, conn = await open_connection(
+            loop, lambda: BackendConnection(node, host, port, user, database), host, port, tls
         )
         try:
             sock = conn.transport.get_extra_info("socket") if conn.transport else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from heliosproxy.backends.tls import node_tls
 from heliosproxy.config.schema import Config, PoolMode
 from heliosproxy.errors import BackendUnavailable
 from heliosproxy.pool.pool import Pool, PoolKey
@@ -31,6 +32,7 @@ class PoolManager:
         u = self.config.user(user)
         size = (u.pool_size if u and u.pool_size else None) or self.config.pool.size
         pool = Pool(key, nc.host, nc.port, u.password if u else None, size, self.mode_for(user), self.config.pool)
+        pool.tls = node_tls(self.config, nc)
         self.pools[key] = pool
         return pool
 

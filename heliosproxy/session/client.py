@@ -24,6 +24,7 @@ from heliosproxy.protocol import codes, messages
 from heliosproxy.protocol.auth import SCRAM_MECHANISM, ScramError, ScramServer, md5_password
 from heliosproxy.protocol.scan import ERROR_SEEN, ReplyScanner
 from heliosproxy.routing.router import Target
+from heliosproxy.session import tls
 from heliosproxy.session.context import ProxyContext, QueryStat
 from heliosproxy.session.prepared import Statement, server_name
 from heliosproxy.sql.classify import Effect, StatementInfo, TxControl
@@ -201,6 +202,7 @@ class ClientSession(asyncio.Protocol):
         self._processing = False
         self._closing = False
         self.query_count = 0
+        self.tls = False  # TLS negotiated (heliosproxy/session/tls.py)
 
     # ================================================================== asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -349,6 +351,8 @@ class ClientSession(asyncio.Protocol):
     # ================================================================== startup
     def _on_startup(self) -> None:
         buf = self.buf
+        if tls.on_direct_tls(self):
+            return
         while self.phase == STARTUP and len(buf) >= 4:
             length = _I.unpack_from(buf, 0)[0]
             if length < 8 or length > codes.MAX_STARTUP_PACKET:
@@ -360,6 +364,8 @@ class ClientSession(asyncio.Protocol):
             del buf[:length]
             code = _I.unpack_from(body, 0)[0]
             if code in (codes.SSL_REQUEST, codes.GSSENC_REQUEST):
+                if code == codes.SSL_REQUEST and tls.on_ssl_request(self):
+                    return
                 self._write(b"N")
                 continue
             if code == codes.CANCEL_REQUEST:
@@ -387,6 +393,8 @@ class ClientSession(asyncio.Protocol):
             return
 
     def _on_startup_message(self, params: dict[str, str]) -> None:
+        if tls.refuse_plaintext(self):
+            return
         user = params.get("user", "")
         if not user:
             self._fatal("28000", "no PostgreSQL user name specified in startup packet")

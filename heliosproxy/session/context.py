@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ class ProxyContext:
     on_cancel_miss: Callable[[int, int], None] | None = None  # multi-worker cancel forwarding
     known_statements: dict[str, None] = field(default_factory=dict)  # server names some backend accepted
     shutting_down: bool = False
+    tls_context: ssl.SSLContext | None = None  # TLS to clients (tls:), rebuilt on every reload
     _pid_counter: int = 0
 
     def scram_secret(self, user: str) -> ScramSecret | None:
