@@ -32,6 +32,7 @@ class BackendOwner(Protocol):
 
     def on_backend_data(self, conn: BackendConnection, data: bytes) -> None: ...
     def on_backend_lost(self, conn: BackendConnection, exc: Exception | None) -> None: ...
+    def on_backend_drained(self, conn: BackendConnection) -> None: ...
 
 
 class BackendConnection(asyncio.Protocol):
@@ -88,6 +89,11 @@ class BackendConnection(asyncio.Protocol):
             owner.on_backend_lost(self, exc)
         if self.on_lost is not None:
             self.on_lost(self)
+
+    def resume_writing(self) -> None:
+        owner = self.owner
+        if owner is not None:
+            owner.on_backend_drained(self)  # the owner may read its client again (bounded memory)
 
     # ------------------------------------------------------------------ ownership
     def attach(self, owner: BackendOwner) -> None:

@@ -15,6 +15,7 @@ from heliosproxy.plugins.manager import PluginManager
 from heliosproxy.pool.manager import PoolManager
 from heliosproxy.protocol.auth import ScramSecret
 from heliosproxy.routing.router import Router
+from heliosproxy.session.admission import LoginGate
 from heliosproxy.sql.classify import Classifier
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class ProxyContext:
     on_cancel_miss: Callable[[int, int], None] | None = None  # multi-worker cancel forwarding
     known_statements: dict[str, None] = field(default_factory=dict)  # server names some backend accepted
     shutting_down: bool = False
+    logins: LoginGate = field(default_factory=LoginGate)  # login slots (session/admission.py)
     tls_context: ssl.SSLContext | None = None  # TLS to clients (tls:), rebuilt on every reload
     _pid_counter: int = 0
 
