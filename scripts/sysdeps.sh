@@ -6,6 +6,7 @@ need=()
 [ -x "$PG_BIN/initdb" ] || need+=(postgresql-15)
 command -v psql >/dev/null || need+=(postgresql-client-15)
 command -v pgbench >/dev/null || need+=(postgresql-client-15)
+command -v npm >/dev/null || need+=(nodejs npm)  # node-postgres for the TLS client tests (tests/node)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "missing: ${need[*]}; run: sudo apt-get install -y ${need[*]}" >&2
