@@ -3,9 +3,9 @@ PY      := .venv/bin/python
 PG_BIN  ?= /usr/lib/postgresql/15/bin
 STAMP   := .venv/.installed
 
-.PHONY: install sysdeps plugins plugin-toolchain test test-unit test-integration lint demo bench run clean test-isolation
+.PHONY: install sysdeps nodedeps plugins plugin-toolchain test test-unit test-integration lint demo bench run clean test-isolation
 
-install: $(STAMP) sysdeps plugin-toolchain
+install: $(STAMP) sysdeps nodedeps plugin-toolchain
 
 $(STAMP): pyproject.toml
 	python3 -m venv .venv
@@ -16,6 +16,13 @@ $(STAMP): pyproject.toml
 # PostgreSQL 15 server binaries (tests and the demo start their own servers).
 sysdeps:
 	@bash scripts/sysdeps.sh
+
+# node-postgres for the TLS client tests (tests/node/package-lock.json pins it).
+nodedeps: tests/node/node_modules/.installed
+
+tests/node/node_modules/.installed: tests/node/package.json tests/node/package-lock.json
+	cd tests/node && npm ci --no-audit --no-fund
+	touch $@
 
 plugins: $(STAMP)
 	@bash plugins/build.sh

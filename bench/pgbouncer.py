@@ -73,9 +73,16 @@ def render_ini(
     pool_size: int = 20,
     session_pool_size: int = 80,
     max_client_conn: int = 2000,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
 ) -> str:
-    """pgbouncer.ini: `app` in transaction mode (pool_size), `app_session` in session mode, SCRAM clients."""
+    """pgbouncer.ini: `app` in transaction mode (pool_size), `app_session` in session mode, SCRAM clients;
+    with tls_cert/tls_key, clients must use TLS (client_tls_sslmode = require)."""
     server = f"host=127.0.0.1 port={server_port} dbname={dbname}"
+    tls = ""
+    if tls_cert is not None and tls_key is not None:
+        tls = (f"client_tls_sslmode = require\nclient_tls_cert_file = {tls_cert}\n"
+               f"client_tls_key_file = {tls_key}\n")
     return f"""\
 ;; written by bench/pgbouncer.py
 [databases]
@@ -100,7 +107,7 @@ log_connections = 0
 log_disconnections = 0
 log_pooler_errors = 1
 stats_period = 60
-"""
+{tls}"""
 
 
 def parse_ini(text: str) -> dict[str, dict[str, str]]:
@@ -132,6 +139,7 @@ class PgBouncer:
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     workdir: Path | None = None
+    tls: tuple[Path, Path] | None = None  # (certificate, key): clients must use TLS
 
     def start(self, timeout: float = 10.0) -> PgBouncer:
         binary = ensure_pgbouncer()
@@ -139,9 +147,16 @@ class PgBouncer:
         as_root = os.geteuid() == 0
         self.port = _free_port()
         (self.workdir / "userlist.txt").write_text(userlist(self.users))
+        cert = key = None
+        if self.tls is not None:  # copied next to the config: readable by the user pgbouncer runs as
+            cert, key = self.workdir / "server.crt", self.workdir / "server.key"
+            shutil.copyfile(self.tls[0], cert)
+            shutil.copyfile(self.tls[1], key)
+            key.chmod(0o600)
         ini = self.workdir / "pgbouncer.ini"
         ini.write_text(render_ini(listen_port=self.port, server_port=self.server_port, workdir=self.workdir,
-                                  pool_size=self.pool_size, session_pool_size=self.session_pool_size))
+                                  pool_size=self.pool_size, session_pool_size=self.session_pool_size,
+                                  tls_cert=cert, tls_key=key))
         user: str | None = None
         if as_root:  # pgbouncer refuses to run as root
             user = "postgres"

@@ -40,10 +40,13 @@ sys.path.insert(0, str(BENCH_DIR))
 import pgbouncer as pgb  # noqa: E402
 
 USER, PASSWORD, DBNAME = "app", "apppass", "app"
-ALL_TARGETS = ("direct", "pgbouncer", "heliosproxy", "heliosproxy-rw", "heliosproxy-wasm", "heliosproxy-2w")
+ALL_TARGETS = ("direct", "pgbouncer", "heliosproxy", "heliosproxy-rw", "heliosproxy-wasm", "heliosproxy-2w",
+               "pgbouncer-tls", "heliosproxy-tls")
 ALL_MODES = ("simple", "extended", "prepared")
-CONNECT_TARGETS = ("direct", "pgbouncer", "heliosproxy")
-PROXY_TARGETS = ("heliosproxy", "heliosproxy-rw", "heliosproxy-wasm", "heliosproxy-2w")
+CONNECT_TARGETS = ("direct", "pgbouncer", "heliosproxy", "pgbouncer-tls", "heliosproxy-tls")
+PROXY_TARGETS = ("heliosproxy", "heliosproxy-rw", "heliosproxy-wasm", "heliosproxy-2w", "heliosproxy-tls")
+# The TLS row: clients use TLS (pgbench with PGSSLMODE=require) to PgBouncer and to HeliosProxy.
+TLS_TARGETS = ("pgbouncer-tls", "heliosproxy-tls")
 NOOP_PLUGIN = REPO_ROOT / "plugins" / "build"
 RESULTS_DIR = BENCH_DIR / "results"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -152,6 +155,7 @@ class Target:
     port: int
     pid: int | None = None  # root process of the pooler (None: direct)
     session_db: str | None = None  # database to use for -M prepared (PgBouncer's session alias)
+    sslmode: str = "disable"  # PGSSLMODE for pgbench
 
     def db(self, mode: str) -> str:
         return self.session_db if (mode == "prepared" and self.session_db) else DBNAME
@@ -191,9 +195,9 @@ class PgbenchResult:
         }
 
 
-def pgbench_env() -> dict[str, str]:
+def pgbench_env(sslmode: str = "disable") -> dict[str, str]:
     env = dict(os.environ)
-    env.update(PGPASSWORD=PASSWORD, PGSSLMODE="disable", PGGSSENCMODE="disable", PGAPPNAME="bench")
+    env.update(PGPASSWORD=PASSWORD, PGSSLMODE=sslmode, PGGSSENCMODE="disable", PGAPPNAME="bench")
     return env
 
 
@@ -251,8 +255,8 @@ def run_pgbench(target: Target, mode: str, clients: int, seconds: float, *, conn
         pids = target.pids()
         u0, s0 = cpu_times(pids)
         t0 = time.monotonic()
-        proc = subprocess.Popen(cmd, env=pgbench_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                cwd=d)
+        proc = subprocess.Popen(cmd, env=pgbench_env(target.sslmode), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=d)
         if during is not None:
             during()
         out, err = proc.communicate(timeout=seconds + 120)
@@ -578,7 +582,7 @@ def summarize(cells: dict[tuple[str, str, int], list[dict[str, Any]]]) -> list[d
     out = []
     for (target, mode, clients), m in med.items():
         direct = med.get(("direct", mode, clients), {})
-        bouncer = med.get(("pgbouncer", mode, clients), {})
+        bouncer = med.get(("pgbouncer-tls" if target in TLS_TARGETS else "pgbouncer", mode, clients), {})
         row: dict[str, Any] = {"target": target, "mode": mode, "clients": clients,
                                "rounds": cells[(target, mode, clients)], "median": m}
         if target != "direct":
@@ -612,7 +616,7 @@ def render_table(rows: list[dict[str, Any]], targets: Sequence[str], connect: li
         if prev is not None and prev != (r["mode"], r["clients"]):
             lines.append("")
         prev = (r["mode"], r["clients"])
-        name = r["target"] + ("(s)" if r["target"] == "pgbouncer" and r["mode"] == "prepared" else "")
+        name = r["target"] + ("(s)" if r["target"].startswith("pgbouncer") and r["mode"] == "prepared" else "")
         fail = f"  FAILED {m['failed']}" if m["failed"] else ""
         lines.append(
             f"{r['mode']:<9}{r['clients']:>3}  {name:<17}{_fmt(m['tps'], '9.0f')}{_fmt(m['latency_ms'], '8.3f')}"
@@ -621,6 +625,9 @@ def render_table(rows: list[dict[str, Any]], targets: Sequence[str], connect: li
             f"{_fmt(r.get('tps_vs_pgbouncer'), '6.2f')}{_fmt(r.get('cpu_vs_pgbouncer'), '9.2f')}{fail}"
         )
     lines.append("(s) = PgBouncer's session-mode alias: 1.18 has no prepared statements in transaction mode.")
+    if any(t in TLS_TARGETS for t in targets):
+        lines.append("*-tls = clients use TLS (pgbench with PGSSLMODE=require; a test CA's certificate); "
+                     "xpgb compares with pgbouncer-tls.")
     lines.append("cpu us/tx = CPU of the pooler's processes (utime+stime from /proc) / transactions; "
                  "medians over rounds.")
     if connect:
@@ -710,6 +717,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     need_bouncer = "pgbouncer" in plan.targets
     proxies: list[ProxyProcess] = []
     bouncer: pgb.PgBouncer | None = None
+    bouncers: list[pgb.PgBouncer] = []  # further PgBouncers (the TLS row)
     plugin_tmp = Path(tempfile.mkdtemp(prefix="helios-bench-plugins-"))
     try:
         with cluster_up(plan.scale) as cluster:
@@ -718,6 +726,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             if need_bouncer or (plan.connect and "pgbouncer" in plan.targets):
                 bouncer = pgb.PgBouncer(server_port=cluster.primary.port, users={USER: bouncer_secret(cluster)}).start()
                 targets["pgbouncer"] = Target("pgbouncer", bouncer.port, bouncer.pid, session_db=pgb.SESSION_DB)
+            tls_files = None
+            if any(t in TLS_TARGETS for t in plan.targets):
+                from tests.helpers.tlsca import TestCA
+
+                tls_files = TestCA(plugin_tmp / "tls").issue("bench", ("localhost", "127.0.0.1"))
+            if "pgbouncer-tls" in plan.targets:
+                assert tls_files is not None
+                tls_bouncer = pgb.PgBouncer(server_port=cluster.primary.port, users={USER: bouncer_secret(cluster)},
+                                            tls=tls_files).start()
+                bouncers.append(tls_bouncer)
+                targets["pgbouncer-tls"] = Target("pgbouncer-tls", tls_bouncer.port, tls_bouncer.pid,
+                                                  session_db=pgb.SESSION_DB, sslmode="require")
             for name in PROXY_TARGETS:
                 if name not in plan.targets:
                     continue
@@ -727,9 +747,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cfg = proxy_config(nodes, read_write_split=name == "heliosproxy-rw", plugins_dir=plugins,
                                    workers=2 if two else 1, pool_size=10 if two else 20)
                 cfg.pop("listen")  # ProxyProcess picks a free port
+                if name == "heliosproxy-tls":
+                    assert tls_files is not None
+                    cfg["tls"] = {"mode": "require", "cert": str(tls_files[0]), "key": str(tls_files[1])}
                 proxy = ProxyProcess(cfg)
                 proxies.append(proxy)
-                targets[name] = Target(name, proxy.port, proxy.pid)
+                targets[name] = Target(name, proxy.port, proxy.pid,
+                                       sslmode="require" if name in TLS_TARGETS else "disable")
             cells: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
             conn_cells: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
             total = plan.rounds * len(plan.modes) * len(plan.clients) * len(plan.targets)
@@ -768,6 +792,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if bouncer is not None:
                 bouncer.stop()
                 bouncer = None
+            for b in bouncers:
+                b.stop()
+            bouncers.clear()
             rss = None
             if plan.rss and any(t.startswith("heliosproxy") for t in plan.targets):
                 print(f"idle clients: logging {plan.idle_clients} SCRAM clients in ...", flush=True)
@@ -779,6 +806,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             proxy.close()
         if bouncer is not None:
             bouncer.stop()
+        for b in bouncers:
+            b.stop()
         shutil.rmtree(plugin_tmp, ignore_errors=True)
     table = render_table(rows, plan.targets, connect_rows, rss, hook)
     result = {

@@ -16,6 +16,7 @@ from heliosproxy.backends.credentials import CredentialStore
 from heliosproxy.backends.failover import FailoverManager
 from heliosproxy.backends.health import HealthMonitor
 from heliosproxy.backends.registry import Registry
+from heliosproxy.backends.tls import reload_certificates
 from heliosproxy.config.load import load_config
 from heliosproxy.config.schema import Config
 from heliosproxy.errors import ConfigError
@@ -24,6 +25,7 @@ from heliosproxy.logsetup import setup_logging
 from heliosproxy.metrics import ProxyCollector
 from heliosproxy.plugins.manager import PluginManager
 from heliosproxy.pool.manager import PoolManager
+from heliosproxy.protocol.tls import client_tls_context
 from heliosproxy.routing.router import Router
 from heliosproxy.session.context import ProxyContext
 from heliosproxy.session.pgcompat import Janitor
@@ -95,6 +97,7 @@ class Server:
             await link.start()
         for extra in self.extras:
             await extra.start()
+        self.ctx.tls_context = client_tls_context(self.config.tls)  # OSError: cannot start
         try:
             self.listener = await start_listener(self.ctx, reuse_port=self.reuse_port)
         except OSError as exc:
@@ -227,6 +230,14 @@ class Server:
             log.error("%s reload: %s", requested_by, exc,
                       extra={"event": "reload", "requested_by": requested_by, "outcome": "failed"})
             return False, str(exc)
+        try:
+            tls_context = client_tls_context(new.tls)  # certificate and key are read again on every reload
+        except OSError as exc:
+            self.reloads_failed += 1
+            self.last_reload_error = f"{new.source}: {exc.strerror or exc}"
+            return False, self.last_reload_error
+        reload_certificates()
+        self.ctx.tls_context = tls_context
         self.apply(new)
         self.reloads_ok += 1
         self.last_reload_error = None

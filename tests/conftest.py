@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.pgcluster import PgCluster
+from tests.helpers.pgcluster import ClusterTls, PgCluster
 from tests.helpers.proxy import ProxyFactory, ProxyProcess, base_config, deep_merge
 
 
@@ -24,11 +24,11 @@ def cluster() -> Iterator[PgCluster]:
 
 @pytest.fixture
 def cluster_factory() -> Iterator[Callable[..., PgCluster]]:
-    """cluster_factory(standbys=1, settings=None) -> a started PgCluster, stopped at test end."""
+    """cluster_factory(standbys=1, settings=None, tls=None) -> a started PgCluster, stopped at test end."""
     made: list[PgCluster] = []
 
-    def make(standbys: int = 1, *, settings: dict[str, str] | None = None) -> PgCluster:
-        c = PgCluster(standbys=standbys, settings=settings)
+    def make(standbys: int = 1, *, settings: dict[str, str] | None = None, tls: ClusterTls | None = None) -> PgCluster:
+        c = PgCluster(standbys=standbys, settings=settings, tls=tls)
         made.append(c)
         return c.start()
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol, cast
 
+from heliosproxy.backends.tls import BackendTls, open_connection
 from heliosproxy.errors import BackendAuthError
 from heliosproxy.protocol import codes, messages
 from heliosproxy.protocol.auth import (
@@ -33,6 +34,7 @@ class BackendOwner(Protocol):
 
     def on_backend_data(self, conn: BackendConnection, data: bytes) -> None: ...
     def on_backend_lost(self, conn: BackendConnection, exc: Exception | None) -> None: ...
+    def on_backend_drained(self, conn: BackendConnection) -> None: ...
 
 
 class BackendConnection(asyncio.Protocol):
@@ -95,6 +97,11 @@ class BackendConnection(asyncio.Protocol):
             owner.on_backend_lost(self, exc)
         if self.on_lost is not None:
             self.on_lost(self)
+
+    def resume_writing(self) -> None:
+        owner = self.owner
+        if owner is not None:
+            owner.on_backend_drained(self)  # the owner may read its client again (bounded memory)
 
     # ------------------------------------------------------------------ ownership
     def attach(self, owner: BackendOwner) -> None:
@@ -320,6 +327,7 @@ async def connect(
     *,
     timeout: float = 5.0,
     params: dict[str, str] | None = None,
+    tls: BackendTls | None = None,
 ) -> BackendConnection:
     """Open and log in a backend connection; raises OSError/TimeoutError/BackendAuthError."""
     loop = asyncio.get_running_loop()
@@ -328,8 +336,8 @@ async def connect(
         startup.update(params)
 
     async def _go() -> BackendConnection:
-        _, conn = await loop.create_connection(
-            lambda: BackendConnection(node, host, port, user, database), host, port
+        _, conn = await open_connection(
+            loop, lambda: BackendConnection(node, host, port, user, database), host, port, tls
         )
         try:
             sock = conn.transport.get_extra_info("socket") if conn.transport else None

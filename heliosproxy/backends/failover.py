@@ -11,6 +11,7 @@ from collections.abc import Callable
 from heliosproxy.backends.connection import QueryError, connect
 from heliosproxy.backends.health import HealthMonitor, checker_credentials
 from heliosproxy.backends.registry import Node, NodeState, Registry
+from heliosproxy.backends.tls import node_tls
 from heliosproxy.config.schema import Config, Role
 from heliosproxy.errors import BackendAuthError
 
@@ -172,7 +173,8 @@ class FailoverManager:
         try:
             conn = await connect(node.name, node.cfg.host, node.cfg.port, user, password,
                                  self.config.health.database, timeout=self.config.health.timeout + 4,
-                                 params={"application_name": "heliosproxy-failover"})
+                                 params={"application_name": "heliosproxy-failover"},
+                                 tls=node_tls(self.config, node.cfg))
             try:
                 rows = await asyncio.wait_for(conn.query("SELECT pg_promote(true, 30)"), 35)
                 if not rows or rows[0][0] != "t":

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from heliosproxy.backends.connection import BackendConnection, QueryError, connect
 from heliosproxy.backends.registry import Node, NodeState, Registry
+from heliosproxy.backends.tls import node_tls
 from heliosproxy.config.schema import Config, Role
 from heliosproxy.errors import BackendAuthError
 from heliosproxy.protocol.auth import Credential
@@ -159,6 +160,7 @@ class NodeChecker:
                 self.monitor.config.health.database,
                 timeout=self.monitor.config.health.timeout,
                 params={"application_name": "heliosproxy-health"},
+                tls=node_tls(self.monitor.config, node.cfg),
             )
             self.conn = conn
         try:

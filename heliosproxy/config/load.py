@@ -30,6 +30,8 @@ from heliosproxy.config.schema import (
     PoolConfig,
     Role,
     RoutingConfig,
+    ServerTlsMode,
+    TlsMode,
     UserConfig,
 )
 from heliosproxy.errors import ConfigError, ConfigErrors
@@ -60,6 +62,7 @@ _SIZE_FIELDS: frozenset[tuple[type, str]] = frozenset(
         (RoutingConfig, "max_lag_bytes"),
         (PluginsConfig, "kv_max_value_bytes"),
         (PluginLimits, "memory"),
+        (Config, "max_client_buffer"),
     }
 )
 
@@ -139,6 +142,9 @@ _RANGES: dict[tuple[type, str], tuple[float, bool, float | None]] = {
     (PluginLimits, "memory"): (65536, True, None),
     (PluginLimits, "fuel"): (1, True, None),
     (PluginLimits, "timeout_ms"): (0, False, None),
+    (Config, "max_login_connections"): (1, True, None),
+    (Config, "max_login_connections_per_ip"): (1, True, None),
+    (Config, "max_client_buffer"): (65536, True, None),
 }
 
 _DURATION_UNITS: dict[str, float] = {
@@ -684,6 +690,8 @@ class _Parser:
             key = "admin.metrics_auth"
             self.fail(self.line_of(key) or top, key, "needs admin.token (the token /metrics will ask for)")
 
+        self.check_tls(config, top)
+
         if config.pool.min_size > config.pool.size:
             self.fail(
                 self.line_of("pool.min_size"),
@@ -739,6 +747,36 @@ class _Parser:
                     f"user {h.user!r} has only a SCRAM verifier, which cannot log in without a client;"
                     " set health.password (plaintext or ${VAR})",
                 )
+
+    def check_tls(self, config: Config, top: int) -> None:
+        """tls: and server_tls:/nodes[].tls_*: versions, needed files, files readable."""
+        tls = config.tls
+        if tls.min_version not in ("TLSv1.2", "TLSv1.3"):
+            self.fail(self.line_of("tls.min_version"), "tls.min_version",
+                      f"{tls.min_version!r} is not one of TLSv1.2, TLSv1.3")
+        if tls.mode is not TlsMode.DISABLE:
+            for name in ("cert", "key"):
+                if getattr(tls, name) is None:
+                    self.fail(self.line_of("tls") or top, f"tls.{name}",
+                              f"required when tls.mode is {tls.mode.value}")
+            if tls.client_certs.value != "none" and tls.ca is None:
+                self.fail(self.line_of("tls.client_certs"), "tls.ca",
+                          f"required when tls.client_certs is {tls.client_certs.value}")
+        files: list[tuple[str, str | None]] = []
+        if tls.mode is not TlsMode.DISABLE:
+            files += [(f"tls.{n}", getattr(tls, n)) for n in ("cert", "key", "ca")]
+        st = config.server_tls
+        files += [(f"server_tls.{n}", getattr(st, n)) for n in ("tls_ca", "tls_cert", "tls_key")]
+        for i, n in enumerate(config.nodes):
+            files += [(f"nodes[{i}].{k}", getattr(n, k)) for k in ("tls_ca", "tls_cert", "tls_key")]
+            mode = n.tls or st.tls
+            has_cert, has_key = (n.tls_cert or st.tls_cert) is not None, (n.tls_key or st.tls_key) is not None
+            if mode is not ServerTlsMode.DISABLE and has_cert != has_key:
+                self.fail(self.line_of(f"nodes[{i}]"), f"nodes[{i}].tls_key",
+                          "tls_cert and tls_key go together (a client certificate needs its key)")
+        for key, path in files:
+            if path is not None and not os.access(path, os.R_OK):
+                self.fail(self.line_of(key) or top, key, f"cannot read {path!r}")
 
     def check_listen(self, value: str, key: str, default_line: int) -> None:
         line = self.line_of(key) or default_line

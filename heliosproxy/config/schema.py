@@ -73,6 +73,52 @@ DEFAULT_WRITE_FUNCTIONS: tuple[str, ...] = (
 )
 
 
+# --- TLS and login/memory limits (issue 12 §1, §2, §4, §5) ---
+class TlsMode(str, Enum):
+    DISABLE = "disable"  # SSLRequest answered N
+    ALLOW = "allow"  # TLS offered; plaintext clients still served
+    REQUIRE = "require"  # plaintext clients get FATAL 28000 after their startup packet
+
+
+class ClientCerts(str, Enum):
+    NONE = "none"
+    OPTIONAL = "optional"  # verified against tls.ca when the client sends one
+    VERIFY = "verify"  # required, verified against tls.ca
+
+
+class ServerTlsMode(str, Enum):
+    DISABLE = "disable"
+    PREFER = "prefer"  # TLS when the server offers it, unverified
+    REQUIRE = "require"  # TLS or fail, unverified
+    VERIFY_CA = "verify-ca"  # TLS, certificate chain checked against tls_ca
+    VERIFY_FULL = "verify-full"  # and the host name checked against the certificate
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """TLS to clients (`tls:`)."""
+
+    mode: TlsMode = TlsMode.DISABLE
+    cert: str | None = None  # PEM certificate (chain) file
+    key: str | None = None  # PEM private key file
+    ca: str | None = None  # CA bundle that client certificates are checked against
+    client_certs: ClientCerts = ClientCerts.NONE
+    min_version: str = "TLSv1.2"  # TLSv1.2 | TLSv1.3
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTlsConfig:
+    """TLS to servers (`server_tls:`): the default of every node's tls, tls_ca, tls_cert, tls_key."""
+
+    tls: ServerTlsMode = ServerTlsMode.PREFER
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+
+# --- end of issue 12 block ---
+
+
 @dataclass(frozen=True, slots=True)
 class UserConfig:
     name: str
@@ -90,6 +136,11 @@ class NodeConfig:
     role: Role = Role.STANDBY
     weight: int = 1  # share of reads among standbys
     priority: int = 0  # failover promotion preference (higher first)
+    # TLS to this server; None = server_tls (the default for every node).
+    tls: ServerTlsMode | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +300,7 @@ class Config:
     listen_unix: str | None = None  # also listen on this Unix socket (e.g. /run/heliosproxy/.s.PGSQL.6432)
     workers: int = 1  # "auto" in YAML becomes os.cpu_count()
     max_client_connections: int = 1000
-    client_login_timeout: float = 15.0
+    client_login_timeout: float = 5.0
     max_message_size: int = 64 * 1024 * 1024
     shutdown_timeout: float = 30.0
     auth: AuthConfig = field(default_factory=AuthConfig)
@@ -263,6 +314,11 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    server_tls: ServerTlsConfig = field(default_factory=ServerTlsConfig)
+    max_login_connections: int = 100  # clients still logging in, in total (not max_client_connections)
+    max_login_connections_per_ip: int = 20  # clients still logging in, per source address
+    max_client_buffer: int = 1024 * 1024  # what the proxy holds for one client before it stops reading it
     source: str = "<memory>"  # the file this came from, for messages
 
     def user(self, name: str) -> UserConfig | None:

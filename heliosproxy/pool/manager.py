@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 
 from heliosproxy.backends.credentials import CredentialStore
+from heliosproxy.backends.tls import node_tls
 from heliosproxy.config.schema import Config, DatabaseConfig, PoolMode
 from heliosproxy.errors import BackendUnavailable
 from heliosproxy.pool.pool import ConnCap, Pool, PoolKey
@@ -63,6 +64,7 @@ class PoolManager:
         mode = self.mode_for(user, database)
         creds = self.credentials
         pool = Pool(key, nc.host, nc.port, lambda: creds.for_server(user), size, mode, pc)
+        pool.tls = node_tls(self.config, nc)
         if d is not None:
             if d.min_pool_size is not None:
                 pool.min_size = d.min_pool_size

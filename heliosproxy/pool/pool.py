@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from heliosproxy.backends.connection import BackendConnection, QueryError, connect
+from heliosproxy.backends.tls import BackendTls
 from heliosproxy.config.schema import PoolConfig, PoolMode
 from heliosproxy.errors import BackendAuthError, BackendUnavailable, PoolTimeout
 from heliosproxy.protocol.auth import Credential
@@ -118,6 +119,7 @@ class Pool:
         self._timer_at = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self.server_params: dict[str, str] = {}
+        self.tls: BackendTls | None = None  # TLS to this node (set by PoolManager)
         self.closed = False
         self.retired = False  # config changed: connections close as they come back
         # Plain-int statistics, published off the hot path.
@@ -351,6 +353,7 @@ class Pool:
                 self.password() if callable(self.password) else self.password,  # asked per connection
                 self.key.database,
                 timeout=self.cfg.connect_timeout,
+                tls=self.tls,
             )
         except BackendAuthError as exc:
             self.connect_errors += 1

@@ -26,7 +26,7 @@ from heliosproxy.protocol.auth import ClientAuth, Credential
 from heliosproxy.protocol.encodings import python_codec
 from heliosproxy.protocol.scan import ERROR_SEEN, ReplyScanner
 from heliosproxy.routing.router import Target
-from heliosproxy.session import adminproto, pgcompat
+from heliosproxy.session import adminproto, admission, flow, pgcompat, tls
 from heliosproxy.session.context import ProxyContext, QueryStat
 from heliosproxy.session.prepared import Statement, server_name
 from heliosproxy.sql.classify import (
@@ -309,6 +309,8 @@ class ClientSession(asyncio.Protocol):
         self._held: list[bytes] = []  # replies kept back (HOLD) until the request's ReadyForQuery
         self._held_plan: Plan | None = None
         self.compat = pgcompat.ClientCompat()  # PgBouncer counters and timeouts
+        self.tls = False  # TLS negotiated (heliosproxy/session/tls.py)
+        self.held_paused = False  # reading paused: max_client_buffer reached (heliosproxy/session/flow.py)
 
     # ================================================================== asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -318,7 +320,7 @@ class ClientSession(asyncio.Protocol):
         transport.set_write_buffer_limits(high=512 * 1024)
         ctx = self.ctx
         ctx.counters.clients_total += 1
-        if len(ctx.clients) >= ctx.config.max_client_connections or ctx.shutting_down:
+        if len(ctx.clients) - ctx.logins.holding >= ctx.config.max_client_connections or ctx.shutting_down:
             ctx.counters.clients_refused += 1
             reason = "the proxy is shutting down" if ctx.shutting_down else "too many client connections"
             sqlstate = "57P03" if ctx.shutting_down else "53300"
@@ -326,6 +328,9 @@ class ClientSession(asyncio.Protocol):
                         extra=client_fields(self, "client_refused", sqlstate=sqlstate))
             transport.write(messages.error_response("FATAL", sqlstate, f"sorry, {reason}"))
             transport.close()
+            self.phase = CLOSED
+            return
+        if not admission.admit(self):  # login slots: max_login_connections(_per_ip)
             self.phase = CLOSED
             return
         ctx.clients.add(self)
@@ -340,8 +345,9 @@ class ClientSession(asyncio.Protocol):
             if phase == READY:
                 if self.stalled is None:
                     self._process()
-                elif len(self.buf) > 1 << 20:
+                elif len(self.buf) > self.ctx.config.max_client_buffer:
                     self._pause_reading()  # waiting for a server: bound what we hold for this client
+                flow.check(self)
             elif phase == STARTUP:
                 self._on_startup()
             elif phase == AUTH:
@@ -358,6 +364,7 @@ class ClientSession(asyncio.Protocol):
         self.phase = CLOSED
         ctx = self.ctx
         ctx.clients.discard(self)
+        admission.release(self)
         ctx.cancel_keys.pop((self.pid, self.key), None)
         if self._login_timer is not None:
             self._login_timer.cancel()
@@ -408,6 +415,11 @@ class ClientSession(asyncio.Protocol):
         self._write_paused = False
         if self.backend is not None and self.backend.transport is not None:
             self.backend.transport.resume_reading()
+        flow.drained(self)
+
+    def on_backend_drained(self, conn: BackendConnection) -> None:
+        if conn is self.backend:
+            flow.drained(self)
 
     # ================================================================== helpers
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
@@ -509,6 +521,8 @@ class ClientSession(asyncio.Protocol):
     # ================================================================== startup
     def _on_startup(self) -> None:
         buf = self.buf
+        if tls.on_direct_tls(self):
+            return
         while self.phase == STARTUP and len(buf) >= 4:
             length = _I.unpack_from(buf, 0)[0]
             if length < 8 or length > codes.MAX_STARTUP_PACKET:
@@ -523,6 +537,8 @@ class ClientSession(asyncio.Protocol):
             del buf[:length]
             code = _I.unpack_from(body, 0)[0]
             if code in (codes.SSL_REQUEST, codes.GSSENC_REQUEST):
+                if code == codes.SSL_REQUEST and tls.on_ssl_request(self):
+                    return
                 self._write(b"N")
                 continue
             if code == codes.CANCEL_REQUEST:
@@ -552,6 +568,8 @@ class ClientSession(asyncio.Protocol):
             return
 
     def _on_startup_message(self, params: dict[str, str]) -> None:
+        if tls.refuse_plaintext(self):
+            return
         user = params.get("user", "")
         if not user:
             self._fatal("28000", "no PostgreSQL user name specified in startup packet")
@@ -790,6 +808,7 @@ class ClientSession(asyncio.Protocol):
             self._login_timer.cancel()
             self._login_timer = None
         self.phase = READY
+        admission.release(self)
         self.hook_ctx = self._make_hook_ctx()
         if ctx.plugins.has_connect:
             ctx.plugins.on_connect(self.hook_ctx)
@@ -886,8 +905,10 @@ class ClientSession(asyncio.Protocol):
         n = len(buf)
         max_size = self.ctx.config.max_message_size
         unpack = _I.unpack_from
+        cap = self.ctx.config.max_client_buffer // flow.PER_STATEMENT  # statements in flight (bounded memory)
+        cap = min(cap, self.pending + flow.BURST)  # and per callback: other clients get their turn
         try:
-            while n - pos >= 5 and self.stalled is None and self.phase == READY:
+            while n - pos >= 5 and self.stalled is None and self.phase == READY and self.pending < cap:
                 t = buf[pos]
                 length = unpack(buf, pos + 1)[0]
                 if t not in codes.FRONTEND_TYPES or t == codes.F_PASSWORD:
@@ -943,6 +964,10 @@ class ClientSession(asyncio.Protocol):
                 del buf[:pos]
         if self.stalled is not None and len(buf) > max_size:
             self._pause_reading()
+        if self.pending >= cap:
+            flow.check(self)
+            if not self.held_paused and self.phase == READY:
+                asyncio.get_running_loop().call_soon(self._continue)
 
     # ------------------------------------------------------------------ simple query
     def _on_query(self, msg: bytes) -> None:
@@ -2029,6 +2054,8 @@ class ClientSession(asyncio.Protocol):
             plan = self.stalled
             self.stalled = None
             self._call_soon(self._resume_stalled, plan)
+        if self.held_paused:
+            flow.drained(self)  # fewer statements in flight: maybe read the client again
 
     def _settle(self, info: StatementInfo, conn: BackendConnection) -> None:
         self._settle_settings(info.effects, info.settings, conn)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from heliosproxy.config.schema import Config
 from heliosproxy.plugins.manager import PluginManager
 from heliosproxy.pool.manager import PoolManager
 from heliosproxy.routing.router import Router
+from heliosproxy.session.admission import LoginGate
 from heliosproxy.session.pgcompat import StatsBook
 from heliosproxy.sql.classify import Classifier
 
@@ -70,6 +72,8 @@ class ProxyContext:
     shutting_down: bool = False
     pg_stats: StatsBook = field(default_factory=StatsBook)  # PgBouncer's per-database SHOW STATS counters
     disabled_databases: set[str] = field(default_factory=set)  # DISABLE db: new clients refused
+    logins: LoginGate = field(default_factory=LoginGate)  # login slots (session/admission.py)
+    tls_context: ssl.SSLContext | None = None  # TLS to clients (tls:), rebuilt on every reload
     _pid_counter: int = 0
 
     def remember_statement(self, server_name: str) -> None:

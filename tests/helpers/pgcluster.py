@@ -54,6 +54,20 @@ host    replication  all        127.0.0.1/32   trust
 host    all          all        127.0.0.1/32   scram-sha-256
 """
 
+# tls=ClusterTls(...): every TCP line becomes hostssl (plaintext TCP logins are refused by the server).
+HBA_TLS = HBA.replace("\nhost ", "\nhostssl ")
+
+
+@dataclass(frozen=True)
+class ClusterTls:
+    """Server certificate and key (PEM files); with `ca`, servers also demand a client certificate
+    signed by it (clientcert=verify-ca) on every hostssl line."""
+
+    cert: Path
+    key: Path
+    ca: Path | None = None
+
+
 SETUP_SQL = """\
 \\set ON_ERROR_STOP 1
 CREATE ROLE app LOGIN PASSWORD 'apppass';
@@ -117,8 +131,10 @@ class PgCluster:
         standbys: int = 1,
         *,
         settings: dict[str, str] | None = None,
+        tls: ClusterTls | None = None,
     ) -> None:
         self._given_base = base_dir
+        self.tls = tls
         self.base_dir: Path = Path(base_dir) if base_dir is not None else Path()
         self.n_standbys = standbys
         self.settings = dict(BASE_SETTINGS)
@@ -343,8 +359,31 @@ class PgCluster:
         conf += f"unix_socket_directories = {_conf_value(str(self.base_dir))}\n"
         for key, value in self.settings.items():
             conf += f"{key} = {_conf_value(value)}\n"
+        hba = HBA
+        if self.tls is not None:
+            conf += self._tls_files(node)
+            hba = HBA_TLS
+            if self.tls.ca is not None:
+                hba = "\n".join(
+                    line + "   clientcert=verify-ca" if line.startswith("hostssl") and "trust" not in line else line
+                    for line in hba.splitlines()
+                ) + "\n"
         self._append(node.datadir / "postgresql.conf", conf)
-        self._write(node.datadir / "pg_hba.conf", HBA)
+        self._write(node.datadir / "pg_hba.conf", hba)
+
+    def _tls_files(self, node: PgNode) -> str:
+        """Copy the TLS files into the data directory (the server wants its key private); the conf lines."""
+        assert self.tls is not None
+        conf = "ssl = on\n"
+        for setting, src, mode in (("ssl_cert_file", self.tls.cert, 0o644), ("ssl_key_file", self.tls.key, 0o600),
+                                   ("ssl_ca_file", self.tls.ca, 0o644)):
+            if src is None:
+                continue
+            dst = node.datadir / f"helios-{setting}.pem"
+            self._write(dst, Path(src).read_text())
+            dst.chmod(mode)
+            conf += f"{setting} = {_conf_value(str(dst))}\n"
+        return conf
 
     def _basebackup(self, standby: PgNode, primary: PgNode) -> None:
         conninfo = (f"host={self.base_dir} port={primary.port} user=postgres "

@@ -47,7 +47,8 @@ def test_help_runs_and_names_every_flag() -> None:
 def test_defaults_and_quick_plan() -> None:
     full = bench_run.parse_args([])
     assert full.targets == [
-        "direct", "pgbouncer", "heliosproxy", "heliosproxy-rw", "heliosproxy-wasm", "heliosproxy-2w"
+        "direct", "pgbouncer", "heliosproxy", "heliosproxy-rw", "heliosproxy-wasm", "heliosproxy-2w",
+        "pgbouncer-tls", "heliosproxy-tls",
     ]
     assert full.modes == ["simple", "extended", "prepared"]
     assert (full.clients, full.seconds, full.rounds, full.idle_clients) == ([1, 16, 64], 10.0, 3, 5000)
@@ -154,3 +155,21 @@ def test_profile_summary_from_raw_stacks() -> None:
     assert prof["samples"] == 100
     assert prof["self_pct"][0] == ("_on_query (client.py)", 70.0)
     assert dict(prof["inclusive_pct"])["data_received (client.py)"] == 100.0
+
+
+def test_tls_row_pgbouncer_ini_and_ratio(tmp_path: Path) -> None:
+    cert, key = tmp_path / "s.crt", tmp_path / "s.key"
+    ini = bench_pgb.parse_ini(bench_pgb.render_ini(listen_port=7002, server_port=5432, workdir=tmp_path,
+                                                   tls_cert=cert, tls_key=key))
+    assert ini["pgbouncer"]["client_tls_sslmode"] == "require"
+    assert ini["pgbouncer"]["client_tls_cert_file"] == str(cert)
+    assert "client_tls_sslmode" not in bench_pgb.parse_ini(
+        bench_pgb.render_ini(listen_port=7002, server_port=5432, workdir=tmp_path))["pgbouncer"]
+    assert bench_run.pgbench_env("require")["PGSSLMODE"] == "require"
+    run = {"tps": 0.0, "latency_ms": 1.0, "p99_ms": 1.0, "cpu_us_per_txn": 1.0, "cpu_user_us_per_txn": 1.0,
+           "cpu_sys_us_per_txn": 0.0, "failed": 0}
+    cells = {("pgbouncer", "simple", 1): [{**run, "tps": 100.0}],
+             ("pgbouncer-tls", "simple", 1): [{**run, "tps": 50.0}],
+             ("heliosproxy-tls", "simple", 1): [{**run, "tps": 40.0}]}
+    rows = {r["target"]: r for r in bench_run.summarize(cells)}
+    assert rows["heliosproxy-tls"]["tps_vs_pgbouncer"] == 0.8  # against PgBouncer with TLS

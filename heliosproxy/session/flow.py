@@ -1,0 +1,41 @@
+"""Bounded memory per client: stop reading a client once what the proxy holds for it passes max_client_buffer."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from heliosproxy.session.client import ClientSession
+
+
+# What the proxy keeps per statement in flight (its Inflight, the queued write, classification), in bytes:
+# a client pipelining tiny statements costs far more than their bytes.
+PER_STATEMENT = 512
+# Statements taken from one client per event-loop callback: a pipelining client cannot delay the others.
+BURST = 256
+
+
+def held(session: ClientSession) -> int:
+    """Bytes the proxy holds for this client: its unprocessed input, statements in flight, the server
+    write buffer and its own."""
+    n = len(session.buf) + (session.pending + len(session.expect)) * PER_STATEMENT
+    conn = session.backend
+    if conn is not None and conn.transport is not None:
+        n += conn.transport.get_write_buffer_size()
+    if session.transport is not None:
+        n += session.transport.get_write_buffer_size()
+    return n
+
+
+def check(session: ClientSession) -> None:
+    """After taking client input: past max_client_buffer, reading this client pauses until the server drains."""
+    if held(session) > session.ctx.config.max_client_buffer:
+        session.held_paused = True
+        session._pause_reading()
+
+
+def drained(session: ClientSession) -> None:
+    """A write buffer (server or client side) drained: resume reading once under half the limit."""
+    if session.held_paused and held(session) <= session.ctx.config.max_client_buffer // 2:
+        session.held_paused = False
+        session._continue()
