@@ -13,6 +13,7 @@ from heliosproxy.config.schema import Config
 from heliosproxy.plugins.manager import PluginManager
 from heliosproxy.pool.manager import PoolManager
 from heliosproxy.protocol.auth import ScramSecret
+from heliosproxy.routing.consistency import ReadPlanner
 from heliosproxy.routing.router import Router
 from heliosproxy.sql.classify import Classifier
 
@@ -50,6 +51,7 @@ class ProxyContext:
     router: Router
     classifier: Classifier
     plugins: PluginManager
+    reads: ReadPlanner  # auto-routed reads: consistency, function volatility, catalog checks
     worker_id: int = 0
     clients: set[ClientSession] = field(default_factory=set)
     cancel_keys: dict[tuple[int, int], ClientSession] = field(default_factory=dict)

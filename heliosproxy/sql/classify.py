@@ -91,6 +91,10 @@ class StatementInfo:
     statements: int
     parse_error: bool
     pins: bool
+    # Functions called that are not schema-qualified with pg_catalog nor in write_functions, as
+    # (schema or None, lowercased name, argument count): routing checks their volatility in pg_proc.
+    functions: tuple[tuple[str | None, str, int], ...] = ()
+    ddl: bool = False  # a statement other than DML/queries/session commands (may change the catalog)
 
 
 _ADVISORY_SESSION_LOCKS: Final = frozenset(
@@ -147,6 +151,16 @@ _SESSION_CHARACTERISTICS: Final = {
     "transaction_read_only": "default_transaction_read_only",
     "transaction_deferrable": "default_transaction_deferrable",
 }
+# Statement kinds that do not change the catalog (anything else may create or alter a function).
+_NOT_DDL: Final = frozenset(
+    {
+        "SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "TransactionStmt",
+        "VariableSetStmt", "VariableShowStmt", "ExplainStmt", "CopyStmt", "PrepareStmt", "ExecuteStmt",
+        "DeallocateStmt", "DeclareCursorStmt", "FetchStmt", "ClosePortalStmt", "ListenStmt",
+        "UnlistenStmt", "NotifyStmt", "DiscardStmt", "LockStmt", "CallStmt", "VacuumStmt",
+        "CheckPointStmt", "ConstraintsSetStmt",
+    }
+)
 _CURSOR_OPT_HOLD: Final = 0x0020
 _FALSE_WORDS: Final = frozenset({"false", "off", "0", "no"})
 _SIMPLE_IDENT_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_$")
@@ -181,6 +195,7 @@ class _Scan:
     __slots__ = (
         "adv_lock",
         "ctes",
+        "funcs",
         "into",
         "lock",
         "nested_write",
@@ -198,6 +213,7 @@ class _Scan:
         self.nested_write = False
         self.adv_lock = False
         self.temp = False
+        self.funcs: list[tuple[str | None, str, int]] = []
 
     def walk(self, root: Any, wf: _WriteFunctions) -> None:
         stack: list[Any] = [root]
@@ -252,10 +268,14 @@ class _Scan:
         if len(names) == 1 or (len(names) == 2 and names[0] == "pg_catalog"):
             if last in wf.plain:
                 self.write_call = True
+            elif len(names) == 1:
+                self.funcs.append((None, last, len(fields.get("args", ()))))
             if last in _ADVISORY_SESSION_LOCKS:
                 self.adv_lock = True
         elif ".".join(names) in wf.qualified:
             self.write_call = True
+        else:
+            self.funcs.append((names[-2], last, len(fields.get("args", ()))))
 
 
 def _is_temp_rel(rel: Any) -> bool:
@@ -325,7 +345,7 @@ def _defelem_bool(elem: dict[str, Any]) -> bool:
 class _Builder:
     """Accumulates a StatementInfo over the statements of one query string."""
 
-    __slots__ = ("ctes", "effects", "kinds", "ranges", "read_only", "sensitive", "settings", "tx")
+    __slots__ = ("ctes", "effects", "funcs", "kinds", "ranges", "read_only", "sensitive", "settings", "tx")
 
     def __init__(self) -> None:
         self.kinds: list[str] = []
@@ -336,10 +356,13 @@ class _Builder:
         self.effects = Effect.NONE
         self.settings: list[Setting] = []
         self.sensitive = False
+        self.funcs: dict[tuple[str | None, str, int], None] = {}
 
     def absorb(self, scan: _Scan) -> None:
         self.ranges.extend(scan.ranges)
         self.ctes |= scan.ctes
+        for f in scan.funcs:
+            self.funcs.setdefault(f, None)
 
     def tables(self) -> tuple[str, ...]:
         seen: dict[str, None] = {}
@@ -480,6 +503,7 @@ def _explain(fields: dict[str, Any], b: _Builder, wf: _WriteFunctions) -> None:
         b.read_only = b.read_only and inner.read_only
         b.ranges.extend(inner.ranges)
         b.ctes |= inner.ctes
+        b.funcs.update(inner.funcs)
         b.effects |= inner.effects
         b.sensitive = b.sensitive or inner.sensitive
 
@@ -530,6 +554,8 @@ def _analyze(sql: str, normalized: str, wf: _WriteFunctions) -> tuple[StatementI
         statements=len(stmts),
         parse_error=False,
         pins=bool(effects & _PINNING),
+        functions=tuple(b.funcs),
+        ddl=any(k not in _NOT_DDL for k in b.kinds),
     )
     return info, not b.sensitive and not b.settings
 
