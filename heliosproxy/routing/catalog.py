@@ -89,14 +89,15 @@ class Catalog:
         self.read_only_plain, self.read_only_qualified = _names(config.routing.read_only_functions)
 
     # ------------------------------------------------------------------ functions
-    def needs_primary(self, database: str, user: str, funcs: tuple[FuncKey, ...]) -> bool | None:
+    def needs_primary(self, database: str, user: str | None, funcs: tuple[FuncKey, ...]) -> bool | None:
         """True: a called function is a VOLATILE one outside pg_catalog (and not in
         routing.read_only_functions); False: none is; None: not known yet (a load started)."""
         fns = self._functions.get(database)
         if fns is None:
-            self.refresh(database, user)
+            if user is not None:
+                self.refresh(database, user)
             return None
-        if fns.expires < time.monotonic():
+        if fns.expires < time.monotonic() and user is not None:
             self.refresh(database, user)  # keep answering from the old list meanwhile
         for schema, name, nargs in funcs:
             if schema is None:

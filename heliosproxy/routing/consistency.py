@@ -87,7 +87,9 @@ class ReadPlanner:
     # ------------------------------------------------------------------ writes
     def acknowledged(self, s: SessionReads, info: StatementInfo | None, idle: bool, database: str) -> None:
         """A statement that ran as a write (on the primary) got its ReadyForQuery."""
-        if info is not None and info.read_only and not info.functions:
+        if info is not None and info.read_only and (
+            not info.functions or self.catalog.needs_primary(database, None, info.functions) is False
+        ):
             return  # a read sent to the primary by a hint or SET helios.route: it wrote nothing
         if info is not None and info.ddl:
             s.tx_ddl = True

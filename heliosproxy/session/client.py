@@ -874,7 +874,7 @@ class ClientSession(asyncio.Protocol):
         tx = info.tx
         if tx is not None:
             if tx is TxControl.BEGIN_READ_ONLY and router.routing.read_write_split:
-                return router.read_target()
+                return ctx.reads.read_target(self.reads, self.last_write_at, None, self.database, self.user, None)
             return None
         if read_only and router.routing.read_write_split and self.mode is PoolMode.TRANSACTION:
             lag = hints.lag_ms if hints else None
@@ -1652,9 +1652,14 @@ class ClientSession(asyncio.Protocol):
             self._unbind(reusable=True)
         plan.target = None
         plan.write = True
-        self.stalled = plan
-        asyncio.get_running_loop().call_soon(self._resume_stalled, plan)
+        self.stalled = plan  # holds the client's next messages until the rerun is sent
+        asyncio.get_running_loop().call_soon(self._rerun, plan)
         return True
+
+    def _rerun(self, plan: Plan) -> None:
+        if self.stalled is plan:
+            self.stalled = None
+            self._resume_stalled(plan)
 
     def _resume_stalled(self, plan: Plan) -> None:
         if self.phase != READY:
