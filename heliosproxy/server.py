@@ -43,7 +43,7 @@ class Server:
         pools = PoolManager(config)
         self.plugins = PluginManager(config.plugins, on_event=self._plugin_event)
         router = Router(config, registry, pools.active_on)
-        self.reads = ReadPlanner(config, router, Catalog(config, registry))
+        self.reads = ReadPlanner(config, router, Catalog(config, registry, pools))
         self.ctx = ProxyContext(
             config=config,
             registry=registry,

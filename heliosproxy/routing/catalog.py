@@ -9,18 +9,19 @@ import time
 from collections.abc import Coroutine, Iterable
 from typing import Any
 
-from heliosproxy.backends.connection import BackendConnection, QueryError, connect
+from heliosproxy.backends.connection import QueryError, connect
 from heliosproxy.backends.health import checker_credentials
 from heliosproxy.backends.registry import Node, Registry
 from heliosproxy.config.schema import Config
-from heliosproxy.errors import BackendAuthError
+from heliosproxy.errors import BackendAuthError, HeliosError
+from heliosproxy.pool.manager import PoolManager
 
 log = logging.getLogger("heliosproxy.routing")
 
 FuncKey = tuple[str | None, str, int]  # (schema or None, name, argument count)
 DB_EXISTS_TTL = 10.0  # seconds an answer about a database's existence is reused
 DB_MISSING_TTL = 2.0
-_LOOKUP_ERRORS = (OSError, TimeoutError, ConnectionError, BackendAuthError, QueryError)
+_LOOKUP_ERRORS = (OSError, TimeoutError, ConnectionError, BackendAuthError, QueryError, HeliosError)
 
 
 def _lit(text: str) -> str:
@@ -72,13 +73,12 @@ class Catalog:
     refreshed in the background after routing.function_cache_ttl or after DDL through the proxy;
     meanwhile a statement calling a function of that database is answered "unknown"."""
 
-    def __init__(self, config: Config, registry: Registry):
+    def __init__(self, config: Config, registry: Registry, pools: PoolManager):
         self.registry = registry
+        self.pools = pools
         self._functions: dict[str, _Functions] = {}
         self._pending: set[str] = set()
         self._exists: dict[str, tuple[float, bool]] = {}
-        self._conns: dict[tuple[str, str], BackendConnection] = {}
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.lookups = 0
         self.configure(config)
@@ -130,6 +130,11 @@ class Catalog:
         finally:
             self._pending.discard(database)
 
+    def ensure_loading(self, database: str, user: str) -> None:
+        """Start loading the database's function list in the background if there is none."""
+        if database not in self._functions:
+            self.refresh(database, user)
+
     async def ensure_loaded(self, database: str, user: str) -> None:
         """At a login: load the database's function list if there is none yet."""
         if database not in self._functions and database not in self._pending:
@@ -142,11 +147,7 @@ class Catalog:
         now = time.monotonic()
         if hit is not None and hit[0] > now:
             return hit[1]
-        user, _pw = checker_credentials(self.config)
-        rows = await self._query(
-            self.config.health.database, user,
-            f"SELECT 1 FROM pg_catalog.pg_database WHERE datname = {_lit(database)}", checker=True,
-        )
+        rows = await self._checker_query(f"SELECT 1 FROM pg_catalog.pg_database WHERE datname = {_lit(database)}")
         found = bool(rows)
         if len(self._exists) > 10_000:
             self._exists.clear()
@@ -161,36 +162,40 @@ class Catalog:
             return node
         return next((n for n in self.registry.nodes.values() if n.usable), None)
 
-    async def _query(self, database: str, user: str, sql: str, checker: bool = False) -> list[list[str | None]]:
-        key = (database, user)
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            conn = self._conns.get(key)
-            node = self._node()
-            if node is None:
-                raise ConnectionError("no usable node for a catalog lookup")
-            if conn is not None and (conn.closed or conn.node != node.name):
-                conn.abort()
-                conn = None
-            timeout = self.config.health.timeout + self.config.pool.connect_timeout
-            if conn is None:
-                if checker:
-                    password = checker_credentials(self.config)[1]
-                else:
-                    u = self.config.user(user)
-                    password = u.password if u is not None else None
-                conn = await connect(
-                    node.name, node.cfg.host, node.cfg.port, user, password, database,
-                    timeout=timeout, params={"application_name": "heliosproxy-catalog"},
-                )
-                self._conns[key] = conn
-            self.lookups += 1
-            try:
-                return await asyncio.wait_for(conn.query(sql), timeout)
-            except BaseException:
-                self._conns.pop(key, None)
-                conn.abort()
-                raise
+    def _timeout(self) -> float:
+        return self.config.health.timeout + self.config.pool.connect_timeout
+
+    async def _query(self, database: str, user: str, sql: str) -> list[list[str | None]]:
+        """Run `sql` on a connection of the client's own pool (no extra server connection)."""
+        node = self._node()
+        if node is None:
+            raise ConnectionError("no usable node for a catalog lookup")
+        pool = self.pools.get(node.name, database, user)
+        conn = await pool.acquire(self._timeout())
+        self.lookups += 1
+        try:
+            rows = await asyncio.wait_for(conn.query(sql), self._timeout())
+        except BaseException:
+            pool.release(conn, reusable=False)
+            raise
+        pool.release(conn)
+        return rows
+
+    async def _checker_query(self, sql: str) -> list[list[str | None]]:
+        """Run `sql` as the health checker's user in health.database, on a connection closed after."""
+        node = self._node()
+        if node is None:
+            raise ConnectionError("no usable node for a catalog lookup")
+        user, password = checker_credentials(self.config)
+        conn = await connect(
+            node.name, node.cfg.host, node.cfg.port, user, password, self.config.health.database,
+            timeout=self._timeout(), params={"application_name": "heliosproxy-catalog"},
+        )
+        self.lookups += 1
+        try:
+            return await asyncio.wait_for(conn.query(sql), self._timeout())
+        finally:
+            conn.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -202,6 +207,3 @@ class Catalog:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        for conn in self._conns.values():
-            conn.abort()
-        self._conns.clear()

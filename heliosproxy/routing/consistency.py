@@ -196,7 +196,7 @@ class ReadPlanner:
         (asked once, cached briefly), 53300 past pool.max_pools."""
         if database in pool_databases:
             if self.config.routing.read_write_split:
-                await self.catalog.ensure_loaded(database, user)
+                self.catalog.ensure_loading(database, user)  # its pools may be busy: never wait at login
             return
         if pools >= self.config.pool.max_pools:
             raise HeliosError(

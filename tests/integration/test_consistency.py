@@ -21,7 +21,7 @@ Conn = psycopg.Connection[tuple[Any, ...]]
 
 pytestmark = pytest.mark.timeout(120)
 
-DELAY = "3s"  # recovery_min_apply_delay of the delayed standby: staleness is certain
+DELAY = "5s"  # recovery_min_apply_delay of the delayed standby: staleness is certain
 
 
 def connect(proxy: ProxyProcess, dbname: str = "app", **kw: Any) -> Conn:
