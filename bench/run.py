@@ -40,10 +40,13 @@ sys.path.insert(0, str(BENCH_DIR))
 import pgbouncer as pgb  # noqa: E402
 
 USER, PASSWORD, DBNAME = "app", "apppass", "app"
-ALL_TARGETS = ("direct", "pgbouncer", "heliosproxy", "heliosproxy-rw", "heliosproxy-wasm", "heliosproxy-2w")
+ALL_TARGETS = (
+    "direct", "pgbouncer", "heliosproxy", "heliosproxy-rw", "heliosproxy-rw-eventual", "heliosproxy-wasm",
+    "heliosproxy-2w",
+)
 ALL_MODES = ("simple", "extended", "prepared")
 CONNECT_TARGETS = ("direct", "pgbouncer", "heliosproxy")
-PROXY_TARGETS = ("heliosproxy", "heliosproxy-rw", "heliosproxy-wasm", "heliosproxy-2w")
+PROXY_TARGETS = ("heliosproxy", "heliosproxy-rw", "heliosproxy-rw-eventual", "heliosproxy-wasm", "heliosproxy-2w")
 NOOP_PLUGIN = REPO_ROOT / "plugins" / "build"
 RESULTS_DIR = BENCH_DIR / "results"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -724,8 +727,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 plugins = str(noop_plugin_dir(plugin_tmp)) if name == "heliosproxy-wasm" else None
                 # The 2-worker row keeps 20 server connections in all: pool limits are per worker.
                 two = name == "heliosproxy-2w"
-                cfg = proxy_config(nodes, read_write_split=name == "heliosproxy-rw", plugins_dir=plugins,
+                rw = name.startswith("heliosproxy-rw")
+                cfg = proxy_config(nodes, read_write_split=rw, plugins_dir=plugins,
                                    workers=2 if two else 1, pool_size=10 if two else 20)
+                if rw:  # -rw: routing.consistency session (the default); -rw-eventual: the old behaviour
+                    cfg["routing"]["consistency"] = "eventual" if name.endswith("-eventual") else "session"
                 cfg.pop("listen")  # ProxyProcess picks a free port
                 proxy = ProxyProcess(cfg)
                 proxies.append(proxy)
