@@ -129,12 +129,13 @@ class NodeChecker:
                 if left <= 0 or self.full_due:
                     break
                 lag = health.lag_interval
-                self.wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), min(left, lag) if lag else left)
+                woke = self.wake.is_set()
+                self.wake.clear()  # before sampling: a request made until now is served by this sample
                 if self.full_due or time.monotonic() >= started + health.interval:
                     break
-                if lag or self.wake.is_set():
+                if lag or woke:
                     await self.sample()
 
     def request_check(self) -> None:
