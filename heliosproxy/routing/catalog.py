@@ -78,6 +78,8 @@ class Catalog:
         self.pools = pools
         self._functions: dict[str, _Functions] = {}
         self._pending: set[str] = set()
+        self._loaded_as: dict[str, str] = {}  # database -> the user whose pool loaded its list
+        self._stale: set[str] = set()  # DDL passed while a load ran
         self._exists: dict[str, tuple[float, bool]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.lookups = 0
@@ -110,8 +112,12 @@ class Catalog:
         return False
 
     def forget(self, database: str) -> None:
-        """DDL passed through the proxy: this database's function list is stale."""
+        """DDL passed through the proxy: this database's function list is stale; reload it now."""
         self._functions.pop(database, None)
+        self._stale.add(database)  # a load running now may have read the catalog before the DDL
+        user = self._loaded_as.get(database)
+        if user is not None:
+            self.refresh(database, user)
 
     def refresh(self, database: str, user: str) -> None:
         if database not in self._pending:
@@ -121,9 +127,14 @@ class Catalog:
     async def load(self, database: str, user: str) -> None:
         """(Re)load a database's function list; failures are logged, the list stays as it was."""
         self._pending.add(database)
+        self._loaded_as[database] = user
         try:
+            self._stale.discard(database)
             started = time.monotonic()
             rows = await self._query(database, user, FUNCTIONS_SQL)
+            if database in self._stale:  # more DDL while this ran: its answer may predate it
+                self._spawn(self.load(database, user))
+                return
             self._functions[database] = _Functions(rows, started + self.ttl)
         except _LOOKUP_ERRORS as exc:
             log.info("loading the functions of database %s failed: %s", database, exc)
