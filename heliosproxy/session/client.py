@@ -1637,6 +1637,8 @@ class ClientSession(asyncio.Protocol):
             or status != codes.TX_IDLE
             or self.pending != 1
             or self.stalled is not None
+            or self.pinned
+            or self.expect
             or error_sqlstate(hold) != "25006"
         ):
             self._release_hold()
@@ -1648,8 +1650,7 @@ class ClientSession(asyncio.Protocol):
         self.tx_status = conn.tx_status = status
         self.ctx.reads.retried_read_only += 1
         log.debug("client %s: standby %s refused a read as a write (25006); rerun on the primary", self.peer, conn.node)
-        if not self.pinned and not self.expect:
-            self._unbind(reusable=True)
+        self._unbind(reusable=True)
         plan.target = None
         plan.write = True
         self.stalled = plan  # holds the client's next messages until the rerun is sent
