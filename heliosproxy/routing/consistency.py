@@ -44,12 +44,13 @@ _SAMPLE_EVERY = 0.01  # at most this often the planner asks for an early WAL sam
 class SessionReads:
     """One client's consistency state: when its last write was acknowledged, the position to see."""
 
-    __slots__ = ("ack_at", "need_lsn", "tx_ddl")
+    __slots__ = ("ack_at", "need_lsn", "read_only_tx", "tx_ddl")
 
     def __init__(self) -> None:
         self.ack_at = 0.0  # monotonic time of the last acknowledged write; 0 = none pending
         self.need_lsn = 0  # the primary position that write is within (0 = not known yet)
         self.tx_ddl = False  # the open transaction changed the catalog
+        self.read_only_tx = False  # the open transaction began READ ONLY (its COMMIT wrote nothing)
 
 
 class ReadPlanner:
@@ -98,6 +99,10 @@ class ReadPlanner:
         if s.tx_ddl:
             s.tx_ddl = False
             self.catalog.forget(database)
+        if s.read_only_tx:
+            s.read_only_tx = False
+            if info is not None and info.tx is TxControl.COMMIT:
+                return
         if info is not None and (info.tx is TxControl.ROLLBACK or (info.kinds and _NO_WRITE.issuperset(info.kinds))):
             return
         now = time.monotonic()
@@ -122,6 +127,8 @@ class ReadPlanner:
     ) -> Target | None:
         """Where an auto-routed read goes; None = the primary as for a write."""
         router = self.router
+        if info is not None and info.tx is TxControl.BEGIN_READ_ONLY:
+            s.read_only_tx = True
         if info is not None and info.functions:
             verdict = self.catalog.needs_primary(database, user, info.functions)
             if verdict:

@@ -874,7 +874,7 @@ class ClientSession(asyncio.Protocol):
         tx = info.tx
         if tx is not None:
             if tx is TxControl.BEGIN_READ_ONLY and router.routing.read_write_split:
-                return ctx.reads.read_target(self.reads, self.last_write_at, None, self.database, self.user, None)
+                return ctx.reads.read_target(self.reads, self.last_write_at, info, self.database, self.user, None)
             return None
         if read_only and router.routing.read_write_split and self.mode is PoolMode.TRANSACTION:
             lag = hints.lag_ms if hints else None

@@ -92,3 +92,14 @@ def test_strong_and_eventual() -> None:
     session.acknowledged(s, classify_uncached("ROLLBACK"), True, "db")
     session.acknowledged(s, classify_uncached("SET search_path = x"), True, "db")
     assert s.ack_at == 0.0
+
+
+def test_commit_of_a_read_only_transaction_is_no_write() -> None:
+    planner, _ = _planner(Consistency.SESSION)
+    s = SessionReads()
+    begin = classify_uncached("BEGIN READ ONLY")
+    assert planner.read_target(s, 0.0, begin, "db", "u", None).node == "s"  # type: ignore[union-attr]
+    planner.acknowledged(s, classify_uncached("COMMIT"), True, "db")
+    assert s.ack_at == 0.0
+    planner.acknowledged(s, classify_uncached("COMMIT"), True, "db")  # a read-write transaction's COMMIT
+    assert s.ack_at > 0.0
