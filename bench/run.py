@@ -40,11 +40,15 @@ sys.path.insert(0, str(BENCH_DIR))
 import pgbouncer as pgb  # noqa: E402
 
 USER, PASSWORD, DBNAME = "app", "apppass", "app"
-ALL_TARGETS = ("direct", "pgbouncer", "heliosproxy", "heliosproxy-rw", "heliosproxy-wasm", "heliosproxy-2w",
-               "pgbouncer-tls", "heliosproxy-tls")
+ALL_TARGETS = (
+    "direct", "pgbouncer", "heliosproxy", "heliosproxy-rw", "heliosproxy-rw-eventual", "heliosproxy-wasm",
+    "heliosproxy-2w", "pgbouncer-tls", "heliosproxy-tls",
+)
 ALL_MODES = ("simple", "extended", "prepared")
 CONNECT_TARGETS = ("direct", "pgbouncer", "heliosproxy", "pgbouncer-tls", "heliosproxy-tls")
-PROXY_TARGETS = ("heliosproxy", "heliosproxy-rw", "heliosproxy-wasm", "heliosproxy-2w", "heliosproxy-tls")
+PROXY_TARGETS = (
+    "heliosproxy", "heliosproxy-rw", "heliosproxy-rw-eventual", "heliosproxy-wasm", "heliosproxy-2w", "heliosproxy-tls",
+)
 # The TLS row: clients use TLS (pgbench with PGSSLMODE=require) to PgBouncer and to HeliosProxy.
 TLS_TARGETS = ("pgbouncer-tls", "heliosproxy-tls")
 NOOP_PLUGIN = REPO_ROOT / "plugins" / "build"
@@ -744,8 +748,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 plugins = str(noop_plugin_dir(plugin_tmp)) if name == "heliosproxy-wasm" else None
                 # The 2-worker row keeps 20 server connections in all: pool limits are per worker.
                 two = name == "heliosproxy-2w"
-                cfg = proxy_config(nodes, read_write_split=name == "heliosproxy-rw", plugins_dir=plugins,
+                rw = name.startswith("heliosproxy-rw")
+                cfg = proxy_config(nodes, read_write_split=rw, plugins_dir=plugins,
                                    workers=2 if two else 1, pool_size=10 if two else 20)
+                if rw:  # -rw: routing.consistency session (the default); -rw-eventual: the old behaviour
+                    cfg["routing"]["consistency"] = "eventual" if name.endswith("-eventual") else "session"
                 cfg.pop("listen")  # ProxyProcess picks a free port
                 if name == "heliosproxy-tls":
                     assert tls_files is not None

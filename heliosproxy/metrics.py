@@ -16,6 +16,8 @@
 | heliosproxy_pool_timeouts_total | counter | node, database, user | acquire timeouts (53300) |
 | heliosproxy_pool_connect_errors_total | counter | node, database, user | failed backend connects |
 | heliosproxy_queries_total | counter | node, route, result (ok, error) | statements completed |
+| heliosproxy_reads_on_primary_total | counter | reason | reads moved to the primary: no standby fresh enough |
+| heliosproxy_read_only_retries_total | counter | | autocommit reads refused by a standby (25006), rerun |
 | heliosproxy_query_duration_seconds | histogram | | statement duration, proxy to last reply |
 | heliosproxy_client_received_bytes_total | counter | | bytes received from clients |
 | heliosproxy_client_sent_bytes_total | counter | | bytes sent to clients |
@@ -242,6 +244,14 @@ class ProxyCollector(Collector):
         for (node, route, result), n in list(c.queries.items()):
             q.add_metric([node, route, result], n)
         yield q
+        moved = CounterMetricFamily(
+            p + "reads_on_primary", "Reads sent to the primary because no standby was fresh enough", labels=["reason"]
+        )
+        for reason, n in list(ctx.reads.moved.items()):
+            moved.add_metric([reason], n)
+        yield moved
+        yield _counter(p + "read_only_retries", "Reads refused by a standby (25006) rerun on the primary",
+                       ctx.reads.retried_read_only)
         h = HistogramMetricFamily(p + "query_duration_seconds", "Statement duration")
         h.add_metric([], self.durations.cumulative(), sum_value=self.durations.sum)
         yield h

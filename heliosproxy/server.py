@@ -26,6 +26,8 @@ from heliosproxy.metrics import ProxyCollector
 from heliosproxy.plugins.manager import PluginManager
 from heliosproxy.pool.manager import PoolManager
 from heliosproxy.protocol.tls import client_tls_context
+from heliosproxy.routing.catalog import Catalog
+from heliosproxy.routing.consistency import ReadPlanner
 from heliosproxy.routing.router import Router
 from heliosproxy.session.context import ProxyContext
 from heliosproxy.session.pgcompat import Janitor
@@ -46,13 +48,16 @@ class Server:
         registry = Registry(config)
         pools = PoolManager(config, CredentialStore(config, registry))
         self.plugins = PluginManager(config.plugins, on_event=self._plugin_event)
+        router = Router(config, registry, pools.active_on)
+        self.reads = ReadPlanner(config, router, Catalog(config, registry, pools))
         self.ctx = ProxyContext(
             config=config,
             registry=registry,
             pools=pools,
-            router=Router(config, registry, pools.active_on),
+            router=router,
             classifier=Classifier(config.routing.classify_cache_size, config.routing.write_functions),
             plugins=self.plugins,
+            reads=self.reads,
             worker_id=worker_id,
         )
         self.listener: asyncio.Server | None = None
@@ -67,12 +72,13 @@ class Server:
         # Operations: health checks feed the registry, failover follows promotions, admin and metrics read.
         self.health = HealthMonitor(config, registry)
         self.health.on_down.append(pools.drain_node)
+        self.reads.request_sample = self.health.request_sample
         self.failover = FailoverManager(config, registry, self.health, pools.drain_node)
         self.admin_console = AdminConsole(self)
         self.ctx.admin = self.admin_console
         self.metrics = ProxyCollector(self, self.failover, self.health)
         self.admin_http = AdminHttp(self, self.metrics)
-        self.extras.extend([self.health, self.failover, self.metrics, Janitor(self.ctx)])
+        self.extras.extend([self.health, self.failover, self.metrics, self.reads, Janitor(self.ctx)])
         if worker_id == 0:
             # One HTTP admin for the process group (workers share the client port, not this one).
             self.extras.append(self.admin_http)

@@ -36,6 +36,15 @@ SELECT r,
                         WHERE sync_state IN ('sync', 'quorum')) END
 FROM (SELECT pg_is_in_recovery() AS r) s"""
 
+# Between full checks, every health.lag_interval: the WAL position routing.consistency compares.
+# On a primary the *insert* position: it is at or past the end of every record already inserted,
+# so of every commit acknowledged before this query was sent (pg_current_wal_lsn() is the write
+# position, which may still be behind a commit with synchronous_commit = off).
+LSN_SQL = (
+    "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
+    "ELSE pg_current_wal_insert_lsn() END"
+)
+
 # For a checker user without access to the WAL functions: role only.
 BASIC_PROBE_SQL = "SELECT pg_is_in_recovery(), NULL, NULL, NULL, NULL, NULL"
 
@@ -62,6 +71,7 @@ class Probe:
     timeline: int | None
     at: float
     sync_standbys: tuple[str, ...] = ()  # on a primary: application_names of its synchronous standbys
+    sent: float = 0.0  # when the probe query was sent (monotonic)
 
 
 def checker_credentials(config: Config) -> tuple[str, str | Credential | None]:
@@ -102,6 +112,7 @@ class NodeChecker:
         self.basic = False  # the checker user cannot call the WAL functions
         self.last_probe: Probe | None = None
         self.wake = asyncio.Event()
+        self.full_due = False  # wake for a full check (else: only an early WAL position sample)
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._loop(), name=f"health-{self.name}")
@@ -122,12 +133,48 @@ class NodeChecker:
     async def _loop(self) -> None:
         while True:
             started = time.monotonic()
+            self.full_due = False
             await self.check()
-            interval = self.monitor.config.health.interval
-            delay = max(0.0, interval - (time.monotonic() - started))
-            self.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), delay)
+            # Until the next full check: WAL position samples every lag_interval (or when woken).
+            while True:
+                health = self.monitor.config.health
+                now = time.monotonic()
+                left = started + health.interval - now
+                if left <= 0 or self.full_due:
+                    break
+                lag = health.lag_interval
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), min(left, lag) if lag else left)
+                woke = self.wake.is_set()
+                self.wake.clear()  # before sampling: a request made until now is served by this sample
+                if self.full_due or time.monotonic() >= started + health.interval:
+                    break
+                if lag or woke:
+                    await self.sample()
+
+    def request_check(self) -> None:
+        """Run a full check now."""
+        self.full_due = True
+        self.wake.set()
+
+    def request_sample(self) -> None:
+        """Sample the WAL position now (a client's write was just acknowledged)."""
+        self.wake.set()
+
+    async def sample(self) -> None:
+        """One WAL position sample on the checker's connection (skipped while it has none)."""
+        conn = self.conn
+        if conn is None or conn.closed or self.basic:
+            return
+        sent = time.monotonic()
+        try:
+            rows = await asyncio.wait_for(conn.query(LSN_SQL), self.monitor.config.health.timeout)
+        except (OSError, TimeoutError, ConnectionError, QueryError) as exc:
+            log.debug("health: node %s: WAL position sample failed: %s", self.name, exc)
+            self._drop()  # the next full check reconnects and judges the node
+            return
+        r = rows[0]
+        self.monitor.record_lsn(self.name, r[0] == "t", parse_lsn(r[1]), sent)
 
     async def check(self) -> Probe | None:
         """Run one check now and record its outcome in the registry; the probe, or None on failure."""
@@ -163,6 +210,7 @@ class NodeChecker:
                 tls=node_tls(self.monitor.config, node.cfg),
             )
             self.conn = conn
+        sent = time.monotonic()
         try:
             rows = await conn.query(BASIC_PROBE_SQL if self.basic else PROBE_SQL)
         except QueryError as exc:
@@ -182,6 +230,7 @@ class NodeChecker:
             timeline=int(r[4]) if r[4] is not None else None,
             at=time.monotonic(),
             sync_standbys=tuple(x for x in (r[5] or "").split(",") if x) if len(r) > 5 else (),
+            sent=sent,
         )
 
 
@@ -240,7 +289,7 @@ class HealthMonitor:
             if name not in self.checkers:
                 self._add(name)
         for checker in self.checkers.values():
-            checker.wake.set()
+            checker.request_check()
 
     def _add(self, name: str) -> None:
         checker = NodeChecker(self, name)
@@ -251,7 +300,24 @@ class HealthMonitor:
         """Check every node once, now (tests and the admin use it)."""
         await asyncio.gather(*(c.check() for c in list(self.checkers.values())))
 
+    def request_sample(self, name: str | None) -> None:
+        """Ask node `name`'s checker for a WAL position sample now."""
+        checker = self.checkers.get(name) if name is not None else None
+        if checker is not None:
+            checker.request_sample()
+
     # ------------------------------------------------------------------ state transitions
+    def record_lsn(self, name: str, in_recovery: bool, lsn: int | None, sent: float) -> None:
+        """A WAL position sample (see LSN_SQL) sent at monotonic time `sent`."""
+        node = self.registry.nodes.get(name)
+        if node is None or lsn is None:
+            return
+        if in_recovery != (node.role is Role.STANDBY):
+            node.wal_lsn = None  # its role changed: the next full check sorts it out
+            return
+        if sent > node.wal_lsn_sent:
+            node.wal_lsn = lsn
+            node.wal_lsn_sent = sent
     def record_success(self, name: str, probe: Probe) -> None:
         node = self.registry.nodes.get(name)
         if node is None:
@@ -264,12 +330,18 @@ class HealthMonitor:
         node.consecutive_failures = 0
         node.consecutive_successes += 1
         node.in_recovery = probe.in_recovery
-        node.role = Role.STANDBY if probe.in_recovery else Role.PRIMARY
+        role = Role.STANDBY if probe.in_recovery else Role.PRIMARY
+        if role is not node.role:
+            node.wal_lsn = None  # a sample of the other role means nothing now
+            node.wal_lsn_sent = max(node.wal_lsn_sent, probe.sent)
+        node.role = role
         if probe.timeline is not None:
             node.timeline = probe.timeline
         if probe.in_recovery:
             node.lag_ms = probe.lag_ms
             node.lag_bytes = self._lag_bytes(probe)
+            if probe.lsn is not None and probe.sent > node.wal_lsn_sent:
+                node.wal_lsn, node.wal_lsn_sent = probe.lsn, probe.sent
         else:
             node.lag_ms = 0.0 if probe.lsn is not None else None
             node.lag_bytes = 0 if probe.lsn is not None else None

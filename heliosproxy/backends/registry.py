@@ -32,6 +32,10 @@ class Node:
     consecutive_failures: int = 0
     consecutive_successes: int = 0
     changed_at: float = field(default_factory=time.monotonic)
+    # WAL position sampled every health.lag_interval: insert LSN on a primary, replay LSN on a
+    # standby; wal_lsn_sent is when the sampling query was sent (monotonic), wal_lsn_tli its timeline.
+    wal_lsn: int | None = None
+    wal_lsn_sent: float = 0.0
 
     @property
     def name(self) -> str:

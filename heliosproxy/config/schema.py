@@ -34,6 +34,12 @@ class Fallback(str, Enum):
     ERROR = "error"
 
 
+class Consistency(str, Enum):
+    SESSION = "session"  # a client's reads see its own acknowledged writes (by WAL position)
+    EVENTUAL = "eventual"  # reads go to any usable standby (read_your_writes_ms as a time floor)
+    STRONG = "strong"  # reads see every write acknowledged through the proxy before they arrived
+
+
 class FailMode(str, Enum):
     OPEN = "open"
     CLOSED = "closed"
@@ -220,6 +226,7 @@ class PoolConfig:
     track_extra_parameters: tuple[str, ...] = ("IntervalStyle",)  # startup parameters reported back
     max_db_connections: int = 0  # server connections per database over all pools; 0 = unlimited
     max_user_connections: int = 0  # server connections per user over all pools; 0 = unlimited
+    max_pools: int = 1000  # pools a worker may create; past it a login gets FATAL 53300
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +239,11 @@ class RoutingConfig:
     read_your_writes_ms: float = 0.0
     write_functions: tuple[str, ...] = DEFAULT_WRITE_FUNCTIONS
     classify_cache_size: int = 10_000
+    # issue 11: consistency of reads on standbys, function volatility, the 25006 safety net
+    consistency: Consistency = Consistency.SESSION
+    read_only_functions: tuple[str, ...] = ()  # volatile user functions that still may run on standbys
+    function_cache_ttl: float = 60.0  # pg_proc volatility answers are kept this long (per database)
+    retry_read_only_errors: bool = True  # an autocommit read refused by a standby (25006) reruns on the primary
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +255,7 @@ class HealthConfig:
     user: str | None = None  # checks log in as this user from `users`; None = the first with a password
     password: str | None = None  # health.user's plaintext password, so that `users` may hold only hashes
     database: str = "postgres"  # database the checks connect to
+    lag_interval: float | None = 0.1  # WAL positions sampled this often (routing.consistency); null = off
 
 
 @dataclass(frozen=True, slots=True)

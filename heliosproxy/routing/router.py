@@ -16,6 +16,7 @@ class Target:
     node: str
     database: str | None  # None: the client's own database
     route: str  # primary | standby | node | branch  (for metrics and post_query)
+    auto: bool = False  # a standby chosen by classification alone (a 25006 refusal may rerun on the primary)
 
 
 class Router:
@@ -57,11 +58,13 @@ class Router:
             self._cached_gen = self.registry.generation
         return self._wheel
 
-    def standby(self, max_lag_ms: float | None = None) -> Target | None:
-        """A usable standby by policy, or None when there is none."""
+    def standby(self, max_lag_ms: float | None = None, min_lsn: int = 0) -> Target | None:
+        """A usable standby by policy (one that replayed min_lsn, when given), or None."""
         wheel = self._standby_wheel()
         if max_lag_ms is not None:
             wheel = [n for n in wheel if n.lag_ms is None or n.lag_ms <= max_lag_ms]
+        if min_lsn:
+            wheel = [n for n in wheel if n.wal_lsn is not None and n.wal_lsn >= min_lsn]
         if not wheel:
             return None
         policy = self.routing.policy

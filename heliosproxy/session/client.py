@@ -13,7 +13,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 from heliosproxy.backends.connection import BackendConnection, QueryError, send_cancel
-from heliosproxy.config.schema import AuthMethod, PoolMode
+from heliosproxy.config.schema import AuthMethod, DatabaseRoute, PoolMode
 from heliosproxy.errors import (
     BackendUnavailable,
     HeliosError,
@@ -25,6 +25,7 @@ from heliosproxy.protocol import codes, messages
 from heliosproxy.protocol.auth import ClientAuth, Credential
 from heliosproxy.protocol.encodings import python_codec
 from heliosproxy.protocol.scan import ERROR_SEEN, ReplyScanner
+from heliosproxy.routing.consistency import SessionReads, error_sqlstate
 from heliosproxy.routing.router import Target
 from heliosproxy.session import adminproto, admission, flow, pgcompat, tls
 from heliosproxy.session.context import ProxyContext, QueryStat
@@ -311,6 +312,10 @@ class ClientSession(asyncio.Protocol):
         self.compat = pgcompat.ClientCompat()  # PgBouncer counters and timeouts
         self.tls = False  # TLS negotiated (heliosproxy/session/tls.py)
         self.held_paused = False  # reading paused: max_client_buffer reached (heliosproxy/session/flow.py)
+        self.reads = SessionReads()  # routing.consistency state (issue 11)
+        self.db_route = DatabaseRoute.AUTO  # databases: ALIAS route
+        self.hold: bytearray | None = None  # an auto-routed standby read's reply, held until its ReadyForQuery
+        self.hold_plan: Plan | None = None
 
     # ================================================================== asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -459,6 +464,11 @@ class ClientSession(asyncio.Protocol):
             self.backend_pool = None
 
     def _write(self, data: bytes) -> None:
+        if self.hold is not None:
+            self.hold += data
+            if len(self.hold) > 65536:
+                self._release_hold()
+            return
         if self.transport is not None and self.phase != CLOSED:
             self.ctx.counters.bytes_out += len(data)
             self.compat.sent(len(data))
@@ -763,10 +773,18 @@ class ClientSession(asyncio.Protocol):
                     self.branch_pref = branch
                     self.database = db or self.database
                 self.mode = pgcompat.login(self)
+                alias = ctx.config.database(self.database)
+                if alias is not None:
+                    self.db_route, self.database = alias.route, alias.dbname
+                    if alias.route is DatabaseRoute.STANDBY:
+                        self._startup_setting("default_transaction_read_only", "on")
                 if self.branch_pref:
                     target = ctx.router.branch(self.branch_pref)
                 else:
-                    target = await self._resolve(None, write=True)
+                    t = ctx.reads.login_target(self.db_route, self.mode)
+                    target = t if t is not None else await self._resolve(None, write=True)
+                    dbs = {k.database for k in ctx.pools.pools}
+                    await ctx.reads.admit_database(self.database, self.user, dbs, len(ctx.pools.pools))
                 pool = ctx.pools.get(target.node, target.database or self.database, self.user)
                 if self.mode is PoolMode.SESSION:
                     conn = await pool.acquire()
@@ -783,6 +801,7 @@ class ClientSession(asyncio.Protocol):
                 for k, v in self.startup.items():
                     if k not in params and pgcompat.reported(ctx.config, k):
                         params[k] = v  # pool.track_extra_parameters: not reported by the server itself
+                params.update(ctx.reads.reported_params(self.db_route))
         except HeliosError as exc:
             self.ctx.counters.login_failures += 1
             self._fatal(exc.sqlstate, exc.message)
@@ -1092,6 +1111,8 @@ class ClientSession(asyncio.Protocol):
         """Plugin route hook, hint, session SET, then classification. None = primary (resolved later)."""
         ctx = self.ctx
         router = ctx.router
+        if self.db_route is not DatabaseRoute.AUTO:  # databases: ALIAS with route primary | standby
+            return router.read_target() if self.db_route is DatabaseRoute.STANDBY else None
         if qctx is not None and ctx.plugins.has_route:
             r = ctx.plugins.route(qctx)
             if not isinstance(r, hooks.RouteDefault):
@@ -1125,13 +1146,13 @@ class ClientSession(asyncio.Protocol):
         tx = info.tx
         if tx is not None:
             if tx is TxControl.BEGIN_READ_ONLY and router.routing.read_write_split:
-                return router.read_target()
+                return ctx.reads.read_target(self.reads, self.last_write_at, info, self.database, self.user, None)
             return None
         if read_only and router.routing.read_write_split and self.mode is PoolMode.TRANSACTION:
-            ryw = router.routing.read_your_writes_ms
-            if ryw and (time.monotonic() - self.last_write_at) * 1000.0 < ryw:
-                return None
-            return router.read_target(hints.lag_ms if hints else None)
+            lag = hints.lag_ms if hints else None
+            if self.tx_status != codes.TX_IDLE:
+                return router.read_target(lag)  # runs where the transaction began
+            return ctx.reads.read_target(self.reads, self.last_write_at, info, self.database, self.user, lag)
         return None
 
     def _track_effects(self, info: StatementInfo) -> None:
@@ -1509,6 +1530,8 @@ class ClientSession(asyncio.Protocol):
     # ================================================================== dispatch to a backend
     def _dispatch(self, plan: Plan) -> None:
         """Send a plan on the bound backend, or get one (synchronously when the pool has an idle one)."""
+        if self.hold is not None:
+            self._release_hold()  # another request follows: no rerun may reorder them
         conn = self.backend
         if conn is not None:
             if (
@@ -1664,6 +1687,9 @@ class ClientSession(asyncio.Protocol):
         if self._just_bound:
             self._just_bound = False
             self._fresh = plan
+        tg = plan.target
+        if tg is not None and tg.auto and plan.sync and not self.pending and self.tx_status == codes.TX_IDLE:
+            self.hold, self.hold_plan = bytearray(), plan
         raw = plan.raw
         if (
             raw is not None
@@ -2013,6 +2039,8 @@ class ClientSession(asyncio.Protocol):
         prev = self.tx_status
         if pgcompat.refuse_transaction(self, status):
             return
+        if self.hold is not None and self._retry_held(conn, status):
+            return
         self.tx_status = status
         conn.tx_status = status
         if self.pending:
@@ -2040,6 +2068,13 @@ class ClientSession(asyncio.Protocol):
             info = fl.info if fl is not None else None
             if info is None or not (info.effects & _REPORTING or info.tx is not None):
                 self._pin_for("the server reported a parameter change the proxy did not make")
+        if (
+            fl is not None
+            and fl.target is None
+            and self.mode is PoolMode.TRANSACTION
+            and (fl.info is not None or self.last_write_at > self.reads.ack_at)
+        ):
+            self.ctx.reads.acknowledged(self.reads, fl.info, status == codes.TX_IDLE, self.database)
         if (
             status == codes.TX_IDLE
             and self.pending == 0
@@ -2151,6 +2186,47 @@ class ClientSession(asyncio.Protocol):
             self.pinned = True
             log.debug("client %s pinned to its server connection (%s)", self.peer, reason)
 
+    def _release_hold(self) -> None:
+        hold = self.hold
+        self.hold = self.hold_plan = None
+        if hold:
+            self._write(bytes(hold))
+
+    def _retry_held(self, conn: BackendConnection, status: int) -> bool:
+        """The held read is complete: rerun it on the primary if the standby refused it as a write
+        (25006, nothing ran), else let its reply through. True when it was rerun."""
+        hold, plan = self.hold, self.hold_plan
+        if (
+            hold is None
+            or plan is None
+            or status != codes.TX_IDLE
+            or self.pending != 1
+            or self.stalled is not None
+            or self.pinned
+            or self.expect
+            or error_sqlstate(hold) != "25006"
+        ):
+            self._release_hold()
+            return False
+        self.hold = self.hold_plan = None
+        self.pending = 0
+        if self.inflight:
+            self.inflight.popleft()
+        self.tx_status = conn.tx_status = status
+        self.ctx.reads.retried_read_only += 1
+        log.debug("client %s: standby %s refused a read as a write (25006); rerun on the primary", self.peer, conn.node)
+        self._unbind(reusable=True)
+        plan.target = None
+        plan.write = True
+        self.stalled = plan  # holds the client's next messages until the rerun is sent
+        self._call_soon(self._rerun, plan)
+        return True
+
+    def _rerun(self, plan: Plan) -> None:
+        if self.stalled is plan:
+            self.stalled = None
+            self._resume_stalled(plan)
+
     def _resume_stalled(self, plan: Plan) -> None:
         if self.phase != READY:
             return
@@ -2210,6 +2286,8 @@ class ClientSession(asyncio.Protocol):
         """
         if conn is not self.backend:
             return
+        if self.hold is not None:
+            self._release_hold()
         relayed_fatal = self.scanner.fatal
         owed = bool(
             self.pending

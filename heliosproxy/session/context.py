@@ -13,6 +13,7 @@ from heliosproxy.backends.registry import Registry
 from heliosproxy.config.schema import Config
 from heliosproxy.plugins.manager import PluginManager
 from heliosproxy.pool.manager import PoolManager
+from heliosproxy.routing.consistency import ReadPlanner
 from heliosproxy.routing.router import Router
 from heliosproxy.session.admission import LoginGate
 from heliosproxy.session.pgcompat import StatsBook
@@ -52,6 +53,7 @@ class ProxyContext:
     router: Router
     classifier: Classifier
     plugins: PluginManager
+    reads: ReadPlanner  # auto-routed reads: consistency, function volatility, catalog checks
     worker_id: int = 0
     clients: set[ClientSession] = field(default_factory=set)
     cancel_keys: dict[tuple[int, int], ClientSession] = field(default_factory=dict)

@@ -109,6 +109,10 @@ class StatementInfo:
     calls_unknown: bool = False
     # Settings to read back from the server after the statement (Effect.READBACK).
     readback: tuple[str, ...] = ()
+    # Functions called that are not schema-qualified with pg_catalog nor in write_functions, as
+    # (schema or None, lowercased name, argument count): routing checks their volatility in pg_proc.
+    functions: tuple[tuple[str | None, str, int], ...] = ()
+    ddl: bool = False  # a statement other than DML/queries/session commands (may change the catalog)
 
 
 _ADVISORY_SESSION_LOCKS: Final = frozenset(
@@ -165,6 +169,16 @@ _SESSION_CHARACTERISTICS: Final = {
     "transaction_read_only": "default_transaction_read_only",
     "transaction_deferrable": "default_transaction_deferrable",
 }
+# Statement kinds that do not change the catalog (anything else may create or alter a function).
+_NOT_DDL: Final = frozenset(
+    {
+        "SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "TransactionStmt",
+        "VariableSetStmt", "VariableShowStmt", "ExplainStmt", "CopyStmt", "PrepareStmt", "ExecuteStmt",
+        "DeallocateStmt", "DeclareCursorStmt", "FetchStmt", "ClosePortalStmt", "ListenStmt",
+        "UnlistenStmt", "NotifyStmt", "DiscardStmt", "LockStmt", "CallStmt", "VacuumStmt",
+        "CheckPointStmt", "ConstraintsSetStmt",
+    }
+)
 _CURSOR_OPT_HOLD: Final = 0x0020
 _FALSE_WORDS: Final = frozenset({"false", "off", "0", "no"})
 _SIMPLE_IDENT_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_$")
@@ -200,6 +214,7 @@ class _Scan:
         "adv_lock",
         "ctes",
         "dirty",
+        "funcs",
         "into",
         "lock",
         "nested_write",
@@ -224,6 +239,7 @@ class _Scan:
         self.dirty = False
         self.pg_temp = False  # something is named in a pg_temp schema
         self.unknown_call = False
+        self.funcs: list[tuple[str | None, str, int]] = []
 
     def walk(self, root: Any, wf: _WriteFunctions) -> None:
         stack: list[Any] = [root]
@@ -289,10 +305,14 @@ class _Scan:
         if len(names) == 1 or (len(names) == 2 and names[0] == "pg_catalog"):
             if last in wf.plain:
                 self.write_call = True
+            elif len(names) == 1:
+                self.funcs.append((None, last, len(fields.get("args", ()))))
             if last in _ADVISORY_SESSION_LOCKS:
                 self.adv_lock = True
         elif ".".join(names) in wf.qualified:
             self.write_call = True
+        else:
+            self.funcs.append((names[-2], last, len(fields.get("args", ()))))
 
 
 @functools.cache
@@ -373,6 +393,7 @@ class _Builder:
         "ctes",
         "deallocate",
         "effects",
+        "funcs",
         "kinds",
         "ranges",
         "read_only",
@@ -397,10 +418,13 @@ class _Builder:
         self.unknown_call = False
         self.readback: list[str] = []
         self.tx_mark: int | None = None  # len(settings) at this string's BEGIN
+        self.funcs: dict[tuple[str | None, str, int], None] = {}
 
     def absorb(self, scan: _Scan) -> None:
         self.ranges.extend(scan.ranges)
         self.ctes |= scan.ctes
+        for f in scan.funcs:
+            self.funcs.setdefault(f, None)
 
     def tables(self) -> tuple[str, ...]:
         seen: dict[str, None] = {}
@@ -582,6 +606,7 @@ def _explain(fields: dict[str, Any], b: _Builder, wf: _WriteFunctions) -> None:
         b.read_only = b.read_only and inner.read_only
         b.ranges.extend(inner.ranges)
         b.ctes |= inner.ctes
+        b.funcs.update(inner.funcs)
         b.effects |= inner.effects
         b.sensitive = b.sensitive or inner.sensitive
 
@@ -667,6 +692,8 @@ def _analyze(sql: str, normalized: str, wf: _WriteFunctions) -> tuple[StatementI
         deallocate=tuple(b.deallocate),
         calls_unknown=b.unknown_call,
         readback=tuple(dict.fromkeys(b.readback)),
+        functions=tuple(b.funcs),
+        ddl=any(k not in _NOT_DDL for k in b.kinds),
     )
     return info, not b.sensitive and not b.settings
 

@@ -47,8 +47,8 @@ def test_help_runs_and_names_every_flag() -> None:
 def test_defaults_and_quick_plan() -> None:
     full = bench_run.parse_args([])
     assert full.targets == [
-        "direct", "pgbouncer", "heliosproxy", "heliosproxy-rw", "heliosproxy-wasm", "heliosproxy-2w",
-        "pgbouncer-tls", "heliosproxy-tls",
+        "direct", "pgbouncer", "heliosproxy", "heliosproxy-rw", "heliosproxy-rw-eventual", "heliosproxy-wasm",
+        "heliosproxy-2w", "pgbouncer-tls", "heliosproxy-tls",
     ]
     assert full.modes == ["simple", "extended", "prepared"]
     assert (full.clients, full.seconds, full.rounds, full.idle_clients) == ([1, 16, 64], 10.0, 3, 5000)
