@@ -241,6 +241,8 @@ class Server:
         except OSError as exc:
             self.reloads_failed += 1
             self.last_reload_error = f"{new.source}: {exc.strerror or exc}"
+            log.error("%s reload: %s", requested_by, self.last_reload_error,
+                      extra={"event": "reload", "requested_by": requested_by, "outcome": "failed"})
             return False, self.last_reload_error
         reload_certificates()
         self.ctx.tls_context = tls_context

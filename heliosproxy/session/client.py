@@ -389,7 +389,7 @@ class ClientSession(asyncio.Protocol):
                 if not conn.closed:
                     self._spawn(self._cancel_and_close(conn, pool))
             elif pool is not None:
-                if self._temp_schema:
+                if self._temp_schema and self.mode is PoolMode.TRANSACTION:
                     # DISCARD ALL drops temp objects but not the backend's temp schema: a fresh
                     # session must not find one (pg_temp would resolve differently). Close it.
                     conn.close()
@@ -786,6 +786,7 @@ class ClientSession(asyncio.Protocol):
                     dbs = {k.database for k in ctx.pools.pools}
                     await ctx.reads.admit_database(self.database, self.user, dbs, len(ctx.pools.pools))
                 pool = ctx.pools.get(target.node, target.database or self.database, self.user)
+                pgcompat.count_login(self)
                 if self.mode is PoolMode.SESSION:
                     conn = await pool.acquire()
                     try:

@@ -136,14 +136,18 @@ def login(client: ClientSession) -> PoolMode:
     ctx = client.ctx
     if client.database in ctx.disabled_databases:
         raise HeliosError(f'database "{client.database}" is disabled', sqlstate="08P01")
-    st = book(ctx).of(client.database)
-    st.client_login_count += 1
-    client.compat.db = st
     mode = ctx.pools.mode_for(client.user, client.database)
     if mode is PoolMode.STATEMENT:
         client.compat.statement_mode = True
         return PoolMode.TRANSACTION
     return mode
+
+
+def count_login(client: ClientSession) -> None:
+    """The login was admitted (the database exists): count it in its database's statistics."""
+    st = book(client.ctx).of(client.database)
+    st.client_login_count += 1
+    client.compat.db = st
 
 
 def reported(config: Config, name: str) -> bool:

@@ -74,8 +74,10 @@ def test_wrong_password_is_one_warning_with_the_address(proxy_factory: ProxyFact
 
 
 def test_reload_logs_who_asked_and_the_outcome(proxy_factory: ProxyFactory) -> None:
-    proxy = proxy_factory(JSON_LOG)
-    req = urllib.request.Request(proxy.admin_url + "/api/reload", method="POST", data=b"")
+    proxy = proxy_factory({"log": {"format": "json"}, "admin": {"users": ["app"], "token": "t0ken"}})
+    # POSTs need the admin token and a non-form content type (issue 12)
+    auth = {"Authorization": "Bearer t0ken", "Content-Type": "application/json"}
+    req = urllib.request.Request(proxy.admin_url + "/api/reload", method="POST", data=b"", headers=auth)
     with urllib.request.urlopen(req, timeout=5) as r:
         assert r.status == 200
     (ok,) = wait_for(proxy, "reload")
@@ -90,8 +92,9 @@ def test_reload_logs_who_asked_and_the_outcome(proxy_factory: ProxyFactory) -> N
 
     proxy.config_path.write_text("nodes: [")  # a broken file: the reload fails, the old config stays
     with pytest.raises(urllib.error.HTTPError) as err:
-        urllib.request.urlopen(urllib.request.Request(proxy.admin_url + "/api/reload", method="POST", data=b""),
-                               timeout=5)
+        urllib.request.urlopen(
+            urllib.request.Request(proxy.admin_url + "/api/reload", method="POST", data=b"", headers=auth), timeout=5
+        )
     assert err.value.code == 422
     failed = wait_for(proxy, "reload", 3)[2]
     assert (failed["outcome"], failed["level"]) == ("failed", "error")
