@@ -294,7 +294,12 @@ def test_http_bearer_token(cluster: PgCluster, proxy_factory: ProxyFactory) -> N
     locked = proxy_factory({"admin": {"token": "s3cret", "metrics_auth": True}, "workers": 2})
     assert _http(locked, "/metrics")[0] == 401
     assert _http(locked, "/metrics", token="wrong")[0] == 401
-    status, text = _http(locked, "/metrics", token="s3cret")
+    deadline = time.monotonic() + 10  # worker 1 may still be starting its link when worker 0 listens
+    while True:
+        status, text = _http(locked, "/metrics", token="s3cret")
+        if 'worker="1"' in text or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert status == 200 and "heliosproxy_queries_total" in text
     assert 'worker="0"' in text and 'worker="1"' in text  # every worker's samples, as without the token
     assert _http(locked, "/live")[0] == 200
