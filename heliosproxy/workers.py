@@ -42,6 +42,7 @@ class WorkerLink:
         # Other requests a peer may make: op byte -> function returning the answer's bytes.
         self.handlers: dict[bytes, Callable[[], bytes]] = {b"S": self._snapshot_bytes}
         self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # cancel forwards in flight (referenced until done)
 
     def path(self, worker: int) -> str:
         return str(self.rundir / f"w{worker}.sock")
@@ -84,7 +85,14 @@ class WorkerLink:
         target = key & 0xFF
         if target == self.worker_id or target >= self.workers:
             return
-        asyncio.get_running_loop().create_task(self._send_cancel(target, pid, key))
+        task = asyncio.get_running_loop().create_task(self._send_cancel(target, pid, key))
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("forwarding a cancel request failed: %r", task.exception())
 
     async def _send_cancel(self, worker: int, pid: int, key: int) -> None:
         try:

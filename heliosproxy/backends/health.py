@@ -257,6 +257,7 @@ class HealthMonitor:
         self.checks_total = 0
         self.check_failures_total = 0
         self._running = False
+        self._stopping: set[asyncio.Task[None]] = set()  # checkers of removed nodes, stopping
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -270,6 +271,11 @@ class HealthMonitor:
             await checker.stop()
         self.checkers.clear()
 
+    def _stopped(self, task: asyncio.Task[None]) -> None:
+        self._stopping.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("stopping a health checker failed: %r", task.exception())
+
     def configure(self, config: Config) -> None:
         """After a reload (the registry is already reconfigured): checkers for added nodes, none for removed."""
         self.config = config
@@ -279,7 +285,9 @@ class HealthMonitor:
             node = self.registry.nodes.get(name)
             if node is None:
                 checker = self.checkers.pop(name)
-                asyncio.get_running_loop().create_task(checker.stop())
+                task = asyncio.get_running_loop().create_task(checker.stop())
+                self._stopping.add(task)
+                task.add_done_callback(self._stopped)
             elif self.checkers[name].conn is not None and (
                 self.checkers[name].conn.host,  # type: ignore[union-attr]
                 self.checkers[name].conn.port,  # type: ignore[union-attr]
