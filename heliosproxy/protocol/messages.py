@@ -176,3 +176,25 @@ def decode_startup(body: bytes) -> tuple[int, dict[str, str]]:
     for k, v in zip(items[0::2], items[1::2], strict=True):
         params[k.decode()] = v.decode()
     return code, params
+
+
+def bind_result_formats(msg: bytes, pos: int) -> list[int]:
+    """Walk a Bind after its two names (`pos`): format codes, parameters, result formats, and nothing
+    more; returns the result-column format codes. Raises ValueError/struct.error when malformed."""
+    h = struct.Struct("!H").unpack_from
+    i = struct.Struct("!i").unpack_from
+    n = h(msg, pos)[0]
+    pos += 2 + 2 * n
+    n = h(msg, pos)[0]
+    pos += 2
+    for _ in range(n):
+        ln = i(msg, pos)[0]
+        pos += 4
+        if ln > 0:
+            pos += ln
+        elif ln < -1:
+            raise ValueError("invalid parameter length")
+    n = h(msg, pos)[0]
+    if pos + 2 + 2 * n != len(msg):
+        raise ValueError("invalid message length")
+    return [h(msg, pos + 2 + 2 * k)[0] for k in range(n)]

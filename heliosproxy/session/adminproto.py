@@ -17,16 +17,7 @@ INT8, INT4, TEXT, NUMERIC = 20, 23, 25, 1700
 
 def _result_formats(msg: bytes, pos: int) -> list[int]:
     """The result-column format codes of a Bind message (`pos`: just after the statement name)."""
-    n = _H.unpack_from(msg, pos)[0]
-    pos += 2 + 2 * n
-    n = _H.unpack_from(msg, pos)[0]
-    pos += 2
-    for _ in range(n):
-        ln = _i.unpack_from(msg, pos)[0]
-        pos += 4 + max(ln, 0)
-    n = _H.unpack_from(msg, pos)[0]
-    return [_H.unpack_from(msg, pos + 2 + 2 * k)[0] for k in range(n)]
-
+    return messages.bind_result_formats(msg, pos)
 
 def _oids(rowdesc: bytes) -> list[int]:
     n = _H.unpack_from(rowdesc, 5)[0]

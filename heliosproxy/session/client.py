@@ -121,25 +121,6 @@ def _stale_plan(m: bytes) -> bool:
     )
 
 
-def _check_bind_tail(msg: bytes, pos: int) -> None:
-    """Bind after its two names: format codes, parameters, result formats, and nothing more."""
-    n = _H.unpack_from(msg, pos)[0]
-    pos += 2 + 2 * n
-    n = _H.unpack_from(msg, pos)[0]
-    pos += 2
-    for _ in range(n):
-        ln = _i.unpack_from(msg, pos)[0]
-        pos += 4
-        if ln > 0:
-            pos += ln
-        elif ln < -1:
-            raise ValueError("invalid parameter length")
-    n = _H.unpack_from(msg, pos)[0]
-    pos += 2 + 2 * n
-    if pos != len(msg):
-        raise ValueError("invalid message length")
-
-
 def _row_texts(m: bytes, codec: str) -> list[str | None]:
     """The text values of one DataRow message."""
     n = _H.unpack_from(m, 5)[0]
@@ -1299,7 +1280,7 @@ class ClientSession(asyncio.Protocol):
                 portal = msg[5:end].decode(self._codec)
                 p2 = msg.index(0, end + 1) + 1
                 stmt = msg[end + 1 : p2 - 1].decode(self._codec)
-                _check_bind_tail(msg, p2)
+                messages.bind_result_formats(msg, p2)  # validates the rest of the Bind
                 decoded = (portal, stmt, p2)
             elif t == codes.F_DESCRIBE or t == codes.F_CLOSE:
                 kind = msg[5]
