@@ -178,15 +178,11 @@ def decode_startup(body: bytes) -> tuple[int, dict[str, str]]:
     return code, params
 
 
-_H_BIND = struct.Struct("!H")
-_i_BIND = struct.Struct("!i")
-
-
 def bind_result_formats(msg: bytes, pos: int) -> list[int]:
     """Walk a Bind after its two names (`pos`): format codes, parameters, result formats, and nothing
     more; returns the result-column format codes. Raises ValueError/struct.error when malformed."""
-    h = _H_BIND.unpack_from
-    i = _i_BIND.unpack_from
+    h = _H.unpack_from
+    i = _i.unpack_from
     n = h(msg, pos)[0]
     pos += 2 + 2 * n
     n = h(msg, pos)[0]
