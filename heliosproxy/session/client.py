@@ -79,8 +79,6 @@ _NO_RESET_ALL = frozenset(
 _RESET = "\x00reset"  # in BackendConnection.applied: the server has its own default for this name
 _SEND_CAREFULLY = _FORGETS | Effect.READBACK
 _TEMP_SCHEMA = Effect.TEMP_TABLE | Effect.DIRTY
-# Statement kinds (pglast node names) that change the schema: Create*, Alter*, Drop*, Rename*, ...
-_DDL_PREFIXES = frozenset({"Crea", "Alte", "Drop", "Rena", "Defi", "Comp", "View", "Inde"})
 _UNREADABLE = classify_uncached("\x00")  # text not valid in the client's encoding: a write, to the primary
 
 
@@ -1138,7 +1136,7 @@ class ClientSession(asyncio.Protocol):
         return None
 
     def _track_effects(self, info: StatementInfo) -> None:
-        if any(k[:4] in _DDL_PREFIXES for k in info.kinds):
+        if info.ddl:
             self.ctx.schema_epoch += 1  # plans made before it may be stale: prepare afresh
         if info.calls_unknown and self.ctx.config.pool.strict_isolation:
             self._pin_for("a function with unknown effects (pool.strict_isolation)")
