@@ -64,7 +64,8 @@ _COMPLETES = {
     codes.F_FUNCTION_CALL: frozenset((codes.B_READY_FOR_QUERY,)),
 }
 _ASYNC = frozenset((codes.B_NOTICE, codes.B_NOTIFICATION, codes.B_PARAMETER_STATUS))
-PASS, HIDE, SYNTH, HOLD = 0, 1, 2, 3  # HOLD: keep the answer until its ReadyForQuery (maybe retry)
+PASS, HIDE, SYNTH, HOLD, REPLACE = 0, 1, 2, 3, 4  # HOLD: keep the answer until its ReadyForQuery (maybe retry)
+# REPLACE: the server's ErrorResponse to this message is replaced by Expect.data (an error of the proxy's).
 _FATAL_SEVERITY = frozenset((b"SFATAL", b"SPANIC"))
 _HELIOS = Effect.HELIOS_SET | Effect.HELIOS_SHOW
 _OWN_SESSION = Effect.DISCARD | Effect.DEALLOCATE
@@ -83,6 +84,8 @@ _UNREADABLE = classify_uncached("\x00")  # text not valid in the client's encodi
 
 
 _NAMED = frozenset((codes.F_PARSE, codes.F_BIND, codes.F_DESCRIBE, codes.F_CLOSE))
+# A Bind of a statement no server has: makes a server fail at that point of a pipeline (Plan.inject).
+_FAIL_BIND = messages.msg(codes.F_BIND, b"\x00hp_no_such_statement\x00\x00\x00\x00\x00\x00\x00")
 
 
 def _names_in(batch: list[tuple[int, bytes, Any]]) -> bool:
@@ -152,7 +155,7 @@ def _quote(value: str) -> str:
 class Expect:
     """One request the backend will answer, and what to do with its answer (slow relay path)."""
 
-    __slots__ = ("action", "capture", "client", "data", "failed", "kind", "rows")
+    __slots__ = ("action", "capture", "client", "data", "failed", "kind", "rows", "stmt")
 
     def __init__(
         self,
@@ -169,6 +172,7 @@ class Expect:
         self.client = client  # a client's own Parse: its statement name
         self.rows: list[list[str | None]] = []
         self.failed = False
+        self.stmt: Statement | None = None  # a synthesized ParseComplete: the client's statement
 
 
 class Inflight:
@@ -190,7 +194,7 @@ class Inflight:
 class Plan:
     """What to send for one client request once a backend is at hand."""
 
-    __slots__ = ("answer", "batch", "dbs", "info", "qctx", "raw", "retries", "sync", "target", "write")
+    __slots__ = ("answer", "batch", "dbs", "info", "inject", "qctx", "raw", "retries", "sync", "target", "write")
 
     def __init__(
         self,
@@ -214,6 +218,9 @@ class Plan:
         # (55006); the statement is retried once after closing them.
         self.dbs: tuple[str, ...] = ()
         self.retries = 0  # sent again because the pooled server it got was already gone
+        # An error of the proxy's inside a pipeline the server has begun: the server is made to fail
+        # at this point too (skipping to the Sync, as it would have), and the client sees this error.
+        self.inject: bytes | None = None
 
     @classmethod
     def deferred(cls, answer: bytes | None) -> Plan:
@@ -263,6 +270,8 @@ class ClientSession(asyncio.Protocol):
         self.rbuf = bytearray()
         self.batch: list[tuple[int, bytes, Any]] = []
         self.skip_to_sync = False  # an extended-protocol error was answered: ignore messages until Sync
+        self.unsynced = False  # the bound server has extended messages of this client with no Sync after them
+        self._mute = False  # slow relay: drop the server's answers until its ReadyForQuery
         self.statements: dict[str, Statement] = {}
         self.unnamed: Statement | None = None
         self.inflight: collections.deque[Inflight] = collections.deque()
@@ -362,7 +371,7 @@ class ClientSession(asyncio.Protocol):
             if self._write_paused and conn.transport is not None and not conn.closed:
                 conn.transport.resume_reading()
             pool = self.backend_pool
-            busy = self.pending > 0 or self.tx_status != codes.TX_IDLE or bool(self.expect)
+            busy = self.pending > 0 or self.tx_status != codes.TX_IDLE or bool(self.expect) or self.unsynced
             if busy:
                 # Leave no running query behind: cancel it, then drop the connection.
                 if not conn.closed:
@@ -947,7 +956,12 @@ class ClientSession(asyncio.Protocol):
                     if t == codes.F_SYNC:
                         self.skip_to_sync = False
                         self.batch.clear()
-                        self._answer(b"")
+                        if self.backend is not None and self.unsynced:
+                            # The server has part of this pipeline (and failed where the proxy did): its
+                            # ReadyForQuery ends the pipeline for the client.
+                            self._dispatch(Plan(None, None, [(t, msg, None)], None, None, True, False))
+                        else:
+                            self._answer(b"")
                 elif t == codes.F_SYNC or t == codes.F_FLUSH:
                     self.batch.append((t, msg, None))
                     self._on_batch_end(t == codes.F_SYNC)
@@ -961,6 +975,10 @@ class ClientSession(asyncio.Protocol):
         finally:
             if pos:
                 del buf[:pos]
+        if self.batch and self.stalled is None and self.phase == READY and not self.skip_to_sync and not self.admin:
+            # A server runs extended-protocol messages as they arrive: forward what the client has
+            # sent so far instead of holding it until a Sync or Flush that may come late.
+            self._on_batch_end(False, partial=True)
         if self.stalled is not None and len(buf) > max_size:
             self._pause_reading()
         if self.pending >= cap:
@@ -1043,7 +1061,19 @@ class ClientSession(asyncio.Protocol):
                 # A name the proxy gives shared statements: never the client's, never to deallocate.
                 self._answer_error("26000", f'prepared statement "{target}" does not exist')
                 return True
-        if info.statements != 1 or self.pinned or self.tx_status != codes.TX_IDLE or self.pending or self.expect:
+        if info.statements != 1 or self.pending or self.expect:
+            return False
+        if (
+            info.deallocate
+            and info.deallocate[0] is not None
+            and info.deallocate[0] in self.statements
+            and self.tx_status != codes.TX_FAILED
+        ):
+            # A protocol-level statement of this client: servers only know it by its shared name.
+            del self.statements[info.deallocate[0]]
+            self._answer(messages.command_complete("DEALLOCATE"))
+            return True
+        if self.pinned or self.tx_status != codes.TX_IDLE:
             return False  # pinned: the server holds this client's state alone and is told
         if info.effects & Effect.DISCARD:
             self.settings = dict(self.startup_settings)
@@ -1145,12 +1175,6 @@ class ClientSession(asyncio.Protocol):
             return
         if effects & Effect.LISTEN:
             self._listen_pid = True
-        if effects & Effect.DEALLOCATE:
-            for target in info.deallocate:
-                if target is None:
-                    self.statements.clear()
-                else:
-                    self.statements.pop(target, None)
         if effects & _TEMP_SCHEMA:
             self._temp_schema = True
         if info.pins and not self.pinned and self.mode is PoolMode.TRANSACTION:
@@ -1298,13 +1322,14 @@ class ClientSession(asyncio.Protocol):
             return
         self.batch.append((t, msg, decoded))
 
-    def _on_batch_end(self, sync: bool) -> None:
+    def _on_batch_end(self, sync: bool, partial: bool = False) -> None:
+        """The client sent Sync or Flush, or stopped sending mid-pipeline (`partial`): judge, route, dispatch."""
         batch = self.batch
         self.batch = []
         if self.admin:
             self._admin_batch(batch)
             return
-        if len(batch) == 1 and self.backend is None and not self.pending:
+        if len(batch) == 1 and not partial and self.backend is None and not self.pending:
             if sync:
                 self._write(messages.ready_for_query(self.tx_status))
             return
@@ -1323,13 +1348,13 @@ class ClientSession(asyncio.Protocol):
                 if name and rename and name in self.statements:
                     if self.tx_status == codes.TX_FAILED and not _exits_transaction(sql):
                         # A server checks the aborted transaction first.
-                        self._batch_error(batch, "25P02", _ABORTED, sync)
+                        self._batch_error(batch, "25P02", _ABORTED, sync, i)
                     else:
-                        self._batch_error(batch, "42P05", f'prepared statement "{name}" already exists', sync)
+                        self._batch_error(batch, "42P05", f'prepared statement "{name}" already exists', sync, i)
                     return
                 judged = self._judge(name, sql, tail, raw, readable)
                 if isinstance(judged, HeliosError):
-                    self._batch_error(batch, judged.sqlstate, judged.message, sync)
+                    self._batch_error(batch, judged.sqlstate, judged.message, sync, i)
                     return
                 st = judged
                 if st.raw is not raw:  # rewritten by a plugin
@@ -1352,7 +1377,7 @@ class ClientSession(asyncio.Protocol):
                     # The plugin set changed since this statement was judged: judge it again.
                     again = self._rejudge(st2)
                     if isinstance(again, HeliosError):
-                        self._batch_error(batch, again.sqlstate, again.message, sync)
+                        self._batch_error(batch, again.sqlstate, again.message, sync, i)
                         return
                     st2 = again
                 if st2.cached is not None:
@@ -1367,12 +1392,14 @@ class ClientSession(asyncio.Protocol):
                     hints = st2.hints
                 if want_ctx:
                     qctx = self._query_ctx(st2.sql, st2.info)
+            elif t == codes.F_CLOSE and rename and dec[0] == 83 and dec[1]:
+                self.statements.pop(dec[1], None)  # in order: a Parse of the same name may follow
             elif t == codes.F_DESCRIBE and dec[0] == ord("S"):
                 st3 = self.statements.get(dec[1]) if dec[1] else self.unnamed
                 if st3 is not None and st3.generation != plugins.generation:
                     again = self._rejudge(st3)
                     if isinstance(again, HeliosError):
-                        self._batch_error(batch, again.sqlstate, again.message, sync)
+                        self._batch_error(batch, again.sqlstate, again.message, sync, i)
                         return
                     st3 = again
                 if st3 is not None and st3.cached is not None and not any_stmt:
@@ -1381,12 +1408,21 @@ class ClientSession(asyncio.Protocol):
         if not any_stmt:
             # Parse/Describe/Close only: nothing executes, any node that knows the statement will do.
             read_only = all(t != codes.F_EXECUTE for t, _m, _d in batch)
-            if self.backend is None and not self.pending and rename and self._local_batch(batch, sync):
+            if (
+                self.backend is None
+                and not self.pending
+                and rename
+                and not partial
+                and self._local_batch(batch, sync)
+            ):
                 return
+        if not sync:
+            # The rest of this pipeline goes to the same server, and may write: the primary.
+            read_only = False
         try:
             target = self._route(info, hints, qctx, read_only) if info is not None else None
         except HeliosError as exc:
-            self._batch_error(batch, exc.sqlstate, exc.message, sync)
+            self._batch_error(batch, exc.sqlstate, exc.message, sync, len(batch))
             return
         self._dispatch(Plan(target, None, batch, info, qctx, sync, not read_only))
 
@@ -1463,13 +1499,37 @@ class ClientSession(asyncio.Protocol):
         self._write(b"".join(out))
         return True
 
-    def _batch_error(self, batch: list[tuple[int, bytes, Any]], sqlstate: str, message: str, sync: bool) -> None:
-        """Answer a batch that must not run: the error, then (at Sync) ReadyForQuery, like a server."""
+    def _unrecord(self, batch: list[tuple[int, bytes, Any]]) -> None:
+        """The client was answered with an error for this batch: the Parses it recorded made no statements."""
+        for t, _m, dec in batch:
+            if t == codes.F_PARSE and dec is not None:
+                if dec[0]:
+                    self.statements.pop(dec[0], None)
+                else:
+                    self.unnamed = None
+
+    def _batch_error(
+        self, batch: list[tuple[int, bytes, Any]], sqlstate: str, message: str, sync: bool, at: int
+    ) -> None:
+        """Answer a batch that must not run (its message `at` failed): the error, then (at Sync) ReadyForQuery."""
+        self._unrecord(batch[:at])
+        body = messages.error_response("ERROR", sqlstate, message)
+        if self.backend is not None and self.unsynced:
+            # The server runs the start of this pipeline: make it fail here too, so that it skips to
+            # the Sync and rolls back as it would have; the client sees the proxy's error in its place.
+            items: list[tuple[int, bytes, Any]] = [(codes.F_BIND, _FAIL_BIND, ("", "", 0))]
+            if sync:
+                items.append((codes.F_SYNC, messages.SYNC, None))
+            else:
+                self.skip_to_sync = True
+            plan = Plan(None, None, items, None, None, sync, False)
+            plan.inject = body
+            self._dispatch(plan)
+            return
         if sync:
             self._answer_error(sqlstate, message)
             return
         # Flush, not Sync: like a server, send the error now and ignore messages until the Sync.
-        body = messages.error_response("ERROR", sqlstate, message)
         if self.pending or self.expect:
             self.stalled = Plan.deferred(body)
         else:
@@ -1518,14 +1578,13 @@ class ClientSession(asyncio.Protocol):
                 self.pending
                 and not self.slow
                 and plan.batch is not None
-                and self.mode is PoolMode.TRANSACTION
-                and _names_in(plan.batch)
+                and ((self.mode is PoolMode.TRANSACTION and _names_in(plan.batch)) or plan.inject is not None)
             ):
                 # Pipelined after replies we relay unparsed: statement renaming may need to filter
                 # replies, which is only safe from a message boundary. Send it once those are in.
                 self.stalled = plan
                 return
-            if self.pinned or self.mode is PoolMode.SESSION or self.tx_status != codes.TX_IDLE:
+            if self.unsynced or self.pinned or self.mode is PoolMode.SESSION or self.tx_status != codes.TX_IDLE:
                 self._send(conn, plan)
                 return
             want = plan.target
@@ -1631,6 +1690,10 @@ class ClientSession(asyncio.Protocol):
         body = messages.error_response("ERROR", exc.sqlstate, exc.message)
         if plan.sync:
             body += messages.ready_for_query(self.tx_status)
+        elif plan.batch is not None:
+            self.skip_to_sync = True  # like a server after an error: nothing more until the Sync
+        if plan.batch is not None:
+            self._unrecord(plan.batch)
         self._write(body)
         if plan.info is not None:
             self._record(plan.info, 0.0, True)
@@ -1649,6 +1712,7 @@ class ClientSession(asyncio.Protocol):
         self.scanner.reset()
         self.slow = self._listening
         self.rbuf.clear()
+        self._mute = False
         self._just_bound = True
         self._fresh = None
         conn.attach(self)
@@ -1658,17 +1722,29 @@ class ClientSession(asyncio.Protocol):
         pool = self.backend_pool
         self.backend = None
         self.backend_pool = None
+        self.unsynced = False
         if conn is not None and self._write_paused and conn.transport is not None and not conn.closed:
             conn.transport.resume_reading()  # never hand a paused connection to someone else
         if conn is not None and pool is not None:
             pool.release(conn, reusable and not conn.poisoned)
 
     def _send(self, conn: BackendConnection, plan: Plan) -> None:
+        continues = self.unsynced  # the server already has the start of this pipeline
+        self.unsynced = plan.batch is not None and not plan.sync
         if self._just_bound:
             self._just_bound = False
             self._fresh = plan
+        elif self._fresh is not None:
+            self._fresh = None  # more than one request on it: no longer resent as a whole
         tg = plan.target
-        if tg is not None and tg.auto and plan.sync and not self.pending and self.tx_status == codes.TX_IDLE:
+        if (
+            tg is not None
+            and tg.auto
+            and plan.sync
+            and not continues
+            and not self.pending
+            and self.tx_status == codes.TX_IDLE
+        ):
             self.hold, self.hold_plan = bytearray(), plan
         raw = plan.raw
         if (
@@ -1695,6 +1771,7 @@ class ClientSession(asyncio.Protocol):
             and not self.ctx.plugins.has_post_query
             and (self.mode is PoolMode.SESSION or not _names_in(plan.batch))
             and not (plan.info is not None and plan.info.effects & _SEND_CAREFULLY)
+            and plan.sync  # unsynced: later messages may need their replies filtered (Plan.inject)
         ):
             # Nothing to rename or filter: forward the batch as the client sent it, in one write.
             if plan.sync:
@@ -1716,7 +1793,11 @@ class ClientSession(asyncio.Protocol):
         if plan.batch is not None:
             rename = self.mode is PoolMode.TRANSACTION
             for t, msg, dec in plan.batch:
-                if rename and t == codes.F_PARSE and dec[0]:
+                if plan.inject is not None and msg is _FAIL_BIND:
+                    out.append(msg)
+                    fix.append(Expect(t, REPLACE, plan.inject))
+                    need_fix = True
+                elif rename and t == codes.F_PARSE and dec[0]:
                     st = self.statements.get(dec[0])
                     if st is None:
                         out.append(msg)
@@ -1724,7 +1805,9 @@ class ClientSession(asyncio.Protocol):
                         continue
                     if st.server in conn.prepared:
                         conn.prepared.move_to_end(st.server)
-                        fix.append(Expect(0, SYNTH, messages.PARSE_COMPLETE))
+                        synth = Expect(0, SYNTH, messages.PARSE_COMPLETE)
+                        synth.stmt = st  # refused instead if the server's transaction has failed by then
+                        fix.append(synth)
                     else:
                         out.append(_parse_msg(st))
                         fix.append(Expect(t, PASS, st.server.encode(), client=st.name))
@@ -1778,7 +1861,7 @@ class ClientSession(asyncio.Protocol):
                 need_fix = True
             else:
                 self._pin_for("set_config() before a Flush")
-        if need_fix or self.slow or self.ctx.plugins.has_post_query:
+        if need_fix or self.slow or self.ctx.plugins.has_post_query or not plan.sync:
             if not self.slow:
                 self.slow = True
                 self.rbuf.clear()
@@ -1789,14 +1872,16 @@ class ClientSession(asyncio.Protocol):
         if plan.write:
             self.last_write_at = time.monotonic()
         info = plan.info
-        if info is not None and info.effects & _FORGETS and (info.effects & Effect.DISCARD or None in info.deallocate):
-            # The server may drop every prepared statement here, shared ones included: forget what
-            # it holds, and keep it from anyone else unless this session owns it alone.
-            conn.prepared.clear()
-            if info.effects & Effect.DISCARD:
-                conn.applied = {}
-            if not self.pinned and self.mode is PoolMode.TRANSACTION:
-                conn.poisoned = True
+        if (
+            info is not None
+            and info.effects & _FORGETS
+            and (info.effects & Effect.DISCARD or None in info.deallocate)
+            and not self.pinned
+            and self.mode is PoolMode.TRANSACTION
+        ):
+            # The server may drop every prepared statement here, shared ones included: keep it from
+            # anyone else, as this session does not own it alone (what it dropped is settled at its answer).
+            conn.poisoned = True
         data = b"".join(out)
         conn.write(data)
         if not out and self.slow:
@@ -1912,9 +1997,27 @@ class ClientSession(asyncio.Protocol):
         readies: list[int] = []
         pos = 0
         n = len(rbuf)
+        status = conn.tx_status  # the server's transaction status at this point of its replies
+        mute = self._mute
         while True:
             while expect and expect[0].action == SYNTH:
-                out.append(expect.popleft().data)
+                e = expect.popleft()
+                if e.stmt is not None and status == codes.TX_FAILED and not _exits_transaction(e.stmt.sql):
+                    # The server would refuse this Parse in its aborted transaction: so does the proxy.
+                    if self.statements.get(e.stmt.name) is e.stmt:
+                        del self.statements[e.stmt.name]
+                    out.append(messages.error_response("ERROR", "25P02", _ABORTED))
+                    if self.inflight:
+                        self.inflight[0].error = f"25P02: {_ABORTED}"
+                    # What the server answers to the rest of this batch (it refuses it in the aborted
+                    # transaction) is not shown: a server skips to the Sync after an error.
+                    while expect and expect[0].kind not in (codes.F_SYNC, codes.F_QUERY, codes.F_FUNCTION_CALL):
+                        skipped = expect.popleft()
+                        if skipped.kind == codes.F_PARSE and skipped.data:
+                            conn.prepared.pop(skipped.data.decode(), None)
+                    mute = True
+                    continue
+                out.append(e.data)
             if n - pos < 5:
                 break
             t = rbuf[pos]
@@ -1923,6 +2026,11 @@ class ClientSession(asyncio.Protocol):
                 break
             m = bytes(rbuf[pos:end])
             pos = end
+            if t == codes.B_READY_FOR_QUERY:
+                status = m[5]
+                mute = False
+            elif mute and t not in _ASYNC:
+                continue
             head = expect[0] if expect else None
             if head is not None and head.action == HOLD:
                 self._held.append(m)
@@ -1966,7 +2074,9 @@ class ClientSession(asyncio.Protocol):
                     self._forget_failed(conn, head.data.decode(), head.client)
                 if m[5:11] in _FATAL_SEVERITY and not (head is not None and head.action == HIDE):
                     self.scanner.fatal = True
-                if head is not None and head.action == HIDE:
+                if head is not None and head.action == REPLACE:
+                    out.append(head.data)
+                elif head is not None and head.action == HIDE:
                     f = messages.parse_error_fields(m[5:])
                     log.warning("client %s: hidden statement failed on %s: %s", self.peer, conn.node, f.get("M"))
                     if head.kind == codes.F_QUERY:
@@ -2003,6 +2113,7 @@ class ClientSession(asyncio.Protocol):
                 expect.popleft()
                 if t == codes.B_PARSE_COMPLETE and head.data:
                     self.ctx.remember_statement(head.data.decode())
+        self._mute = mute
         if pos:
             del rbuf[:pos]
         if out:
@@ -2026,8 +2137,11 @@ class ClientSession(asyncio.Protocol):
         if self.pending:
             self.pending -= 1
         fl = self.inflight.popleft() if self.inflight else None
-        if fl is not None and fl.info is not None and fl.info.effects & _STATE_EFFECTS and fl.error is None:
-            self._settle(fl.info, conn)
+        if fl is not None and fl.info is not None and fl.info.effects:
+            if fl.info.effects & _FORGETS and (fl.error is None or fl.info.statements > 1):
+                self._forget(fl.info, conn)
+            if fl.info.effects & _STATE_EFFECTS and fl.error is None:
+                self._settle(fl.info, conn)
         if status == codes.TX_IDLE and self._committed is not None:
             self._end_transaction(fl, conn, prev)
         if (
@@ -2059,6 +2173,7 @@ class ClientSession(asyncio.Protocol):
             status == codes.TX_IDLE
             and self.pending == 0
             and not self.expect
+            and not self.unsynced
             and self.mode is PoolMode.TRANSACTION
             and not self.pinned
         ):
@@ -2071,6 +2186,20 @@ class ClientSession(asyncio.Protocol):
             self._call_soon(self._resume_stalled, plan)
         if self.held_paused:
             flow.drained(self)  # fewer statements in flight: maybe read the client again
+
+    def _forget(self, info: StatementInfo, conn: BackendConnection) -> None:
+        """DEALLOCATE / DISCARD ALL ran on the server (a failed one changed nothing): forget what it dropped.
+        A query string of several statements that failed may have run it before its error: assumed so."""
+        if info.effects & Effect.DISCARD or None in info.deallocate:
+            conn.prepared.clear()  # shared statements too: the server no longer has them
+            self.statements.clear()
+            self.unnamed = None
+            if info.effects & Effect.DISCARD:
+                conn.applied = {}
+            return
+        for target in info.deallocate:
+            if target is not None:
+                self.statements.pop(target, None)
 
     def _settle(self, info: StatementInfo, conn: BackendConnection) -> None:
         self._settle_settings(info.effects, info.settings, conn)
@@ -2274,8 +2403,10 @@ class ClientSession(asyncio.Protocol):
             or self.expect
             or self.inflight
             or self.tx_status != codes.TX_IDLE
+            or self.unsynced
             or (self.stalled is not None and self.stalled.answer is None)
         )
+        self.unsynced = False
         self.backend = None
         pool = self.backend_pool
         self.backend_pool = None
@@ -2284,6 +2415,7 @@ class ClientSession(asyncio.Protocol):
         self.expect.clear()
         self.slow = False
         self.rbuf.clear()
+        self._mute = False
         self.scanner.reset()
         if self.phase != READY:
             return
