@@ -269,8 +269,9 @@ async def _decide_later(
 ) -> None:
     try:
         outcome = await _outcome(session, action, pid)
-    except (HeliosError, QueryError, OSError, TimeoutError) as exc:
-        sqlstate = getattr(exc, "sqlstate", None) or "08006"
+    except Exception as exc:  # a lookup that failed is the client's error, never a traceback
+        log.warning("client %s user=%s: cannot signal PID %d: %r", session.peer, session.user, pid, exc)
+        sqlstate = exc.sqlstate if isinstance(exc, (HeliosError, QueryError)) and exc.sqlstate else "08006"
         outcome = ("error", (sqlstate, f"cannot check the permission to signal PID {pid}: {exc}"), None)
     session.stalled = None
     if session.transport is None or session.transport.is_closing():
