@@ -81,9 +81,10 @@ def _worker_of(pid: int) -> int:
 
 
 def _find(ctx: ProxyContext, pid: int) -> ClientSession | None:
+    """The live client session given `pid` (admin console sessions are no server sessions)."""
     for (p, _key), session in ctx.cancel_keys.items():
         if p == pid:
-            return session
+            return None if session.admin else session
     return None
 
 

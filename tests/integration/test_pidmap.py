@@ -215,3 +215,21 @@ def test_terminate_in_either_mode_gives_one_fatal(cluster: PgCluster, proxy_fact
         fields = victim.read_error(timeout=10)
         assert (fields["S"], fields["C"]) == ("FATAL", "57P01")
         assert victim.closed_within(5)
+
+
+def test_inside_a_transaction_block(cluster: PgCluster, proxy_factory: ProxyFactory) -> None:
+    """Answered by the proxy, yet the transaction behaves as on a server: an error fails it."""
+    proxy = proxy_factory({"pool": {"size": 3, "mode": "transaction"}, "routing": SPLIT_OFF})
+    with connect(proxy) as killer, connect(proxy) as victim, connect(proxy, "md5user") as other:
+        killer.execute("BEGIN")
+        killer.execute("SELECT 1")
+        assert killer.execute("SELECT pg_cancel_backend(%s)", (victim.info.backend_pid,)).fetchone() == (True,)
+        killer.execute("COMMIT")
+        killer.execute("BEGIN")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            killer.execute("SELECT pg_terminate_backend(%s)", (other.info.backend_pid,))
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            killer.execute("SELECT 1")
+        killer.execute("ROLLBACK")
+        assert other.execute("SELECT 5").fetchone() == (5,)
+        assert victim.execute("SELECT 6").fetchone() == (6,)
