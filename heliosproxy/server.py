@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -29,6 +30,7 @@ from heliosproxy.protocol.tls import client_tls_context
 from heliosproxy.routing.catalog import Catalog
 from heliosproxy.routing.consistency import ReadPlanner
 from heliosproxy.routing.router import Router
+from heliosproxy.session import pidmap
 from heliosproxy.session.context import ProxyContext
 from heliosproxy.session.pgcompat import Janitor
 from heliosproxy.sql.classify import Classifier
@@ -100,6 +102,8 @@ class Server:
             self.ctx.close_idle_elsewhere = link.close_idle_everywhere
             link.handlers[b"M"] = lambda: self.metrics.exposition()[0]
             self.ctx.on_cancel_miss = link.forward_cancel
+            link.on_pid = functools.partial(pidmap.serve, self.ctx)
+            self.ctx.ask_pid = link.ask_pid
             await link.start()
         for extra in self.extras:
             await extra.start()

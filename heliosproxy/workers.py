@@ -2,8 +2,9 @@
 
 Each worker listens on its own unix socket in a run directory made by the supervisor. A worker
 that receives a CancelRequest for a key another worker issued (the worker id sits in the key's
-low byte) forwards it there; worker 0 asks every worker for a stats snapshot when the admin
-console or /metrics wants the whole process group's numbers.
+low byte) forwards it there; pg_cancel_backend/pg_terminate_backend of a PID another worker issued
+(the worker id sits in bits 24-29 of the PID) are asked of that worker (op P); worker 0 asks every
+worker for a stats snapshot when the admin console or /metrics wants the whole process group's numbers.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from heliosproxy.config.schema import Config
 
 log = logging.getLogger("heliosproxy.workers")
 _II = struct.Struct("!II")
+_IB = struct.Struct("!IB")
 
 
 class WorkerLink:
@@ -39,6 +41,9 @@ class WorkerLink:
         self.on_cancel: Callable[[int, int], bool] | None = None
         self.snapshot: Callable[[], dict[str, Any]] | None = None
         self.on_close_idle: Callable[[str], int] | None = None  # close idle connections to a database
+        # pg_cancel_backend/pg_terminate_backend of a PID this worker issued (session/pidmap.py):
+        # (pid, action) -> the answer's bytes.
+        self.on_pid: Callable[[int, int], bytes] | None = None
         # Other requests a peer may make: op byte -> function returning the answer's bytes.
         self.handlers: dict[bytes, Callable[[], bytes]] = {b"S": self._snapshot_bytes}
         self._server: asyncio.AbstractServer | None = None
@@ -70,6 +75,11 @@ class WorkerLink:
                 database = (await asyncio.wait_for(reader.readexactly(n), 2.0)).decode()
                 closed = self.on_close_idle(database) if self.on_close_idle is not None else 0
                 writer.write(struct.pack("!II", 4, closed))
+                await writer.drain()
+            elif op == b"P":
+                pid, action = _IB.unpack(await asyncio.wait_for(reader.readexactly(_IB.size), 2.0))
+                data = self.on_pid(pid, action) if self.on_pid is not None else b""
+                writer.write(struct.pack("!I", len(data)) + data)
                 await writer.drain()
             elif op in self.handlers:
                 data = self.handlers[op]()
@@ -104,6 +114,23 @@ class WorkerLink:
         with contextlib.suppress(ConnectionError):
             await writer.drain()
         writer.close()
+
+    async def ask_pid(self, worker: int, pid: int, action: int) -> bytes | None:
+        """Ask `worker` about (or to signal) the session it gave `pid`; None if it does not answer."""
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(self.path(worker)), 2.0)
+        except (OSError, TimeoutError) as exc:
+            log.warning("cannot reach worker %d about PID %d: %s", worker, pid, exc)
+            return None
+        try:
+            writer.write(b"P" + _IB.pack(pid, action))
+            n = struct.unpack("!I", await asyncio.wait_for(reader.readexactly(4), 2.0))[0]
+            return await asyncio.wait_for(reader.readexactly(n), 2.0)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            log.warning("worker %d did not answer about PID %d: %s", worker, pid, exc)
+            return None
+        finally:
+            writer.close()
 
     async def ask_all(self, op: bytes) -> list[tuple[int, bytes]]:
         """Ask every other worker for `op` (see handlers); workers that do not answer are left out."""

@@ -27,7 +27,7 @@ from heliosproxy.protocol.encodings import python_codec
 from heliosproxy.protocol.scan import ERROR_SEEN, ReplyScanner
 from heliosproxy.routing.consistency import SessionReads, error_sqlstate
 from heliosproxy.routing.router import Target
-from heliosproxy.session import adminproto, admission, flow, pgcompat, tls
+from heliosproxy.session import adminproto, admission, flow, pgcompat, pidmap, tls
 from heliosproxy.session.context import ProxyContext, QueryStat
 from heliosproxy.session.prepared import Statement, server_name
 from heliosproxy.sql.classify import (
@@ -1038,6 +1038,8 @@ class ClientSession(asyncio.Protocol):
                             return
                         info = ctx.classifier.classify(sql)
                         qctx = self._query_ctx(sql, info)
+        if info.signal is not None and pidmap.on_query(self, info.signal):
+            return  # pg_cancel_backend/pg_terminate_backend of a PID the proxy issued
         try:
             target = self._route(info, hints, qctx, info.read_only)
         except HeliosError as exc:
@@ -1383,6 +1385,10 @@ class ClientSession(asyncio.Protocol):
                 if st2.cached is not None:
                     self._batch_cached(batch, st2, sync)
                     return
+                if st2.info.signal is not None and pidmap.on_batch(
+                    self, batch, st2.info.signal, _msg, dec[2], st2.tail, sync, rename
+                ):
+                    return  # pg_cancel_backend/pg_terminate_backend of a PID the proxy issued
                 any_stmt = True
                 info = st2.info
                 if self.compat.statement_mode and pgcompat.refuse_block(self, info):

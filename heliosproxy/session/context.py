@@ -64,6 +64,8 @@ class ProxyContext:
     on_cancel_miss: Callable[[int, int], None] | None = None  # multi-worker cancel forwarding
     # Multi-worker: ask the other workers to close their idle connections to a database.
     close_idle_elsewhere: Callable[[str], Awaitable[None]] | None = None
+    # Multi-worker: (worker, pid, action) -> what that worker answers about a PID it issued (session/pidmap.py).
+    ask_pid: Callable[[int, int, int], Awaitable[bytes | None]] | None = None
     known_statements: dict[str, None] = field(default_factory=dict)  # server names some backend accepted
     # Bumped when DDL passes through the proxy or a server reports a stale plan: shared server
     # statements prepared from then on get new names, so nobody reuses a plan made before it.

@@ -20,6 +20,7 @@ __all__ = [
     "Classifier",
     "ClassifierStats",
     "Effect",
+    "SignalCall",
     "StatementInfo",
     "TxControl",
     "classify_uncached",
@@ -74,6 +75,20 @@ Setting = tuple[str, str | None, bool]
 
 
 @dataclass(frozen=True, slots=True)
+class SignalCall:
+    """A statement that is exactly `SELECT [pg_catalog.]pg_cancel_backend(pid) [AS name]` or
+    `SELECT [pg_catalog.]pg_terminate_backend(pid[, timeout]) [AS name]` (session/pidmap.py).
+
+    args: per argument, ("const", value) for an integer literal (optionally cast) or
+    ("param", n) for the parameter $n (optionally cast); an argument of any other shape makes
+    the statement not a SignalCall."""
+
+    function: str  # "pg_cancel_backend" | "pg_terminate_backend"
+    column: str  # the result column's name: the alias, else the function's name
+    args: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class StatementInfo:
     """What the proxy needs to know about one query string (one or more statements).
 
@@ -113,6 +128,8 @@ class StatementInfo:
     # (schema or None, lowercased name, argument count): routing checks their volatility in pg_proc.
     functions: tuple[tuple[str | None, str, int], ...] = ()
     ddl: bool = False  # a statement other than DML/queries/session commands (may change the catalog)
+    # The whole string is one `SELECT pg_cancel_backend(..)` / `pg_terminate_backend(..)` call.
+    signal: SignalCall | None = None
 
 
 _ADVISORY_SESSION_LOCKS: Final = frozenset(
@@ -400,6 +417,7 @@ class _Builder:
         "readback",
         "sensitive",
         "settings",
+        "signal",
         "tx",
         "tx_mark",
         "unknown_call",
@@ -418,6 +436,7 @@ class _Builder:
         self.unknown_call = False
         self.readback: list[str] = []
         self.tx_mark: int | None = None  # len(settings) at this string's BEGIN
+        self.signal: SignalCall | None = None
         self.funcs: dict[tuple[str | None, str, int], None] = {}
 
     def absorb(self, scan: _Scan) -> None:
@@ -465,6 +484,10 @@ def _statement(kind: str, fields: dict[str, Any], b: _Builder, wf: _WriteFunctio
         b.effects |= Effect.DIRTY
         return
     b.read_only = b.read_only and kind == "SelectStmt"
+    if kind == "SelectStmt":
+        b.signal = _signal_call(fields)
+        if b.signal is not None:
+            b.sensitive = True  # the record holds the literal PID: never shared with other values
     scan = _Scan()
     scan.walk({kind: fields}, wf)  # wrapped, so the statement's own node is inspected too
     if scan.set_config:
@@ -646,6 +669,49 @@ def _set_config_setting(call: dict[str, Any], kind: str, fields: dict[str, Any])
     return (name.lower(), value, False)
 
 
+_SIGNAL_FUNCTIONS: Final = {"pg_cancel_backend": 1, "pg_terminate_backend": 2}  # name -> most arguments
+
+
+def _signal_arg(node: Any) -> tuple[str, int] | None:
+    if not isinstance(node, dict):
+        return None
+    if "TypeCast" in node:
+        node = node["TypeCast"].get("arg")
+        if not isinstance(node, dict):
+            return None
+    if "ParamRef" in node:
+        return ("param", int(node["ParamRef"].get("number", 0)))
+    const = node.get("A_Const")
+    if isinstance(const, dict) and "ival" in const:
+        return ("const", int(const["ival"].get("ival", 0)))
+    return None
+
+
+def _signal_call(fields: dict[str, Any]) -> SignalCall | None:
+    """`SELECT pg_cancel_backend(x)` / `SELECT pg_terminate_backend(x[, y])` and nothing else."""
+    targets = fields.get("targetList", ())
+    if len(targets) != 1 or set(fields) - {"targetList", "limitOption", "op"}:
+        return None
+    if fields.get("op", "SETOP_NONE") != "SETOP_NONE":
+        return None
+    target = targets[0].get("ResTarget", {})
+    call = target.get("val", {}).get("FuncCall")
+    if not isinstance(call, dict) or set(call) - {"funcname", "args", "funcformat", "location"}:
+        return None
+    names = _func_name(call)
+    if len(names) == 2 and names[0] == "pg_catalog":
+        names = names[1:]
+    if len(names) != 1 or names[0] not in _SIGNAL_FUNCTIONS:
+        return None
+    raw_args = call.get("args", ())
+    if not 1 <= len(raw_args) <= _SIGNAL_FUNCTIONS[names[0]]:
+        return None
+    args = tuple(_signal_arg(a) for a in raw_args)
+    if any(a is None for a in args):
+        return None
+    return SignalCall(names[0], str(target.get("name") or names[0]), tuple(a for a in args if a is not None))
+
+
 def _unparseable(sql: str) -> StatementInfo:
     return StatementInfo(
         read_only=False,
@@ -694,6 +760,7 @@ def _analyze(sql: str, normalized: str, wf: _WriteFunctions) -> tuple[StatementI
         readback=tuple(dict.fromkeys(b.readback)),
         functions=tuple(b.funcs),
         ddl=any(k not in _NOT_DDL for k in b.kinds),
+        signal=b.signal if len(stmts) == 1 else None,
     )
     return info, not b.sensitive and not b.settings
 
