@@ -975,9 +975,18 @@ class ClientSession(asyncio.Protocol):
         finally:
             if pos:
                 del buf[:pos]
-        if self.batch and self.stalled is None and self.phase == READY and not self.skip_to_sync and not self.admin:
+        batch = self.batch
+        if (
+            batch
+            and batch[-1][0] == codes.F_EXECUTE
+            and self.stalled is None
+            and self.phase == READY
+            and not self.skip_to_sync
+            and not self.admin
+        ):
             # A server runs extended-protocol messages as they arrive: forward what the client has
-            # sent so far instead of holding it until a Sync or Flush that may come late.
+            # sent so far up to an Execute (the first message with an effect a client can wait
+            # for) instead of holding it until a Sync or Flush that may come late.
             self._on_batch_end(False, partial=True)
         if self.stalled is not None and len(buf) > max_size:
             self._pause_reading()

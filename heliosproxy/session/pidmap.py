@@ -383,7 +383,7 @@ def on_batch(
                 out.append(messages.CLOSE_COMPLETE)
         session._write(b"".join(out))
         if kind == "error":
-            session._batch_error(batch, value[0], value[1], sync)
+            session._batch_error(batch, value[0], value[1], sync, 0)  # its Parse was answered: kept
         elif sync:
             session._answer(b"")
 
