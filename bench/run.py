@@ -518,6 +518,7 @@ class Plan:
     connect_clients: int = 16
     scale: int = 10
     extra: dict[str, Any] = field(default_factory=dict)
+    baseline: Path | None = None  # target heliosproxy-base runs the package of this checkout
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Plan:
@@ -525,6 +526,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Plan:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 1 round, 3 s, clients 1 and 16, 1000 idle clients")
+    ap.add_argument("--baseline", metavar="DIR", type=Path,
+                    help="also run target heliosproxy-base: the heliosproxy package of another checkout "
+                         "(e.g. a git worktree of an older commit), same config as heliosproxy")
     ap.add_argument("--only", metavar="TARGETS", help=f"comma list of targets (default all: {','.join(ALL_TARGETS)})")
     ap.add_argument("--modes", metavar="MODES",
                     help="comma list of pgbench -M modes (default simple,extended,prepared)")
@@ -549,6 +553,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Plan:
         return items
 
     targets = csv(a.only, ALL_TARGETS, ALL_TARGETS, "target")
+    if a.baseline is not None:
+        targets = [*targets, "heliosproxy-base"]
     modes = csv(a.modes, ALL_MODES, ALL_MODES, "mode")
     try:
         clients = [int(c) for c in csv(a.clients, ("1", "16") if a.quick else ("1", "16", "64"), None, "clients")]
@@ -563,7 +569,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Plan:
     idle = a.idle_clients if a.idle_clients is not None else (1000 if a.quick else 5000)
     return Plan(targets=targets, modes=modes, clients=clients, seconds=seconds, rounds=rounds,
                 connect=not a.no_connect, rss=not a.no_rss, idle_clients=idle, profile=a.profile,
-                sampling_rate=a.sampling_rate, scale=a.scale, extra={"quick": a.quick})
+                sampling_rate=a.sampling_rate, scale=a.scale, extra={"quick": a.quick},
+                baseline=a.baseline.resolve() if a.baseline else None)
 
 
 def _median(values: Sequence[float | None]) -> float | None:
@@ -742,7 +749,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bouncers.append(tls_bouncer)
                 targets["pgbouncer-tls"] = Target("pgbouncer-tls", tls_bouncer.port, tls_bouncer.pid,
                                                   session_db=pgb.SESSION_DB, sslmode="require")
-            for name in PROXY_TARGETS:
+            for name in (*PROXY_TARGETS, "heliosproxy-base"):
                 if name not in plan.targets:
                     continue
                 plugins = str(noop_plugin_dir(plugin_tmp)) if name == "heliosproxy-wasm" else None
@@ -757,7 +764,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if name == "heliosproxy-tls":
                     assert tls_files is not None
                     cfg["tls"] = {"mode": "require", "cert": str(tls_files[0]), "key": str(tls_files[1])}
-                proxy = ProxyProcess(cfg)
+                proxy = ProxyProcess(cfg, cwd=plan.baseline if name == "heliosproxy-base" else None)
                 proxies.append(proxy)
                 targets[name] = Target(name, proxy.port, proxy.pid,
                                        sslmode="require" if name in TLS_TARGETS else "disable")

@@ -197,4 +197,4 @@ def bind_result_formats(msg: bytes, pos: int) -> list[int]:
     n = h(msg, pos)[0]
     if pos + 2 + 2 * n != len(msg):
         raise ValueError("invalid message length")
-    return [h(msg, pos + 2 + 2 * k)[0] for k in range(n)]
+    return [h(msg, pos + 2 + 2 * k)[0] for k in range(n)] if n else []

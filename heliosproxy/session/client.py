@@ -330,8 +330,12 @@ class ClientSession(asyncio.Protocol):
         self._login_timer = asyncio.get_running_loop().call_later(ctx.config.client_login_timeout, self._login_timeout)
 
     def data_received(self, data: bytes) -> None:
-        self.ctx.counters.bytes_in += len(data)
-        self.compat.received(len(data))
+        n = len(data)
+        self.ctx.counters.bytes_in += n
+        compat = self.compat
+        compat.request_time = time.monotonic()
+        if compat.db is not None:
+            compat.db.received += n
         self.buf += data
         try:
             phase = self.phase
@@ -340,7 +344,7 @@ class ClientSession(asyncio.Protocol):
                     self._process()
                 elif len(self.buf) > self.ctx.config.max_client_buffer:
                     self._pause_reading()  # waiting for a server: bound what we hold for this client
-                flow.check(self)
+                flow.check_cheaply(self)
             elif phase == STARTUP:
                 self._on_startup()
             elif phase == AUTH:
@@ -458,8 +462,11 @@ class ClientSession(asyncio.Protocol):
                 self._release_hold()
             return
         if self.transport is not None and self.phase != CLOSED:
-            self.ctx.counters.bytes_out += len(data)
-            self.compat.sent(len(data))
+            n = len(data)
+            self.ctx.counters.bytes_out += n
+            db = self.compat.db
+            if db is not None:
+                db.sent += n
             self.transport.write(data)
 
     def _fatal(self, sqlstate: str, message: str, detail: str | None = None, event: str = "client_fatal") -> None:
@@ -1468,7 +1475,7 @@ class ClientSession(asyncio.Protocol):
             text,
             tail,
             sinfo,
-            server_name(text, tail, ctx.schema_epoch),
+            server_name(text, tail, ctx.schema_epoch) if name else "",  # only named ones are renamed
             parse_hints(text) if "helios:" in text else None,
             verdict,
             data,
@@ -1723,7 +1730,8 @@ class ClientSession(asyncio.Protocol):
             conn.transport.pause_reading()
         self.backend = conn
         self.backend_pool = pool
-        self.compat.assigned()
+        if self.compat.db is not None:
+            self.compat.db.server_assignment_count += 1
         self.scanner.reset()
         self.slow = self._listening
         self.rbuf.clear()
@@ -2143,7 +2151,7 @@ class ClientSession(asyncio.Protocol):
 
     def _on_ready(self, conn: BackendConnection, status: int) -> None:
         prev = self.tx_status
-        if pgcompat.refuse_transaction(self, status):
+        if self.compat.statement_mode and pgcompat.refuse_transaction(self, status):
             return
         if self.hold is not None and self._retry_held(conn, status):
             return

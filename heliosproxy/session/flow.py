@@ -13,6 +13,9 @@ if TYPE_CHECKING:
 PER_STATEMENT = 512
 # Statements taken from one client per event-loop callback: a pipelining client cannot delay the others.
 BURST = 256
+# Below this many bytes of input and statements in flight, check() is skipped: the transports' own
+# write buffers are bounded by their high-water marks (pause_writing), far below max_client_buffer.
+CHEAP_BELOW = 64 * 1024
 
 
 def held(session: ClientSession) -> int:
@@ -25,6 +28,17 @@ def held(session: ClientSession) -> int:
     if session.transport is not None:
         n += session.transport.get_write_buffer_size()
     return n
+
+
+def check_cheaply(session: ClientSession) -> None:
+    """check(), skipped while what the proxy holds is clearly small (the common case, per client read).
+    The client's own write buffer is left out here: its high-water mark pauses the server instead."""
+    n = len(session.buf) + (session.pending + len(session.expect)) * PER_STATEMENT
+    conn = session.backend
+    if conn is not None and conn.transport is not None:
+        n += conn.transport.get_write_buffer_size()
+    if n > min(CHEAP_BELOW, session.ctx.config.max_client_buffer // 4):
+        check(session)
 
 
 def check(session: ClientSession) -> None:

@@ -55,12 +55,14 @@ class ProxyProcess:
         start: bool = True,
         start_timeout: float = 15.0,
         env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.tmpdir = Path(tempfile.mkdtemp(prefix="helios-proxy-"))
         self.config_path = self.tmpdir / "heliosproxy.yaml"
         self.log_path = self.tmpdir / "proxy.log"
         self.start_timeout = start_timeout
         self.env = dict(env or {})
+        self.cwd = cwd or REPO_ROOT  # the checkout whose heliosproxy package runs (bench --baseline: another)
         self.config = self._fill(dict(config))
         self._write(self.config)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -146,7 +148,7 @@ class ProxyProcess:
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "heliosproxy", "run", "--config", str(self.config_path)],
-                cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                cwd=self.cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT,
             )
         finally:
