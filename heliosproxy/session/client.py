@@ -2227,7 +2227,7 @@ class ClientSession(asyncio.Protocol):
     def _settle(self, info: StatementInfo, conn: BackendConnection) -> None:
         self._settle_settings(info.effects, info.settings, conn)
 
-    def _settle_settings(self, effects: Effect, changes: tuple[Setting, ...], conn: BackendConnection) -> None:
+    def _settle_settings(self, effects: int, changes: tuple[Setting, ...], conn: BackendConnection) -> None:
         """The server accepted a statement that changes session settings: record what it did.
 
         Both the session's view and the server connection's are updated; inside a transaction

@@ -44,31 +44,34 @@ class TxControl(enum.Enum):
     ROLLBACK_PREPARED = "rollback_prepared"
 
 
-class Effect(enum.Flag):
-    """Session-state effects of a statement string (union over its statements)."""
+class Effect:
+    """Session-state effects of a statement string (union over its statements): bits of an int.
 
-    NONE = 0
-    SET = enum.auto()  # session-level SET of a GUC (incl. SET ... TO DEFAULT, SET ROLE, ...)
-    RESET = enum.auto()  # RESET name / RESET ALL
-    DISCARD = enum.auto()  # DISCARD ALL only (PLANS/SEQUENCES/TEMP are not flagged)
-    LISTEN = enum.auto()
-    UNLISTEN = enum.auto()
-    PREPARE = enum.auto()  # SQL-level PREPARE
-    DEALLOCATE = enum.auto()  # SQL-level DEALLOCATE [ALL]
-    HOLD_CURSOR = enum.auto()  # DECLARE ... WITH HOLD
-    TEMP_TABLE = enum.auto()  # CREATE TEMP TABLE/VIEW/SEQUENCE, CREATE TABLE AS / SELECT INTO TEMP
-    ADVISORY_LOCK = enum.auto()  # session-level pg_[try_]advisory_lock[_shared] (not the xact ones)
-    SET_LOCAL = enum.auto()  # SET LOCAL of a GUC (transaction-scoped)
+    Plain int masks, not enum.Flag: the session tests them per statement, and int arithmetic costs
+    no Python call."""
+
+    NONE: Final = 0
+    SET: Final = 1 << 0  # session-level SET of a GUC (incl. SET ... TO DEFAULT, SET ROLE, ...)
+    RESET: Final = 1 << 1  # RESET name / RESET ALL
+    DISCARD: Final = 1 << 2  # DISCARD ALL only (PLANS/SEQUENCES/TEMP are not flagged)
+    LISTEN: Final = 1 << 3
+    UNLISTEN: Final = 1 << 4
+    PREPARE: Final = 1 << 5  # SQL-level PREPARE
+    DEALLOCATE: Final = 1 << 6  # SQL-level DEALLOCATE [ALL]
+    HOLD_CURSOR: Final = 1 << 7  # DECLARE ... WITH HOLD
+    TEMP_TABLE: Final = 1 << 8  # CREATE TEMP TABLE/VIEW/SEQUENCE, CREATE TABLE AS / SELECT INTO TEMP
+    ADVISORY_LOCK: Final = 1 << 9  # session-level pg_[try_]advisory_lock[_shared] (not the xact ones)
+    SET_LOCAL: Final = 1 << 10  # SET LOCAL of a GUC (transaction-scoped)
     # Session effects the proxy cannot model exactly: any DO, set_config() other than the plain
     # `SELECT set_config(const, const, const)`, dblink*, temp-schema DDL of other kinds. The
     # client is pinned to its server connection (reset before anyone else gets it).
-    DIRTY = enum.auto()
+    DIRTY: Final = 1 << 11
     # set_config() of a known setting whose value (or whether it runs) is only known at run
     # time: the proxy reads the setting back right after the statement (`readback` names).
-    READBACK = enum.auto()
+    READBACK: Final = 1 << 12
     # The two below are answered by the proxy itself and never sent to a backend.
-    HELIOS_SET = enum.auto()  # SET / RESET helios.*
-    HELIOS_SHOW = enum.auto()  # SHOW helios.*
+    HELIOS_SET: Final = 1 << 13  # SET / RESET helios.*
+    HELIOS_SHOW: Final = 1 << 14  # SHOW helios.*
 
 
 Setting = tuple[str, str | None, bool]
@@ -112,7 +115,7 @@ class StatementInfo:
     normalized: str
     fingerprint: str
     tx: TxControl | None
-    effects: Effect
+    effects: int  # Effect bits
     settings: tuple[Setting, ...]
     statements: int
     parse_error: bool

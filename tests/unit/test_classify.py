@@ -275,7 +275,7 @@ EFFECTS = [
 
 
 @pytest.mark.parametrize(("sql", "effects", "settings_"), EFFECTS)
-def test_effects_and_settings(sql: str, effects: Effect, settings_: tuple[tuple[str, str | None, bool], ...]) -> None:
+def test_effects_and_settings(sql: str, effects: int, settings_: tuple[tuple[str, str | None, bool], ...]) -> None:
     i = info(sql)
     assert i.parse_error is False
     assert i.effects == effects
