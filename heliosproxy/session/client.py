@@ -244,6 +244,7 @@ class ClientSession(asyncio.Protocol):
         self.startup: dict[str, str] = {}
         self.settings: dict[str, str] = {}  # session GUCs the client set (startup params, SET)
         self.startup_settings: dict[str, str] = {}  # what RESET goes back to
+        self.login_params: dict[str, str] = {}  # ParameterStatus values the client got at login
         self.attrs: dict[str, str] = {}  # helios.* attributes (SET helios.tenant = ...), seen by plugins
         # Settings before the open transaction changed them (restored on rollback), and the
         # server connection's record of the same moment; None outside such a transaction.
@@ -814,6 +815,7 @@ class ClientSession(asyncio.Protocol):
             return
         self.client_id = f"c{self.pid:x}"
         ctx.cancel_keys[(self.pid, self.key)] = self
+        self.login_params = params
         out = [messages.AUTH_OK_MSG]
         out.extend(messages.parameter_status(k, v) for k, v in params.items())
         out.append(messages.backend_key_data(self.pid, self.key))
@@ -1094,11 +1096,13 @@ class ClientSession(asyncio.Protocol):
         if self.pinned or self.tx_status != codes.TX_IDLE:
             return False  # pinned: the server holds this client's state alone and is told
         if info.effects & Effect.DISCARD:
+            # As a server would: report the parameters that go back to their login values.
+            reports = self._reset_reports()
             self.settings = dict(self.startup_settings)
             self.statements.clear()
             self.unnamed = None
             self._set_codec()
-            self._answer(messages.command_complete("DISCARD ALL"))
+            self._answer(reports + messages.command_complete("DISCARD ALL"))
             return True
         target = info.deallocate[0] if info.deallocate else ""
         if target is None:
@@ -1110,6 +1114,20 @@ class ClientSession(asyncio.Protocol):
             self._answer(messages.command_complete("DEALLOCATE"))
             return True
         return False  # not ours: the server answers (26000, or a SQL-level statement of a pinned client)
+
+    def _reset_reports(self) -> bytes:
+        """ParameterStatus messages a server sends when DISCARD ALL resets this session's settings:
+        each reported parameter the client changed, back to its value at login."""
+        login = {k.lower(): (k, v) for k, v in self.login_params.items()}
+        out: list[bytes] = []
+        startup = self.startup_settings
+        for name, value in self.settings.items():
+            key = name.lower()
+            if key in login and startup.get(name) != value:
+                out.append(messages.parameter_status(*login[key]))
+                if key == "session_authorization" and "is_superuser" in login:
+                    out.append(messages.parameter_status(*login["is_superuser"]))
+        return b"".join(out)
 
     def _set_codec(self) -> None:
         self._codec = python_codec(self.settings.get("client_encoding"))
