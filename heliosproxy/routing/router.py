@@ -20,7 +20,7 @@ class Target:
 
 
 class Router:
-    """Pure decisions over the registry; the session supplies the request's wishes."""
+    """Primitives over the registry (primary, standby by policy, node, branch); routing.decide combines them."""
 
     def __init__(self, config: Config, registry: Registry, active_on: Callable[[str], int] | None = None):
         self.registry = registry
@@ -100,25 +100,3 @@ class Router:
         if b is None:
             raise UndefinedObject(f'branch "{name}" does not exist')
         return Target(b.node, b.database, "branch")
-
-    def decide(
-        self,
-        *,
-        read_only: bool,
-        route: str | None,
-        node: str | None,
-        branch: str | None,
-        lag_ms: float | None = None,
-    ) -> Target | None:
-        """Hint/SET wishes then classification. None means 'the primary, when one is known'."""
-        if branch:
-            return self.branch(branch)
-        if node:
-            return self.node(node)
-        if route == "primary":
-            return self.primary()
-        if route == "standby":
-            return self.read_target(lag_ms)
-        if read_only and self.routing.read_write_split:
-            return self.read_target(lag_ms)
-        return self.primary()

@@ -26,6 +26,7 @@ from heliosproxy.protocol.auth import ClientAuth, Credential
 from heliosproxy.protocol.encodings import python_codec
 from heliosproxy.protocol.scan import ERROR_SEEN, ReplyScanner
 from heliosproxy.routing.consistency import SessionReads, error_sqlstate
+from heliosproxy.routing.decide import decide
 from heliosproxy.routing.router import Target
 from heliosproxy.session import adminproto, admission, flow, pgcompat, pidmap, tls
 from heliosproxy.session.context import ProxyContext, QueryStat
@@ -1154,52 +1155,10 @@ class ClientSession(asyncio.Protocol):
     def _route(
         self, info: StatementInfo, hints: Hints | None, qctx: hooks.QueryContext | None, read_only: bool
     ) -> Target | None:
-        """Plugin route hook, hint, session SET, then classification. None = primary (resolved later)."""
+        """routing.decide.decide (the one decision), with the plugin route hook's answer. None = primary."""
         ctx = self.ctx
-        router = ctx.router
-        if self.db_route is not DatabaseRoute.AUTO:  # databases: ALIAS with route primary | standby
-            return router.read_target() if self.db_route is DatabaseRoute.STANDBY else None
-        if qctx is not None and ctx.plugins.has_route:
-            r = ctx.plugins.route(qctx)
-            if not isinstance(r, hooks.RouteDefault):
-                if isinstance(r, hooks.RoutePrimary):
-                    return None
-                if isinstance(r, hooks.RouteStandby):
-                    return router.read_target()
-                if isinstance(r, hooks.RouteNode):
-                    return router.node(r.name)
-                if isinstance(r, hooks.RouteBranch):
-                    return router.branch(r.name)
-                if isinstance(r, hooks.RouteBlock):
-                    raise HeliosError(r.reason, sqlstate="42000")
-        if hints is not None and (hints.route or hints.node or hints.branch):
-            if hints.branch:
-                return router.branch(hints.branch)
-            if hints.node:
-                return router.node(hints.node)
-            if hints.route == "primary":
-                return None
-            if hints.route == "standby":
-                return router.read_target(hints.lag_ms)
-        if self.branch_pref:
-            return router.branch(self.branch_pref)
-        if self.node_pref:
-            return router.node(self.node_pref)
-        if self.route_pref == "primary":
-            return None
-        if self.route_pref == "standby" and info.tx is None:
-            return router.read_target()
-        tx = info.tx
-        if tx is not None:
-            if tx is TxControl.BEGIN_READ_ONLY and router.routing.read_write_split:
-                return ctx.reads.read_target(self.reads, self.last_write_at, info, self.database, self.user, None)
-            return None
-        if read_only and router.routing.read_write_split and self.mode is PoolMode.TRANSACTION:
-            lag = hints.lag_ms if hints else None
-            if self.tx_status != codes.TX_IDLE:
-                return router.read_target(lag)  # runs where the transaction began
-            return ctx.reads.read_target(self.reads, self.last_write_at, info, self.database, self.user, lag)
-        return None
+        r = ctx.plugins.route(qctx) if qctx is not None and ctx.plugins.has_route else None
+        return decide(ctx.reads, self, info, hints, r, read_only)
 
     def _track_effects(self, info: StatementInfo) -> None:
         if info.ddl:

@@ -43,50 +43,15 @@ def make(
     return Router(config, registry, lambda n: counts.get(n, 0)), registry, config
 
 
-# (id, decide() keyword arguments, expected node or role, expected database, expected route)
-DECIDE_CASES: list[tuple[str, dict[str, object], str, str | None, str]] = [
-    ("read", {"read_only": True}, "standby", None, "standby"),
-    ("write", {"read_only": False}, "p", None, "primary"),
-    ("route_primary_read", {"read_only": True, "route": "primary"}, "p", None, "primary"),
-    ("route_standby_write", {"read_only": False, "route": "standby"}, "standby", None, "standby"),
-    ("route_auto_read", {"read_only": True, "route": "auto"}, "standby", None, "standby"),
-    ("route_auto_write", {"read_only": False, "route": "auto"}, "p", None, "primary"),
-    ("node_standby_write", {"read_only": False, "node": "s2"}, "s2", None, "node"),
-    ("node_primary_read", {"read_only": True, "node": "p"}, "p", None, "node"),
-    ("branch_read", {"read_only": True, "branch": "b1"}, "p", "app_branch", "branch"),
-    ("branch_write", {"read_only": False, "branch": "bs"}, "s2", "app_ro", "branch"),
-    ("branch_beats_node", {"read_only": True, "branch": "b1", "node": "s1"}, "p", "app_branch", "branch"),
-    ("node_beats_route", {"read_only": True, "node": "s1", "route": "primary"}, "s1", None, "node"),
-]
-
-
-@pytest.mark.parametrize(("kwargs", "node", "database", "route"),
-                         [pytest.param(*c[1:], id=c[0]) for c in DECIDE_CASES])
-def test_decide(kwargs: dict[str, object], node: str, database: str | None, route: str) -> None:
-    router, _, _ = make()
-    args: dict[str, object] = {"route": None, "node": None, "branch": None, **kwargs}
-    t = router.decide(**args)  # type: ignore[arg-type]
-    assert t is not None
-    if node == "standby":
-        assert t.node in ("s1", "s2")
-    else:
-        assert t.node == node
-    assert (t.database, t.route) == (database, route)
-
-
-def test_split_off_sends_reads_to_the_primary_but_honours_wishes() -> None:
-    router, _, _ = make(split=False)
-    assert router.decide(read_only=True, route=None, node=None, branch=None) == Target("p", None, "primary")
-    t = router.decide(read_only=True, route="standby", node=None, branch=None)
-    assert t is not None and t.node in ("s1", "s2")
+# The whole decision (hints, session wishes, plugins, transactions, consistency) is routing.decide.decide:
+# tests/unit/test_decide.py. These are the Router's primitives it is built on.
 
 
 @pytest.mark.parametrize(("kind", "name"), [("node", "nosuch"), ("branch", "nosuch")])
 def test_unknown_node_or_branch_is_42704_naming_it(kind: str, name: str) -> None:
     router, _, _ = make()
     with pytest.raises(UndefinedObject) as err:
-        router.decide(read_only=True, route=None, node=name if kind == "node" else None,
-                      branch=name if kind == "branch" else None)
+        router.node(name) if kind == "node" else router.branch(name)
     assert err.value.sqlstate == "42704"
     assert name in err.value.message and kind in err.value.message
 
@@ -163,7 +128,7 @@ def test_no_usable_standby_falls_back_to_the_primary() -> None:
         registry.nodes[name].disabled = True
     registry.changed()
     assert router.read_target() == Target("p", None, "primary")
-    assert router.decide(read_only=True, route=None, node=None, branch=None) == Target("p", None, "primary")
+    assert router.read_target() == Target("p", None, "primary")
 
 
 def test_no_usable_standby_with_fallback_error_raises() -> None:
@@ -172,10 +137,10 @@ def test_no_usable_standby_with_fallback_error_raises() -> None:
         registry.nodes[name].state = NodeState.DOWN
     registry.changed()
     with pytest.raises(HeliosError) as err:
-        router.decide(read_only=True, route=None, node=None, branch=None)
+        router.read_target()
     assert "standby" in err.value.message
     # writes are not affected
-    assert router.decide(read_only=False, route=None, node=None, branch=None) == Target("p", None, "primary")
+    assert router.primary() == Target("p", None, "primary")
 
 
 def test_no_primary_means_none_for_writes() -> None:
@@ -183,7 +148,7 @@ def test_no_primary_means_none_for_writes() -> None:
     registry.nodes["p"].state = NodeState.DOWN
     registry.changed()
     assert router.primary() is None
-    assert router.decide(read_only=False, route=None, node=None, branch=None) is None
+    assert router.primary() is None
 
 
 def test_a_promoted_standby_becomes_the_write_target_and_stops_taking_reads() -> None:
@@ -192,7 +157,7 @@ def test_a_promoted_standby_becomes_the_write_target_and_stops_taking_reads() ->
     registry.set_primary("s1")
     registry.nodes["s1"].role = Role.PRIMARY
     registry.changed()
-    assert router.decide(read_only=False, route=None, node=None, branch=None) == Target("s1", None, "primary")
+    assert router.primary() == Target("s1", None, "primary")
     assert set(_picks(router, 4)) == {"s2"}
     assert registry.failovers == 1
 
