@@ -7,7 +7,6 @@ import json
 import logging
 import math
 import time
-import weakref
 from typing import IO, Any
 
 from heliosproxy.config.schema import AnalyticsConfig
@@ -91,10 +90,8 @@ class Analytics:
         self.slow = 0
         self.n_plus_one: collections.OrderedDict[tuple[str, str], dict[str, Any]] = collections.OrderedDict()
         self.bursts: collections.OrderedDict[tuple[str, str], dict[str, Any]] = collections.OrderedDict()
-        self._sessions: weakref.WeakKeyDictionary[Any, collections.OrderedDict[str, _Track]] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._burst_tracks: collections.OrderedDict[tuple[str, str], _Track] = collections.OrderedDict()
+        self._burst_tracks: dict[tuple[str, str], _Track] = {}
+        self._generation = 0  # N+1 trackers of sessions made before a change of n_plus_one are dropped
         self._log: IO[str] | None = None
         self._log_path: str | None = None
         self._log_failed = False
@@ -108,7 +105,7 @@ class Analytics:
             self._log_path = cfg.slow_log.file
             self._log_failed = False
         if (old.n_plus_one, old.bursts) != (cfg.n_plus_one, cfg.bursts):
-            self._sessions = weakref.WeakKeyDictionary()
+            self._generation += 1
             self._burst_tracks.clear()
 
     def close(self) -> None:
@@ -154,31 +151,31 @@ class Analytics:
         if cfg.slow_log.file is not None and elapsed >= cfg.slow_log.threshold:
             self._slow(session, info, st, elapsed, error, rows, nbytes)
         if info.tx is None:
-            self._patterns(session, fp, st.qs.normalized)
+            self._patterns(session, meter, fp, st.qs.normalized)
 
-    def _patterns(self, session: Any, fp: str, query: str) -> None:
+    def _patterns(self, session: Any, meter: ReplyMeter, fp: str, query: str) -> None:
         cfg = self.cfg
         now = time.monotonic()
-        tracks = self._sessions.get(session)
-        if tracks is None:
-            tracks = self._sessions[session] = collections.OrderedDict()
+        tracks = meter.tracks
+        if tracks is None or tracks.get("") != self._generation:
+            tracks = meter.tracks = {"": self._generation}
+            meter.host = str(session.peer).rsplit(":", 1)[0]
         tr = tracks.get(fp)
         if tr is None:
-            if len(tracks) >= _SESSION_FINGERPRINTS:
-                tracks.popitem(last=False)
+            if len(tracks) > _SESSION_FINGERPRINTS:
+                del tracks[next(k for k in tracks if k)]  # the oldest
             tr = tracks[fp] = _Track(cfg.n_plus_one.threshold)
         if tr.hit(now, cfg.n_plus_one.window):
             self._event(self.n_plus_one, (session.client_id, fp), session, query, cfg.n_plus_one.threshold,
                         client=session.client_id)
-        host = str(session.peer).rsplit(":", 1)[0]
+        host = meter.host
         key = (host, fp)
-        bt = self._burst_tracks.get(key)
+        burst = self._burst_tracks
+        bt = burst.get(key)
         if bt is None:
-            if len(self._burst_tracks) >= _BURST_TRACKERS:
-                self._burst_tracks.popitem(last=False)
-            bt = self._burst_tracks[key] = _Track(cfg.bursts.threshold)
-        else:
-            self._burst_tracks.move_to_end(key)
+            if len(burst) >= _BURST_TRACKERS:
+                del burst[next(iter(burst))]  # the oldest
+            bt = burst[key] = _Track(cfg.bursts.threshold)
         if bt.hit(now, cfg.bursts.window):
             self._event(self.bursts, key, session, query, cfg.bursts.threshold, client=host)
 

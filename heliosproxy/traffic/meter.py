@@ -47,7 +47,7 @@ class ReplyMeter:
     copied only for CommandComplete."""
 
     __slots__ = ("_cap_limit", "_cap_size", "_cap_start", "_captured", "_carry", "_on_capture", "_skip",
-                 "count", "done", "inflight", "last", "rows")
+                 "count", "done", "host", "inflight", "last", "rows", "tracks")
 
     def __init__(self, inflight: collections.deque[Any] | None, count: bool):
         self.inflight = inflight
@@ -62,6 +62,9 @@ class ReplyMeter:
         self._cap_limit = 0
         self._cap_start = 0
         self._on_capture: Captured | None = None
+        # The session's analytics state (heliosproxy/traffic/analytics.py): N+1 trackers, client host.
+        self.tracks: dict[str, Any] | None = None
+        self.host = ""
 
     @property
     def at_boundary(self) -> bool:

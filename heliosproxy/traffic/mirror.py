@@ -151,7 +151,13 @@ class Mirror:
         if meter is None:
             meter = session.tap = ReplyMeter(session.inflight, False)
         job = Job(request, dict(session.settings), session.user, session.database, info.normalized[:500])
-        meter.arm(lambda reply, rows, at: self._captured(job, reply, rows, at), self.cfg.max_result)
+
+        def captured(reply: bytes | None, rows: int, at: float) -> None:
+            if not meter.count and session.tap is meter:
+                session.tap = None  # no analytics: nothing reads this session's replies until the next sample
+            self._captured(job, reply, rows, at)
+
+        meter.arm(captured, self.cfg.max_result)
 
     def offer_query(self, session: Any, info: StatementInfo, msg: bytes) -> None:
         """A simple-protocol Query about to be sent (`msg` as sent to the server)."""
@@ -248,7 +254,11 @@ class Mirror:
         try:
             sync = settings_sql(conn.applied, job.settings)
             if sync:
-                await runner.reply(conn, messages.query(sync))
+                answer, _, _ = await runner.reply(conn, messages.query(sync))
+                refused = summarize(answer, 0)
+                if refused.sqlstate is not None:  # (nothing of it applied: one statement)
+                    raise HeliosError(f"the shadow refused the session's settings: {refused.sqlstate} "
+                                      f"{refused.message}")
                 conn.applied = dict(job.settings)
             start = time.monotonic()
             reply, rows, at = await runner.reply(conn, job.request)
