@@ -188,3 +188,40 @@ def test_mirror_config_needs_a_shadow_node(cluster: PgCluster, shadow: PgCluster
                        capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "node shadow" in r.stdout and "ok (shadow" in r.stdout
+
+
+def test_pgbench_through_a_mirroring_proxy(cluster: PgCluster, shadow: PgCluster, proxy_factory: ProxyFactory) -> None:
+    """A real client in all three protocol modes, 2 workers: every sampled copy matches, the views add up."""
+    proxy = proxy_factory({**FAST, "pool": {"mode": "transaction"}}, nodes=_nodes(cluster, shadow), workers=2,
+                          mirror={"node": "shadow", "sample": 0.5, "statements": "reads"})
+    for target in (proxy.dsn(), shadow.dsn(shadow.primary)):  # the same pgbench tables on both sides
+        res = subprocess.run(["pgbench", "-i", "-s", "1", "-q", target], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+    cluster.wait_replay()
+    for mode in ("simple", "extended", "prepared"):
+        res = subprocess.run(["pgbench", "-n", "-S", "-M", mode, "-c", "4", "-t", "50", proxy.dsn()],
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stdout + res.stderr
+    view = _until(proxy, lambda v: v["mirrored"] + v["dropped"] >= 200 and v["queued"] == 0)
+    assert view["mirrored"] >= 200 and view["mismatches"] == 0 and view["errors"] == 0, view
+    with psycopg.connect(proxy.dsn(dbname="heliosproxy"), autocommit=True) as admin:
+        total = admin.execute("SHOW MIRROR").fetchone()
+    assert total is not None and total[0] == "total" and int(total[3]) == view["mirrored"]
+
+
+def test_turned_on_and_off_by_reload(cluster: PgCluster, shadow: PgCluster, proxy_factory: ProxyFactory) -> None:
+    proxy = proxy_factory(FAST, nodes=_nodes(cluster, shadow))
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn, \
+            psycopg.connect(proxy.dsn(dbname="heliosproxy"), autocommit=True) as admin:
+        conn.execute("SELECT 1")
+        assert _api(proxy, "/api/mirror")["mirrored"] == 0
+        proxy.rewrite_config({**proxy.config, "mirror": {"node": "shadow", "sample": 1.0}})
+        admin.execute("RELOAD")
+        for i in range(3):
+            conn.execute("SELECT %s::int", (i,))
+        _until(proxy, lambda v: v["mirrored"] == 3)
+        proxy.rewrite_config({k: v for k, v in proxy.config.items() if k != "mirror"})
+        admin.execute("RELOAD")
+        conn.execute("SELECT 4")
+        view = _api(proxy, "/api/mirror")
+        assert view["enabled"] is False and view["mirrored"] == 0
