@@ -90,6 +90,8 @@ def test_per_fingerprint_numbers_and_slow_log(cluster: PgCluster, proxy_factory:
     shown = {r[0]: dict(zip(cols, r, strict=True)) for r in rows}
     assert shown[ranged["query"]]["calls"] == "20" and shown[ranged["query"]]["rows"] == "210"
 
+    with urllib.request.urlopen(proxy.admin_url + "/metrics", timeout=5) as r:
+        assert "\nheliosproxy_analytics_slow_statements_total 1.0\n" in r.read().decode()
     lines = [json.loads(x) for x in slow_log.read_text().splitlines()]
     assert len(lines) == 1, lines  # only the statement over the threshold
     assert lines[0]["query"] == "SELECT pg_sleep($1)" and lines[0]["duration_ms"] >= 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -103,6 +104,10 @@ def test_reads_are_mirrored_and_compared(cluster: PgCluster, shadow: PgCluster, 
         conn.execute("SELECT 1")
         _until(proxy, lambda v: v["mirrored"] == before + 1)
 
+    with urllib.request.urlopen(proxy.admin_url + "/metrics", timeout=5) as r:
+        metrics = r.read().decode()
+    assert re.search(r'^heliosproxy_mirror_statements_total\{node="shadow",result="mismatches"\} [2-9]', metrics,
+                     re.MULTILINE), metrics
     with psycopg.connect(proxy.dsn(dbname="heliosproxy"), autocommit=True) as admin:
         cur = admin.execute("SHOW MIRROR")
         assert cur.description is not None
