@@ -129,7 +129,6 @@ class Analytics:
             meter = session.tap = self.new_meter(session)
         if not meter.count:  # a meter the mirror made: count from here on
             meter.count = True
-            meter.last = meter.rows
         rows = meter.take()
         if info is None or not info.fingerprint:
             return

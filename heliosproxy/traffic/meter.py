@@ -41,20 +41,20 @@ class ReplyMeter:
     """Fed every chunk written to one client, in order.
 
     Counts rows by CommandComplete tags. With `count=True`, each ReadyForQuery that ends a
-    statement still in the session's `inflight` queue records the rows so far (`take()` gives a
+    statement still in the session's `inflight` queue records its rows (`take()` gives a
     finished statement its rows). `arm()` captures the bytes from now to the next ReadyForQuery
     (one statement's reply) and hands them over; only full messages are walked, bodies are
     copied only for CommandComplete."""
 
     __slots__ = ("_cap_limit", "_cap_size", "_cap_start", "_captured", "_carry", "_on_capture", "_skip",
-                 "count", "done", "host", "inflight", "last", "rows", "tracks")
+                 "count", "done", "host", "inflight", "mark", "rows", "tracks")
 
     def __init__(self, inflight: collections.deque[Any] | None, count: bool):
         self.inflight = inflight
         self.count = count
         self.rows = 0  # rows reported by command tags so far
-        self.done: collections.deque[int] = collections.deque()  # `rows` at each statement's ReadyForQuery
-        self.last = 0  # `rows` at the last statement taken
+        self.done: collections.deque[int] = collections.deque()  # rows of each finished statement, in order
+        self.mark = 0  # `rows` at the last ReadyForQuery
         self._skip = 0  # body bytes of the current message still to pass
         self._carry = bytearray()  # a partial header, or a partial CommandComplete/ReadyForQuery
         self._captured: list[bytes] | None = None
@@ -89,9 +89,7 @@ class ReplyMeter:
         """Rows of the oldest finished statement (None when its ReadyForQuery was not seen)."""
         if not self.done:
             return None
-        at = self.done.popleft()
-        rows, self.last = at - self.last, at
-        return max(rows, 0)
+        return self.done.popleft()
 
     def feed(self, data: bytes) -> None:
         n = len(data)
@@ -156,7 +154,8 @@ class ReplyMeter:
             self.rows += tag_rows(buf[start + 5 : end])
             return False
         if self.count and self.inflight is not None and len(self.done) < len(self.inflight):
-            self.done.append(self.rows)
+            self.done.append(self.rows - self.mark)
+        self.mark = self.rows  # (a ReadyForQuery of the proxy's own answer only moves the mark)
         if self._captured is None:
             return False
         # The captured reply ends here: hand it over, then go on with the rest of the chunk.
