@@ -35,6 +35,8 @@ async def _try_node(config: Config, node: NodeConfig) -> tuple[bool, str]:
         conn.abort()
     standby = rows[0][0] == "t"
     actual = "standby" if standby else "primary"
+    if node.role is Role.SHADOW:
+        return True, f"{where}: ok (shadow, a {actual}, PostgreSQL {rows[0][1]}, logged in as {user})"
     if node.role is Role.PRIMARY and standby:
         return False, f"{where}: configured as primary but the server is in recovery (a standby)"
     if node.role is not Role.PRIMARY and not standby:

@@ -328,12 +328,37 @@ class ProxyCollector(Collector):
         yield from (pc, pe, pd, pdis, pm, pg, pdrop, pmr)
 
         yield from self._pgbouncer(ctx)
+        yield from self._traffic(ctx)
 
         rl = CounterMetricFamily(p + "config_reloads", "Config reloads", labels=["result"])
         rl.add_metric(["ok"], server.reloads_ok)
         rl.add_metric(["failed"], server.reloads_failed)
         yield rl
 
+
+    def _traffic(self, ctx: Any) -> Iterator[Metric]:
+        """Mirroring and analytics (issue 15 §4, §5), only while configured."""
+        p = PREFIX
+        m = ctx.mirror
+        if m is not None:
+            mc = CounterMetricFamily(p + "mirror_statements", "Statement copies sent to the shadow node, by outcome",
+                                     labels=["node", "result"])
+            for result in ("mirrored", "mismatches", "slower", "errors", "dropped"):
+                mc.add_metric([m.cfg.node, result], getattr(m, result))
+            yield mc
+            yield GaugeMetricFamily(p + "mirror_queued", "Copies waiting for the shadow node", value=m.queue.qsize())
+        a = ctx.analytics
+        if a is not None:
+            yield _counter(p + "analytics_slow_statements", "Statements at least analytics.slow_log.threshold slow",
+                           a.slow)
+            yield GaugeMetricFamily(p + "analytics_fingerprints", "Statements tracked by analytics", value=len(a.stats))
+            yield _counter(p + "analytics_untracked_statements", "Statements past analytics.max_fingerprints",
+                           a.untracked)
+            ev = GaugeMetricFamily(p + "analytics_patterns", "N+1 and burst reports kept (per client and statement)",
+                                   labels=["kind"])
+            ev.add_metric(["n_plus_one"], len(a.n_plus_one))
+            ev.add_metric(["burst"], len(a.bursts))
+            yield ev
 
     def _pgbouncer(self, ctx: Any) -> Iterator[Metric]:
         """The per-database counters and per-(database, user) client counts SHOW STATS/POOLS show."""

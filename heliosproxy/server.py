@@ -34,6 +34,7 @@ from heliosproxy.session import pidmap
 from heliosproxy.session.context import ProxyContext
 from heliosproxy.session.pgcompat import Janitor
 from heliosproxy.sql.classify import Classifier
+from heliosproxy.traffic.control import TrafficControl
 from heliosproxy.workers import WorkerLink, supervise
 
 log = logging.getLogger("heliosproxy.server")
@@ -81,6 +82,8 @@ class Server:
         self.metrics = ProxyCollector(self, self.failover, self.health)
         self.admin_http = AdminHttp(self, self.metrics)
         self.extras.extend([self.health, self.failover, self.metrics, self.reads, Janitor(self.ctx)])
+        self.traffic = TrafficControl(self.ctx, link)  # mirror and analytics (issue 15)
+        self.extras.append(self.traffic)
         if worker_id == 0:
             # One HTTP admin for the process group (workers share the client port, not this one).
             self.extras.append(self.admin_http)

@@ -24,6 +24,8 @@ from heliosproxy.admin import pgbouncer as pgb
 from heliosproxy.errors import HeliosError
 from heliosproxy.protocol import messages
 from heliosproxy.session import pgcompat
+from heliosproxy.traffic import analytics as traffic_analytics
+from heliosproxy.traffic import control as traffic
 
 log = logging.getLogger("heliosproxy.admin")
 
@@ -46,6 +48,8 @@ HELP = (
     ("SHOW CONFIG", "the running configuration (secrets masked)"),
     ("SHOW QUERIES", "top statements by total time"),
     ("SHOW VERSION", "the proxy version"),
+    ("SHOW MIRROR", "mirroring to the shadow node: counters, then recent mismatches and errors"),
+    ("SHOW ANALYTICS", "per-statement calls, errors, time (total, mean, p50, p99), rows, bytes"),
     ("RELOAD", "re-read the config file (a bad file keeps the running config)"),
     ("PAUSE [db]", "hold new statements (of db, or all); returns once no server connection is in use"),
     ("RESUME [db]", "undo PAUSE, KILL or SUSPEND"),
@@ -134,6 +138,8 @@ class AdminConsole:
             "QUERIES": self.show_queries,
             "VERSION": self.show_version,
             "HELP": self.show_help,
+            "MIRROR": self.show_mirror,  # issue 15 §4
+            "ANALYTICS": self.show_analytics,  # issue 15 §5
         }
 
     async def start(self) -> None:
@@ -151,6 +157,8 @@ class AdminConsole:
             words = sql.strip().rstrip(";").split()
             if len(words) == 2 and words[0].upper() == "SHOW" and words[1].upper() in _AGGREGATED:
                 return self._show_all_workers(link, words[1].upper())
+            if len(words) == 2 and words[0].upper() == "SHOW" and words[1].upper() in ("MIRROR", "ANALYTICS"):
+                return self._show_traffic(words[1].upper())
         self._waiting = True
         try:
             out: bytes | Awaitable[bytes] | None = self.execute_local(sql, session)
@@ -280,6 +288,24 @@ class AdminConsole:
 
     def show_queries(self) -> bytes:
         return _table(("fingerprint", "query", "calls", "total_ms", "mean_ms", "errors"), queries_view(self.server))
+
+    # issue 15 §4, §5: mirror and analytics (all workers' numbers in multi-worker mode)
+    def show_mirror(self) -> bytes:
+        m = self.server.ctx.mirror
+        view = m.view() if m is not None else {}
+        return _table(traffic.MIRROR_COLUMNS, traffic.mirror_rows(view))
+
+    def show_analytics(self) -> bytes:
+        a = self.server.ctx.analytics
+        view = traffic_analytics.merge([a.snapshot()] if a is not None else [])
+        return _table(traffic_analytics.FINGERPRINT_COLUMNS, view["fingerprints"])
+
+    async def _show_traffic(self, item: str) -> bytes:
+        tc: traffic.TrafficControl = getattr(self.server, "traffic")  # noqa: B009 (not in ServerControl)
+        if item == "MIRROR":
+            return _table(traffic.MIRROR_COLUMNS, traffic.mirror_rows(await tc.mirror_view()))
+        view = await tc.analytics_view()
+        return _table(traffic_analytics.FINGERPRINT_COLUMNS, view["fingerprints"])
 
     def show_version(self) -> bytes:
         return pgb.table((("version", pgb.TEXT),), [{"version": VERSION}])

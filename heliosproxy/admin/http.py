@@ -197,6 +197,17 @@ class AdminHttp:
         link = getattr(self.server, "link", None)
         if link is not None and path.split("?", 1)[0].rstrip("/") == "/metrics" and self._may_scrape(headers):
             self._peer_metrics = await link.ask_all(b"M")
+        self._traffic: dict[str, Any] | None = None  # /api/mirror, /api/analytics: every worker's (issue 15)
+        tc = getattr(self.server, "traffic", None)
+        where = path.split("?", 1)[0].rstrip("/")
+        if tc is not None and method in ("GET", "HEAD") and where in ("/api/mirror", "/api/analytics"):
+            try:  # only for a request dispatch() will answer with it
+                self._check_host(headers)
+                self._check_token(headers)
+            except HttpError:
+                pass
+            else:
+                self._traffic = await (tc.mirror_view() if where == "/api/mirror" else tc.analytics_view())
         try:
             response = self.dispatch(method, path, headers, body)
         except HttpError as exc:
@@ -278,6 +289,11 @@ class AdminHttp:
         if path == "/api/queries":
             _allow(method, get)
             return json_response(200, queries_view(self.server))
+        if path in ("/api/mirror", "/api/analytics"):  # issue 15 §4, §5
+            _allow(method, get)
+            if self._traffic is None:
+                raise HttpError(503, "not available")
+            return json_response(200, self._traffic)
         if path == "/api/reload":
             _allow(method, method == "POST", "POST")
             ok, message = self.server.reload(requested_by=f"HTTP {getattr(self, '_peer', '?')}")

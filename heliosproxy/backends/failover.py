@@ -61,7 +61,8 @@ class FailoverManager:
     def _claims_primary(n: Node) -> bool:
         """Reachable (its last check succeeded), not disabled, and out of recovery."""
         return (
-            n.in_recovery is False
+            not n.shadow
+            and n.in_recovery is False
             and n.last_error is None
             and n.state is not NodeState.DOWN
             and n.state is not NodeState.UNKNOWN
@@ -151,6 +152,7 @@ class FailoverManager:
             n
             for n in self.registry.nodes.values()
             if n.in_recovery is True and n.state in (NodeState.UP, NodeState.LAGGING) and not n.disabled
+            and not n.shadow
         ]
         if not cands:
             return None

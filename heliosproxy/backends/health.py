@@ -320,7 +320,7 @@ class HealthMonitor:
         node = self.registry.nodes.get(name)
         if node is None or lsn is None:
             return
-        if in_recovery != (node.role is Role.STANDBY):
+        if in_recovery != (node.role is Role.STANDBY) or node.shadow:
             node.wal_lsn = None  # its role changed: the next full check sorts it out
             return
         if sent > node.wal_lsn_sent:
@@ -339,6 +339,8 @@ class HealthMonitor:
         node.consecutive_successes += 1
         node.in_recovery = probe.in_recovery
         role = Role.STANDBY if probe.in_recovery else Role.PRIMARY
+        if node.shadow:
+            role = Role.SHADOW  # whatever the server is, it stays a mirror target
         if role is not node.role:
             node.wal_lsn = None  # a sample of the other role means nothing now
             node.wal_lsn_sent = max(node.wal_lsn_sent, probe.sent)
@@ -353,7 +355,7 @@ class HealthMonitor:
         else:
             node.lag_ms = 0.0 if probe.lsn is not None else None
             node.lag_bytes = 0 if probe.lsn is not None else None
-            if name == self.registry.primary and probe.lsn is not None:
+            if name == self.registry.primary and probe.lsn is not None and not node.shadow:
                 self.primary_lsn = probe.lsn
                 self.primary_lsn_at = now
             if name == self.registry.primary:

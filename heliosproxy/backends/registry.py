@@ -42,6 +42,11 @@ class Node:
         return self.cfg.name
 
     @property
+    def shadow(self) -> bool:
+        """A mirror target (role: shadow): no client traffic, never promoted, never a write target."""
+        return self.cfg.role is Role.SHADOW
+
+    @property
     def usable(self) -> bool:
         return not self.disabled and self.state in (NodeState.UNKNOWN, NodeState.UP, NodeState.LAGGING)
 
@@ -64,9 +69,13 @@ class Registry:
             prev = old.get(nc.name)
             if prev is not None and (prev.cfg.host, prev.cfg.port) == (nc.host, nc.port):
                 prev.cfg = nc
+                if nc.role is Role.SHADOW:
+                    prev.role = Role.SHADOW
                 self.nodes[nc.name] = prev
             else:
                 self.nodes[nc.name] = Node(nc, nc.role)
+        if self.primary in self.nodes and self.nodes[self.primary].shadow:
+            self.primary = None  # a node made a shadow is no write target any more
         if self.primary not in self.nodes:
             self.primary = next((n.name for n in self.nodes.values() if n.role is Role.PRIMARY), None)
         self.generation += 1

@@ -15,22 +15,27 @@ from typing import Any, NoReturn, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from heliosproxy.config.schema import (
+    AnalyticsConfig,
     AuthConfig,
     AuthMethod,
     AuthUserConfig,
     BranchConfig,
+    BurstConfig,
     Config,
     DatabaseConfig,
     FailoverConfig,
     HealthConfig,
     LogConfig,
+    MirrorConfig,
     NodeConfig,
+    NPlusOneConfig,
     PluginLimits,
     PluginsConfig,
     PoolConfig,
     Role,
     RoutingConfig,
     ServerTlsMode,
+    SlowLogConfig,
     TlsMode,
     UserConfig,
 )
@@ -149,6 +154,50 @@ _RANGES: dict[tuple[type, str], tuple[float, bool, float | None]] = {
     (Config, "max_login_connections_per_ip"): (1, True, None),
     (Config, "max_client_buffer"): (65536, True, None),
 }
+
+# --- issue 15 §4, §5: mirror and analytics ---
+_SIZE_FIELDS = _SIZE_FIELDS | {(MirrorConfig, "max_result")}
+_NONEMPTY = _NONEMPTY | {(MirrorConfig, "node"), (SlowLogConfig, "file")}
+_RANGES.update(
+    {
+        (MirrorConfig, "sample"): (0, False, 1),
+        (MirrorConfig, "queue"): (1, True, None),
+        (MirrorConfig, "concurrency"): (1, True, None),
+        (MirrorConfig, "timeout"): (0, False, None),
+        (MirrorConfig, "slower_ratio"): (1, True, None),
+        (MirrorConfig, "max_result"): (0, True, None),
+        (MirrorConfig, "recent"): (1, True, None),
+        (AnalyticsConfig, "max_fingerprints"): (1, True, None),
+        (AnalyticsConfig, "max_events"): (1, True, None),
+        (SlowLogConfig, "threshold"): (0, True, None),
+        (NPlusOneConfig, "threshold"): (2, True, None),
+        (NPlusOneConfig, "window"): (0, False, None),
+        (BurstConfig, "threshold"): (2, True, None),
+        (BurstConfig, "window"): (0, False, None),
+    }
+)
+
+
+def _check_traffic(parser: _Parser, config: Config) -> None:
+    """mirror.node names a node with role shadow; shadow nodes serve no branch."""
+    m = config.mirror
+    if m is not None:
+        node = config.node(m.node)
+        key = "mirror.node"
+        if node is None:
+            known = ", ".join(n.name for n in config.nodes)
+            parser.fail(parser.line_of(key), key, f"unknown node {m.node!r} (nodes: {known})")
+        elif node.role is not Role.SHADOW:
+            parser.fail(parser.line_of(key), key,
+                        f"node {m.node!r} has role {node.role.value}; a mirror target needs role: shadow")
+    for b in config.branches:
+        bn = config.node(b.node)
+        if bn is not None and bn.role is Role.SHADOW:
+            key = f"branches.{b.name}.node"
+            parser.fail(parser.line_of(key), key, f"node {b.node!r} is a shadow node (it takes no client statements)")
+
+
+# --- end of issue 15 block ---
 
 _DURATION_UNITS: dict[str, float] = {
     "us": 1e-6,
@@ -694,6 +743,7 @@ class _Parser:
             self.fail(self.line_of(key) or top, key, "needs admin.token (the token /metrics will ask for)")
 
         self.check_tls(config, top)
+        _check_traffic(self, config)
 
         if config.pool.min_size > config.pool.size:
             self.fail(

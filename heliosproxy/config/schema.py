@@ -15,6 +15,7 @@ class AuthMethod(str, Enum):
 class Role(str, Enum):
     PRIMARY = "primary"
     STANDBY = "standby"
+    SHADOW = "shadow"  # a mirror target (issue 15 §4): no client traffic, never promoted
 
 
 class PoolMode(str, Enum):
@@ -306,6 +307,60 @@ class LogConfig:
     connections: bool = True  # false: no client_connected / client_closed lines
 
 
+# --- traffic: mirroring and query analytics (issue 15 §4, §5) ---
+class MirrorStatements(str, Enum):
+    READS = "reads"  # read-only statements only
+    ALL = "all"  # writes too (the shadow gets the same changes)
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorConfig:
+    """`mirror:` a sampled copy of statements runs on a shadow node, off the client's path, and is compared."""
+
+    node: str  # a node with role: shadow
+    sample: float = 1.0  # share of eligible statements copied (0 < sample <= 1)
+    statements: MirrorStatements = MirrorStatements.READS
+    queue: int = 1000  # statements waiting for the shadow; past it they are dropped (counted)
+    concurrency: int = 2  # statements running on the shadow at once
+    timeout: float = 10.0  # a copy running longer on the shadow counts as an error
+    slower_ratio: float = 1.5  # the shadow is "slower" when it takes this many times the primary's time
+    max_result: int = 1024 * 1024  # replies larger than this are compared by row count only
+    recent: int = 50  # mismatches and errors kept for SHOW MIRROR / /api/mirror
+
+
+@dataclass(frozen=True, slots=True)
+class SlowLogConfig:
+    threshold: float = 1.0  # statements at least this slow are logged
+    file: str | None = None  # JSON lines; None = no slow log
+
+
+@dataclass(frozen=True, slots=True)
+class NPlusOneConfig:
+    threshold: int = 10  # the same statement this many times in one session...
+    window: float = 2.0  # ...within this long
+
+
+@dataclass(frozen=True, slots=True)
+class BurstConfig:
+    threshold: int = 200  # the same statement this many times from one client address (all its sessions)...
+    window: float = 1.0  # ...within this long
+
+
+@dataclass(frozen=True, slots=True)
+class AnalyticsConfig:
+    """`analytics:` per-fingerprint statistics, slow-statement log, N+1 and burst detection."""
+
+    enabled: bool = False
+    max_fingerprints: int = 5000  # statements tracked (the first seen); more are counted as untracked
+    slow_log: SlowLogConfig = field(default_factory=SlowLogConfig)
+    n_plus_one: NPlusOneConfig = field(default_factory=NPlusOneConfig)
+    bursts: BurstConfig = field(default_factory=BurstConfig)
+    max_events: int = 1000  # N+1 and burst reports kept (per client and statement)
+
+
+# --- end of issue 15 §4, §5 block ---
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     nodes: tuple[NodeConfig, ...]
@@ -332,6 +387,8 @@ class Config:
     max_login_connections: int = 100  # clients still logging in, in total (not max_client_connections)
     max_login_connections_per_ip: int = 20  # clients still logging in, per source address
     max_client_buffer: int = 1024 * 1024  # what the proxy holds for one client before it stops reading it
+    mirror: MirrorConfig | None = None  # issue 15 §4
+    analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)  # issue 15 §5
     source: str = "<memory>"  # the file this came from, for messages
 
     def user(self, name: str) -> UserConfig | None:

@@ -171,7 +171,7 @@ class Catalog:
         node = self.registry.primary_node()
         if node is not None:
             return node
-        return next((n for n in self.registry.nodes.values() if n.usable), None)
+        return next((n for n in self.registry.nodes.values() if n.usable and not n.shadow), None)
 
     def _timeout(self) -> float:
         return self.config.health.timeout + self.config.pool.connect_timeout

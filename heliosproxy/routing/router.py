@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from heliosproxy.backends.registry import Node, Registry
 from heliosproxy.config.schema import Config, Fallback, Policy
-from heliosproxy.errors import BackendUnavailable, UndefinedObject
+from heliosproxy.errors import BackendUnavailable, InsufficientPrivilege, UndefinedObject
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +91,11 @@ class Router:
         return self.primary()
 
     def node(self, name: str) -> Target:
-        if name not in self.registry.nodes:
+        node = self.registry.nodes.get(name)
+        if node is None:
             raise UndefinedObject(f'node "{name}" does not exist')
+        if node.shadow:
+            raise InsufficientPrivilege(f'node "{name}" is a shadow node (a mirror target): no client statements')
         return Target(name, None, "node")
 
     def branch(self, name: str) -> Target:

@@ -41,6 +41,7 @@ from heliosproxy.sql.classify import (
     ddl_databases,
 )
 from heliosproxy.sql.hints import Hints, parse_hints
+from heliosproxy.traffic.meter import ReplyMeter
 
 log = logging.getLogger("heliosproxy.session")
 # Background tasks of all sessions, referenced until done (a session may be gone before its task ends).
@@ -306,6 +307,8 @@ class ClientSession(asyncio.Protocol):
         self.db_route = DatabaseRoute.AUTO  # databases: ALIAS route
         self.hold: bytearray | None = None  # an auto-routed standby read's reply, held until its ReadyForQuery
         self.hold_plan: Plan | None = None
+        # Reads what the client is sent while analytics or mirroring is on (heliosproxy/traffic, issue 15).
+        self.tap: ReplyMeter | None = ctx.analytics.new_meter(self) if ctx.analytics is not None else None
 
     # ================================================================== asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -470,6 +473,8 @@ class ClientSession(asyncio.Protocol):
             if db is not None:
                 db.sent += n
             self.transport.write(data)
+            if self.tap is not None:
+                self.tap.feed(data)
 
     def _fatal(self, sqlstate: str, message: str, detail: str | None = None, event: str = "client_fatal") -> None:
         log.log(logging.WARNING if event == "auth_failed" else logging.INFO,
@@ -1068,6 +1073,8 @@ class ClientSession(asyncio.Protocol):
         plan = Plan(target, msg, None, info, qctx, True, not info.read_only)
         if info.statements == 1 and info.kinds[0] in DATABASE_DDL:
             plan.dbs = ddl_databases(sql)
+        if ctx.mirror is not None:
+            ctx.mirror.offer_query(self, info, msg)
         self._dispatch(plan)
 
     def _own_session_statement(self, info: StatementInfo) -> bool:
@@ -1423,6 +1430,8 @@ class ClientSession(asyncio.Protocol):
         except HeliosError as exc:
             self._batch_error(batch, exc.sqlstate, exc.message, sync, len(batch))
             return
+        if ctx.mirror is not None and info is not None:
+            ctx.mirror.offer_batch(self, info, batch)
         self._dispatch(Plan(target, None, batch, info, qctx, sync, not read_only))
 
     def _judge(self, name: str, sql: str, tail: bytes, raw: bytes, readable: bool) -> Statement | HeliosError:
@@ -2352,6 +2361,8 @@ class ClientSession(asyncio.Protocol):
         error = fl.error is not None
         if fl.info is not None:
             self._record(fl.info, elapsed, error)
+        if ctx.analytics is not None:
+            ctx.analytics.finished(self, fl.info, elapsed, fl.error, self.scanner.bytes_seen - fl.start_bytes)
         pgcompat.statement_done(self, fl.start, elapsed)
         route = fl.target.route if fl.target is not None else "primary"
         if route == "standby" and conn.node == ctx.registry.primary:

@@ -18,6 +18,8 @@ from heliosproxy.routing.router import Router
 from heliosproxy.session.admission import LoginGate
 from heliosproxy.session.pgcompat import StatsBook
 from heliosproxy.sql.classify import Classifier
+from heliosproxy.traffic.analytics import Analytics
+from heliosproxy.traffic.mirror import Mirror
 
 if TYPE_CHECKING:
     from heliosproxy.session.client import ClientSession
@@ -78,6 +80,9 @@ class ProxyContext:
     disabled_databases: set[str] = field(default_factory=set)  # DISABLE db: new clients refused
     logins: LoginGate = field(default_factory=LoginGate)  # login slots (session/admission.py)
     tls_context: ssl.SSLContext | None = None  # TLS to clients (tls:), rebuilt on every reload
+    # issue 15 §4, §5 (heliosproxy/traffic/control.py): None while not configured
+    mirror: Mirror | None = None
+    analytics: Analytics | None = None
     _pid_counter: int = 0
 
     def remember_statement(self, server_name: str) -> None:

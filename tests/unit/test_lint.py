@@ -26,6 +26,7 @@ LOWER_NEVER_IMPORTS = {
     "heliosproxy/pool/": ("heliosproxy.session", "heliosproxy.server", "heliosproxy.admin"),
     "heliosproxy/routing/": ("heliosproxy.session", "heliosproxy.server", "heliosproxy.admin"),
     "heliosproxy/plugins/": ("heliosproxy.session", "heliosproxy.server", "heliosproxy.admin", "heliosproxy.pool"),
+    "heliosproxy/traffic/": ("heliosproxy.session", "heliosproxy.server", "heliosproxy.admin"),
 }
 
 
