@@ -333,6 +333,8 @@ class Config:
     max_login_connections_per_ip: int = 20  # clients still logging in, per source address
     max_client_buffer: int = 1024 * 1024  # what the proxy holds for one client before it stops reading it
     source: str = "<memory>"  # the file this came from, for messages
+    # Scalar values as written in the file, by key path ("pool.acquire_timeout" -> "15s"), for SHOW CONFIG.
+    written: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
 
     def user(self, name: str) -> UserConfig | None:
         for u in self.users:

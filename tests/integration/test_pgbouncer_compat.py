@@ -413,3 +413,27 @@ def test_shutdown_wait_for_servers(cluster: PgCluster, proxy_factory: ProxyFacto
     with pytest.raises(psycopg.OperationalError):
         app.execute("SELECT 3")
     app.close()
+
+
+def test_show_config_values_as_written(cluster: PgCluster, proxy_factory: ProxyFactory) -> None:
+    """SHOW CONFIG: key/value/default/changeable, values as written in the file, defaults in the same syntax."""
+    long_check = "SELECT 1 /* " + "x" * 100 + " */"
+    proxy = proxy_factory(ADMIN, pool={"acquire_timeout": "15s", "server_idle_timeout": "90s",
+                                       "server_check_query": long_check},
+                          max_message_size="64MiB", max_client_buffer="2MiB", client_login_timeout=7,
+                          admin={"users": ["app"], "token": "sekrit-token"})
+    with _admin(proxy) as adm:
+        assert _types(adm, "SHOW CONFIG") == {"key": TEXT, "value": TEXT, "default": TEXT, "changeable": TEXT}
+        rows = {r["key"]: r for r in _dicts(adm, "SHOW CONFIG")}
+    assert rows["pool.acquire_timeout"]["value"] == "15s"
+    assert rows["pool.acquire_timeout"]["default"] == "5s"
+    assert rows["pool.idle_timeout"]["value"] == "90s"  # written under its PgBouncer name
+    assert rows["max_message_size"]["value"] == "64MiB" and rows["max_message_size"]["default"] == "64MiB"
+    assert rows["max_client_buffer"]["value"] == "2MiB" and rows["max_client_buffer"]["default"] == "1MiB"
+    assert rows["client_login_timeout"]["value"] == "7" and rows["client_login_timeout"]["default"] == "5s"
+    assert rows["pool.max_lifetime"]["value"] == "1h"  # not written: the default, in the same syntax
+    assert rows["plugins.limits.memory"]["value"] == "64MiB"
+    check = rows["pool.server_check_query"]["value"]
+    assert check.startswith("SELECT 1 /* xxx") and check.endswith("...") and len(check) == 60
+    assert rows["admin.token"]["value"] == "********"
+    assert rows["listen"]["changeable"] == "no" and rows["pool.size"]["changeable"] == "yes"
