@@ -13,7 +13,7 @@ from heliosproxy import __version__
 from heliosproxy.protocol import codes, messages
 from heliosproxy.session import pgcompat
 
-TEXT, INT4, INT8, NUMERIC = 25, 23, 20, 1700
+TEXT, INT4, INT8, NUMERIC, BYTEA = 25, 23, 20, 1700, 17
 Col = tuple[str, int]
 
 _H = struct.Struct("!H")
@@ -398,7 +398,7 @@ def user_rows(ctx: Any) -> list[dict[str, Any]]:
     out = []
     for u in cfg.users:
         out.append({
-            "name": u.name, "pool_size": u.pool_size, "reserve_pool_size": None,
+            "name": u.name, "pool_size": "" if u.pool_size is None else str(u.pool_size), "reserve_pool_size": "",
             "pool_mode": u.pool_mode.value if u.pool_mode is not None else None,
             "max_user_connections": u.max_user_connections if u.max_user_connections is not None
             else cfg.pool.max_user_connections,
@@ -446,7 +446,7 @@ def mem_rows(ctx: Any) -> list[dict[str, Any]]:
 FDS_COLS: tuple[Col, ...] = (
     ("fd", INT4), ("task", TEXT), ("user", TEXT), ("database", TEXT), ("addr", TEXT), ("port", INT4),
     ("cancel", INT8), ("link", INT4), ("client_encoding", TEXT), ("std_strings", TEXT), ("datestyle", TEXT),
-    ("timezone", TEXT), ("password", TEXT),
+    ("timezone", TEXT), ("password", TEXT), ("scram_client_key", BYTEA), ("scram_server_key", BYTEA),
 )  # fmt: skip
 
 
