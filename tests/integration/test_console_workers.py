@@ -3,13 +3,18 @@ every command (PAUSE, KILL_CLIENT, RELOAD, SHUTDOWN...) acts on all of them, whi
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
 import time
+import urllib.request
 from typing import Any
 
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from tests.helpers import free_port, wait_for_tcp
 from tests.helpers.pgcluster import PgCluster
 from tests.helpers.proxy import ProxyFactory, ProxyProcess
 
@@ -169,3 +174,52 @@ def test_commands_act_on_every_worker(cluster: PgCluster, proxy_factory: ProxyFa
     assert proxy.wait(15) == 0
     assert "; restarting it" not in proxy.output()
     assert proxy.output().count("shut down (SHUTDOWN); not restarting it") == 2
+
+
+def test_pgbouncer_exporter_sees_every_worker(cluster: PgCluster, proxy_factory: ProxyFactory) -> None:
+    """Debian's prometheus-pgbouncer-exporter against a 2-worker proxy: its counters are the sums of every
+    worker's, as the proxy's own /metrics has them (one series per worker)."""
+    exporter_bin = "/usr/bin/prometheus-pgbouncer-exporter"
+    assert os.access(exporter_bin, os.X_OK), "install it with `make sysdeps` (scripts/sysdeps.sh)"
+    proxy = proxy_factory(CONFIG)
+    with _admin(proxy) as adm:
+        conns = _clients_on_both_workers(proxy, adm)
+    try:
+        for c in conns:
+            c.execute("SELECT 1")
+
+        def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                text = r.read().decode()
+            out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+            for fam in text_string_to_metric_families(text):
+                for s in fam.samples:
+                    labels = tuple(sorted((k, v) for k, v in s.labels.items() if k != "worker"))
+                    out[(s.name, labels)] = out.get((s.name, labels), 0.0) + s.value  # summed over workers
+            return out
+
+        port = free_port()
+        env = dict(os.environ, PGPASSWORD="apppass", PGSSLMODE="disable")
+        exporter = subprocess.Popen(
+            [exporter_bin, "--host", "127.0.0.1", "--port", str(port), "--pgbouncer-host", "127.0.0.1",
+             "--pgbouncer-port", str(proxy.port), "--pgbouncer-user", "app"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        try:
+            assert wait_for_tcp("127.0.0.1", port, timeout=15), "the exporter did not start"
+            exp = scrape(f"http://127.0.0.1:{port}/metrics")
+            own = scrape(proxy.admin_url + "/metrics")
+        finally:
+            exporter.terminate()
+            out = exporter.communicate(timeout=10)[0].decode(errors="replace")
+        assert "Traceback" not in out, out
+        db = (("database", "app"),)
+        n = len(conns)
+        assert exp[("pgbouncer_requests_total", db)] >= n
+        assert exp[("pgbouncer_requests_total", db)] == own[("heliosproxy_database_queries_total", db)]
+        assert exp[("pgbouncer_received_bytes_total", db)] == own[("heliosproxy_database_received_bytes_total", db)]
+        assert exp[("pgbouncer_active_clients", (("database", "app"), ("user", "app")))] == n
+        assert exp[("pgbouncer_used_clients", ())] >= n + 1
+    finally:
+        for c in conns:
+            c.close()

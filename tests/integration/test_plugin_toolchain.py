@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -121,3 +122,27 @@ def test_recipe_builds_loads_and_answers_through_the_proxy(
         body,
     ), [line for line in body.splitlines() if "plugin_metric" in line]
     assert plugin_log_lines(proxy, "no_vacuum")  # the warn line the recipe logs
+
+
+def test_new_defaults_to_a_directory_named_after_the_plugin(tmp_path: Path) -> None:
+    """`plugin new NAME` without --dir scaffolds ./NAME/ (source, manifest, build line) where it is run."""
+    run = subprocess.run(
+        [sys.executable, "-m", "heliosproxy", "plugin", "new", "audit_log", "--lang", "c"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    assert run.returncode == 0, run.stderr
+    project = tmp_path / "audit_log"
+    assert (project / "audit_log.c").is_file() and (project / "audit_log.yaml").is_file()
+    assert "heliosproxy plugin build audit_log" in run.stdout + (project / "README.md").read_text()
+    built = subprocess.run(
+        [sys.executable, "-m", "heliosproxy", "plugin", "build", "audit_log"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    assert built.returncode == 0, built.stderr
+    tested = subprocess.run(
+        [sys.executable, "-m", "heliosproxy", "plugin", "test", "audit_log", "--hook", "pre_query", "--context",
+         "audit_log/ctx.json"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    assert tested.returncode == 0, tested.stderr
+    assert json.loads(tested.stdout)["answer"] == {"action": "continue"}
