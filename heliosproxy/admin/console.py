@@ -160,9 +160,10 @@ class _PeerSession:
 
     admin = True
 
-    def __init__(self, user: str, peer: str) -> None:
+    def __init__(self, user: str, peer: str, origin: str = "console") -> None:
         self.user = user
         self.peer = f"{peer} (via another worker)"
+        self.requested_by = f"HTTP {self.peer}" if origin == "HTTP" else f"console {user}@{self.peer}"
 
 
 class AdminConsole:
@@ -337,8 +338,9 @@ class AdminConsole:
                 return {"rows": self.views[item][0]()}
             sql = request.get("run")
             if isinstance(sql, str):
-                session = _PeerSession(str(request.get("user", "?")), str(request.get("peer", "?")))
-                self._waiting = True
+                session = _PeerSession(str(request.get("user", "?")), str(request.get("peer", "?")),
+                                       str(request.get("origin", "console")))
+                self._waiting = bool(request.get("wait", True))
                 try:
                     out = self.execute_local(sql, session)
                 finally:
@@ -413,7 +415,8 @@ class AdminConsole:
     def _reload(self, args: list[str], _session: Any) -> bytes:
         _no_args("RELOAD", args)
         ok, message = self.server.reload(
-            requested_by=f"console {getattr(_session, 'user', '?')}@{getattr(_session, 'peer', '?')}"
+            requested_by=getattr(_session, "requested_by", None)
+            or f"console {getattr(_session, 'user', '?')}@{getattr(_session, 'peer', '?')}"
         )
         if not ok:
             raise HeliosError(f"reload failed, the running config is kept: {message}", sqlstate="F0000")

@@ -182,6 +182,7 @@ def test_pgbouncer_exporter_sees_every_worker(cluster: PgCluster, proxy_factory:
     exporter_bin = "/usr/bin/prometheus-pgbouncer-exporter"
     assert os.access(exporter_bin, os.X_OK), "install it with `make sysdeps` (scripts/sysdeps.sh)"
     proxy = proxy_factory(CONFIG)
+    assert proxy.admin_port is not None and wait_for_tcp(proxy.host, proxy.admin_port, timeout=15)
     with _admin(proxy) as adm:
         conns = _clients_on_both_workers(proxy, adm)
     try:
@@ -223,3 +224,41 @@ def test_pgbouncer_exporter_sees_every_worker(cluster: PgCluster, proxy_factory:
     finally:
         for c in conns:
             c.close()
+
+
+def test_http_actions_reach_every_worker(cluster: PgCluster, proxy_factory: ProxyFactory) -> None:
+    """POST /api/databases/{db}/pause|resume and /api/reload (served by worker 0) act on every worker."""
+    proxy = proxy_factory({**CONFIG, "admin": {"users": ["app"], "token": "t0ken"}})
+    auth = {"Authorization": "Bearer t0ken", "Content-Type": "application/json"}
+    assert proxy.admin_port is not None and wait_for_tcp(proxy.host, proxy.admin_port, timeout=15)
+
+    def post(path: str) -> int:
+        req = urllib.request.Request(proxy.admin_url + path, method="POST", data=b"", headers=auth)
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return int(r.status)
+
+    assert post("/api/databases/app/pause") == 200
+    done: list[int] = []
+    lock = threading.Lock()
+
+    def query(i: int) -> None:
+        with psycopg.connect(proxy.dsn(application_name=f"h{i}"), autocommit=True) as c:
+            c.execute("SELECT 1")
+        with lock:
+            done.append(i)
+
+    threads = [threading.Thread(target=query, args=(i,), daemon=True) for i in range(8)]
+    for t in threads:
+        t.start()
+    with _admin(proxy) as adm:
+        _wait(lambda: ({p["database"]: p for p in _dicts(adm, "SHOW POOLS")}.get("app") or {}).get("cl_waiting") == 8)
+        assert {c["worker"] for c in _dicts(adm, "SHOW CLIENTS") if c["state"] == "waiting"} == {0, 1}
+    assert not done
+    assert post("/api/databases/app/resume") == 200
+    for t in threads:
+        t.join(10)
+    assert sorted(done) == list(range(8))
+
+    assert post("/api/reload") == 200
+    _wait(lambda: proxy.output().count("reload: reloaded") >= 2)
+    assert "(via another worker) reload: reloaded" in proxy.output()
