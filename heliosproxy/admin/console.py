@@ -303,6 +303,9 @@ class AdminConsole:
         if verb == "SHUTDOWN":
             self._check_shutdown(sql)
             await link.ask_admin(request, timeout)
+        words = sql.strip().rstrip(";").split()
+        one_client = verb == "KILL" and len(words) == 2 and any(
+            getattr(c, "client_id", None) == words[1] for c in list(self.server.ctx.clients))
         self._waiting = True
         try:
             local: Any = self.execute_local(sql, session)
@@ -315,7 +318,7 @@ class AdminConsole:
             raise
         finally:
             self._waiting = False
-        if verb == "SHUTDOWN":
+        if verb in ("SHUTDOWN", "KILL_CLIENT") or one_client:  # a client id is one client: found here, done
             return bytes(local)
         if inspect.isawaitable(local):
             out, answers = await asyncio.gather(local, link.ask_admin(request, timeout))

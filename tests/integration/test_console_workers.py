@@ -122,6 +122,20 @@ def test_commands_act_on_every_worker(cluster: PgCluster, proxy_factory: ProxyFa
             for c in conns:
                 c.close()
 
+        # KILL db closes its clients on both workers; the db stays paused everywhere until RESUME
+        conns = _clients_on_both_workers(proxy, adm, n=2)
+        adm.execute("KILL app")
+        for c in conns:
+            with pytest.raises(psycopg.OperationalError):
+                c.execute("SELECT 1")
+            c.close()
+        for _attempt in range(3):
+            with _admin(proxy) as a:
+                assert {d["name"]: d for d in _dicts(a, "SHOW DATABASES")}["app"]["paused"] == 1
+        adm.execute("RESUME app")
+        with pytest.raises(psycopg.Error, match="no client with client_id or database"):
+            adm.execute("KILL no_such_thing")
+
         # PAUSE holds the clients of both workers; SHOW POOLS counts them all waiting; RESUME lets them go
         adm.execute("PAUSE app")
         for _attempt in range(3):
