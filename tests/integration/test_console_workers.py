@@ -267,6 +267,13 @@ def test_http_actions_reach_every_worker(cluster: PgCluster, proxy_factory: Prox
     with _admin(proxy) as adm:
         _wait(lambda: ({p["database"]: p for p in _dicts(adm, "SHOW POOLS")}.get("app") or {}).get("cl_waiting") == 8)
         assert {c["worker"] for c in _dicts(adm, "SHOW CLIENTS") if c["state"] == "waiting"} == {0, 1}
+        # the proxy's own /metrics agrees: one series per worker, summing to SHOW POOLS' cl_waiting
+        with urllib.request.urlopen(proxy.admin_url + "/metrics", timeout=10) as r:
+            text = r.read().decode()
+        waiting = [s for f in text_string_to_metric_families(text) for s in f.samples
+                   if s.name == "heliosproxy_pool_clients" and s.labels.get("state") == "waiting"
+                   and s.labels.get("database") == "app"]
+        assert sum(s.value for s in waiting) == 8 and {s.labels["worker"] for s in waiting} == {"0", "1"}
     assert not done
     assert post("/api/databases/app/resume") == 200
     for t in threads:
