@@ -12,22 +12,37 @@ from heliosproxy.config.schema import LogConfig
 
 # The `event` of each structured log line (README: "Logs"). A line without one has event "log".
 EVENTS: dict[str, str] = {
-    "client_connected": "a client logged in (client, user, database; msg has the pool mode)",
-    "client_closed": "a logged-in client went away (client, user, database, duration_ms)",
-    "client_refused": "a connection was refused before login (too many clients, shutting down; sqlstate)",
-    "client_fatal": "the proxy ended a client's session with a FATAL error (sqlstate)",
-    "auth_failed": "a wrong password or a denied login, once per client at warning (client, user, sqlstate)",
-    "login_failed": "a client could not be given a server connection at login (sqlstate)",
-    "server_lost": "the server connection of a client's transaction was lost (node)",
-    "reload": "a config reload: requested_by (signal, HTTP or console with who asked), outcome ok|failed",
-    "plugin_log": "a line a plugin wrote with helios.log (plugin)",
+    "client_connected": "a client logged in (client, user, database, pool_mode)",
+    "client_closed": "a logged-in client went away (client, user, database, duration_ms; error if it broke)",
+    "client_refused": "a connection was refused before login (client, sqlstate, error: too many clients...)",
+    "client_fatal": "the proxy ended a client's session with a FATAL error (sqlstate, error)",
+    "auth_failed": "a wrong password or a denied login, once per client at warning (client, user, sqlstate, error)",
+    "login_failed": "a client could not be given a server connection at login (sqlstate, error)",
+    "server_lost": "the server connection of a client's transaction was lost (node, error)",
+    "reload": "a config reload: requested_by (signal, HTTP or console with who asked), outcome ok|failed, error",
+    "admin_command": "a command on the admin console other than SHOW (user, client, command)",
+    "plugin_log": "a line a plugin wrote with helios.log (plugin; msg is the plugin's text)",
     "plugin_refused": "a plugin (or a new version of it) was refused at load (plugin, reason)",
-    "plugin_metric_dropped": "a plugin's metric sample was refused (first one per plugin; plugin)",
+    "plugin_metric_dropped": "a plugin's metric sample was refused (first one per plugin; plugin, metric, reason)",
+}
+# The JSON `msg` of each event: short, the details are the line's fields (text lines keep the long form).
+SHORT: dict[str, str] = {
+    "client_connected": "client connected",
+    "client_closed": "client closed",
+    "client_refused": "connection refused",
+    "client_fatal": "session ended (FATAL)",
+    "auth_failed": "authentication failed",
+    "login_failed": "login failed",
+    "server_lost": "server connection lost",
+    "admin_command": "admin command",
+    "plugin_refused": "plugin refused",
+    "plugin_metric_dropped": "plugin metric dropped",
 }
 CONNECTION_EVENTS = frozenset({"client_connected", "client_closed"})
 
 # Attributes every LogRecord has: anything else on a record came from `extra=` and is a field.
-_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+# `text` (extra) is a line's own short JSON msg.
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "text"}
 
 
 def client_fields(session: Any, event: str, **more: Any) -> dict[str, Any]:
@@ -60,12 +75,16 @@ class _JsonFormatter(logging.Formatter):
         self.worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
+        event = getattr(record, "event", None) or "log"
+        text = getattr(record, "text", None) or SHORT.get(event)
+        if text is None and event == "reload":
+            text = f"reload {getattr(record, 'outcome', '')}".strip()
         doc: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
-            "event": getattr(record, "event", None) or "log",
+            "event": event,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": text or record.getMessage(),
         }
         for key, value in record.__dict__.items():
             if key not in _STANDARD and key not in doc and value is not None:

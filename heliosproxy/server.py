@@ -102,6 +102,7 @@ class Server:
             link.snapshot = self.snapshot
             link.on_cancel = self._cancel_from_peer
             link.on_close_idle = self.ctx.pools.close_idle
+            link.on_admin = self.admin_console.answer_peer
             self.ctx.close_idle_elsewhere = link.close_idle_everywhere
             link.handlers[b"M"] = lambda: self.metrics.exposition()[0]
             self.ctx.on_cancel_miss = link.forward_cancel
@@ -241,7 +242,7 @@ class Server:
             self.reloads_failed += 1
             self.last_reload_error = str(exc)
             log.error("%s reload: %s", requested_by, exc,
-                      extra={"event": "reload", "requested_by": requested_by, "outcome": "failed"})
+                      extra={"event": "reload", "requested_by": requested_by, "outcome": "failed", "error": str(exc)})
             return False, str(exc)
         try:
             tls_context = client_tls_context(new.tls)  # certificate and key are read again on every reload
@@ -249,7 +250,8 @@ class Server:
             self.reloads_failed += 1
             self.last_reload_error = f"{new.source}: {exc.strerror or exc}"
             log.error("%s reload: %s", requested_by, self.last_reload_error,
-                      extra={"event": "reload", "requested_by": requested_by, "outcome": "failed"})
+                      extra={"event": "reload", "requested_by": requested_by, "outcome": "failed",
+                             "error": self.last_reload_error})
             return False, self.last_reload_error
         reload_certificates()
         self.ctx.tls_context = tls_context
@@ -258,7 +260,7 @@ class Server:
         self.last_reload_error = None
         message = f"reloaded {new.source}"
         log.info("%s reload: %s", requested_by, message,
-                 extra={"event": "reload", "requested_by": requested_by, "outcome": "ok"})
+                 extra={"event": "reload", "requested_by": requested_by, "outcome": "ok", "file": new.source})
         return True, message
 
     def apply(self, new: Config) -> None:

@@ -20,7 +20,7 @@ import struct
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,8 @@ class WorkerLink:
         # pg_cancel_backend/pg_terminate_backend of a PID this worker issued (session/pidmap.py):
         # (pid, action) -> the answer's bytes.
         self.on_pid: Callable[[int, int], bytes] | None = None
+        # The admin console of a peer: a JSON request (a SHOW's rows, a command to run here) -> JSON answer.
+        self.on_admin: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] | None = None
         # Other requests a peer may make: op byte -> function returning the answer's bytes.
         self.handlers: dict[bytes, Callable[[], bytes]] = {b"S": self._snapshot_bytes}
         self._server: asyncio.AbstractServer | None = None
@@ -81,11 +83,20 @@ class WorkerLink:
                 data = self.on_pid(pid, action) if self.on_pid is not None else b""
                 writer.write(struct.pack("!I", len(data)) + data)
                 await writer.drain()
+            elif op == b"A":
+                (n,) = struct.unpack("!I", await asyncio.wait_for(reader.readexactly(4), 2.0))
+                request = json.loads(await asyncio.wait_for(reader.readexactly(n), 2.0))
+                answer: dict[str, Any] = {"error": "no admin console"}
+                if self.on_admin is not None:
+                    answer = await self.on_admin(request)
+                data = json.dumps(answer, default=str).encode()
+                writer.write(struct.pack("!I", len(data)) + data)
+                await writer.drain()
             elif op in self.handlers:
                 data = self.handlers[op]()
                 writer.write(struct.pack("!I", len(data)) + data)
                 await writer.drain()
-        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError, ValueError):
             pass
         finally:
             writer.close()
@@ -147,6 +158,33 @@ class WorkerLink:
             except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
                 log.debug("worker %d did not answer %r: %s", w, op, exc)
         return out
+
+    async def ask_admin(self, request: dict[str, Any], timeout: float | None = 5.0) -> list[dict[str, Any]]:
+        """Send an admin request to every other worker at once; their answers (each with its `worker`).
+
+        `timeout` bounds the wait for an answer (PAUSE and WAIT_CLOSE answer once connections are released)."""
+        data = json.dumps(request).encode()
+
+        async def one(w: int) -> dict[str, Any] | None:
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(self.path(w)), 1.0)
+            except (OSError, TimeoutError) as exc:
+                log.warning("worker %d is not reachable for an admin request: %s", w, exc)
+                return None
+            try:
+                writer.write(b"A" + struct.pack("!I", len(data)) + data)
+                n = struct.unpack("!I", await asyncio.wait_for(reader.readexactly(4), timeout))[0]
+                answer: dict[str, Any] = json.loads(await asyncio.wait_for(reader.readexactly(n), 5.0))
+                answer["worker"] = w
+                return answer
+            except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+                log.warning("worker %d did not answer an admin request: %r", w, exc)
+                return None
+            finally:
+                writer.close()
+
+        answers = await asyncio.gather(*(one(w) for w in range(self.workers) if w != self.worker_id))
+        return [a for a in answers if a is not None]
 
     async def close_idle_everywhere(self, database: str) -> None:
         """Ask every other worker to close its idle connections to `database` (and wait for it)."""
@@ -216,6 +254,10 @@ def supervise(config: Config, run_worker: Callable[[Config, int, WorkerLink], in
             code = os.waitstatus_to_exitcode(status)
             if code != 0:
                 exit_code = code if code > 0 else 1
+            if code == 0 and not stopping:
+                # Only the console's SHUTDOWN ends a worker with 0 unasked; every worker got it.
+                log.info("worker %d shut down (SHUTDOWN); not restarting it", worker)
+                continue
             if not stopping:
                 log.error("worker %d exited with %s; restarting it", worker, code)
                 time.sleep(0.2)

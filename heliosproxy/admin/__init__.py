@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from heliosproxy import __version__
 from heliosproxy.backends.registry import Node, NodeState
+from heliosproxy.config.load import size_field
 from heliosproxy.config.schema import Config
 
 VERSION = f"HeliosProxy {__version__}"
@@ -233,19 +234,61 @@ def stats_view(server: ServerControl) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------- config
-def _flatten(value: Any, prefix: str, out: list[tuple[str, Any]]) -> None:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        for f in dataclasses.fields(value):
-            _flatten(getattr(value, f.name), f"{prefix}.{f.name}" if prefix else f.name, out)
-    else:
-        out.append((prefix, value))
+_LONG = 60  # SHOW CONFIG shortens longer values (the HTTP API has the full config)
 
 
-def _render(key: str, value: Any) -> str | None:
+def _flatten(value: Any, prefix: str, out: list[tuple[str, Any, str]]) -> None:
+    """(key path, value, kind) of every leaf; kind: duration, duration_ms, size or plain."""
+    for f in dataclasses.fields(value):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        v = getattr(value, f.name)
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            _flatten(v, key, out)
+            continue
+        kind = "plain"
+        if isinstance(v, float) and not isinstance(v, bool):
+            kind = "duration_ms" if f.name.endswith("_ms") else "duration"
+        elif isinstance(v, int) and not isinstance(v, bool) and size_field(type(value), f.name):
+            kind = "size"
+        out.append((key, v, kind))
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as the config's duration syntax: 0.5 -> 500ms, 15 -> 15s, 600 -> 10m, 90 -> 1m30s."""
+    if seconds == 0:
+        return "0s"
+    if seconds < 1 or not float(seconds).is_integer():
+        ms = seconds * 1000
+        return f"{int(ms)}ms" if float(ms).is_integer() else f"{seconds:g}s"
+    s = int(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s % size == 0:
+            return f"{s // size}{unit}"
+    if s > 60:
+        return f"{s // 60}m{s % 60}s"
+    return f"{s}s"
+
+
+def format_size(n: int) -> str:
+    """Bytes as the config's size syntax: 67108864 -> 64MiB, 1000 -> 1kB, 100 -> 100B."""
+    for unit, size in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024),
+                       ("TB", 1000**4), ("GB", 1000**3), ("MB", 1000**2), ("kB", 1000)):  # fmt: skip
+        if n and n % size == 0:
+            return f"{n // size}{unit}"
+    return f"{n}B"
+
+
+def _render(key: str, value: Any, kind: str = "plain") -> str | None:
     if value is None:
         return None
     if any(key.endswith("." + s) or key == s for s in _SECRET_KEYS):
         return "********"
+    if kind == "duration":
+        return format_duration(float(value))
+    if kind == "duration_ms":
+        return format_duration(float(value) / 1000.0)
+    if kind == "size":
+        return format_size(int(value))
     if isinstance(value, enum.Enum):
         return str(value.value)
     if isinstance(value, bool):
@@ -257,27 +300,39 @@ def _render(key: str, value: Any) -> str | None:
     return str(value)
 
 
-_RESTART_ONLY = ("listen", "workers", "admin.listen")
+def _shorten(text: str | None) -> str | None:
+    if text is None or len(text) <= _LONG:
+        return text
+    return text[: _LONG - 3] + "..."
 
 
-def config_view(config: Config) -> list[dict[str, Any]]:
-    """key / value / default / changeable, PgBouncer's SHOW CONFIG shape; secrets masked."""
-    defaults = Config(nodes=())
-    cur: list[tuple[str, Any]] = []
+_RESTART_ONLY = ("listen", "listen_unix", "workers", "admin.listen")
+
+
+def config_view(config: Config, *, full: bool = False) -> list[dict[str, Any]]:
+    """key / value / default / changeable, PgBouncer's SHOW CONFIG shape: values as written in the file
+    (`15s`, `64MiB`), defaults in the same syntax, long values shortened (unless full), secrets masked."""
+    cur: list[tuple[str, Any, str]] = []
     _flatten(config, "", cur)
-    dflt: dict[str, Any] = {}
-    dl: list[tuple[str, Any]] = []
-    _flatten(defaults, "", dl)
-    dflt = dict(dl)
+    dl: list[tuple[str, Any, str]] = []
+    _flatten(Config(nodes=()), "", dl)
+    dflt = {k: (v, kind) for k, v, kind in dl}
+    written = dict(config.written)
     rows = []
-    for key, value in cur:
-        if key == "source":
+    for key, value, kind in cur:
+        if key in ("source", "written"):
             continue
+        shown = written.get(key) if value is not None else None
+        if shown is None or any(key.endswith("." + s) or key == s for s in _SECRET_KEYS):
+            shown = _render(key, value, kind)
+        default = None
+        if key in dflt and key != "nodes":
+            default = _render(key, dflt[key][0], dflt[key][1])
         rows.append(
             {
                 "key": key,
-                "value": _render(key, value),
-                "default": _render(key, dflt.get(key)) if key in dflt and key != "nodes" else None,
+                "value": shown if full else _shorten(shown),
+                "default": default if full else _shorten(default),
                 "changeable": "no" if key in _RESTART_ONLY else "yes",
             }
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import re
 import time
@@ -13,6 +14,7 @@ from heliosproxy.admin import (
     VERSION,
     AdminError,
     ServerControl,
+    aggregate,
     config_view,
     kill_clients,
     nodes_view,
@@ -34,8 +36,10 @@ HELP = (
     ("SHOW CLIENTS", "client connections (id is what KILL_CLIENT takes)"),
     ("SHOW SERVERS", "backend connections of every pool"),
     ("SHOW SOCKETS", "clients and servers in one list (also ACTIVE_SOCKETS)"),
-    ("SHOW STATS", "per-database transactions, queries, bytes, xact/query/wait time (also STATS_TOTALS, "
-                   "STATS_AVERAGES, TOTALS)"),
+    (
+        "SHOW STATS",
+        "per-database transactions, queries, bytes, xact/query/wait time (also STATS_TOTALS, STATS_AVERAGES, TOTALS)",
+    ),
     ("SHOW DATABASES", "databases: pool settings, connections, paused/disabled"),
     ("SHOW USERS", "users: pool overrides and connections"),
     ("SHOW LISTS", "counts of databases, users, pools, clients, servers"),
@@ -60,8 +64,10 @@ HELP = (
     ("ENABLE db|node", "undo DISABLE"),
     ("KILL [db]", "close every client and server connection (of db) now; db stays paused until RESUME"),
     ("KILL_CLIENT id", "close one client (id or client_id from SHOW CLIENTS)"),
-    ("SHUTDOWN [WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS]", "stop the proxy now, once servers are released, "
-                                                     "or once clients have gone"),
+    (
+        "SHUTDOWN [WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS]",
+        "stop the proxy now, once servers are released, or once clients have gone",
+    ),
 )
 
 _WORD = re.compile(r'"([^"]*)"|(\S+)')
@@ -79,11 +85,89 @@ def _cell(value: Any) -> str | None:
     return str(value)
 
 
-_AGGREGATED = frozenset({"CLIENTS", "POOLS", "QUERIES"})
+# With workers: N>1 these run on every worker (the asking worker first; PAUSE/WAIT_CLOSE wait for all).
+_EVERYWHERE = frozenset(
+    {
+        "RELOAD",
+        "PAUSE",
+        "RESUME",
+        "SUSPEND",
+        "RECONNECT",
+        "WAIT_CLOSE",
+        "DISABLE",
+        "ENABLE",
+        "KILL",
+        "KILL_CLIENT",
+        "SHUTDOWN",
+    }
+)
+_WAITING = frozenset({"PAUSE", "WAIT_CLOSE"})
 
 
 def _table(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> bytes:
     return messages.result_set(columns, [[_cell(r.get(c)) for c in columns] for r in rows])
+
+
+def _typed(columns: tuple[pgb.Col, ...]) -> Callable[[list[dict[str, Any]], bool], bytes]:
+    return lambda rows, _aggregated: pgb.table(columns, rows)
+
+
+_NODE_COLS = (
+    "name",
+    "host",
+    "port",
+    "configured_role",
+    "role",
+    "state",
+    "write_target",
+    "disabled",
+    "lag_bytes",
+    "lag_ms",
+    "timeline",
+    "weight",
+    "priority",
+    "active_connections",
+    "last_check_age_s",
+    "last_error",
+)
+_NODE_STATS_COLS = (
+    "node",
+    "route",
+    "total_query_count",
+    "total_error_count",
+    "total_received",
+    "total_sent",
+    "total_query_time",
+    "avg_query_time",
+    "total_client_connections",
+    "refused_client_connections",
+    "login_failures",
+    "protocol_errors",
+)
+_PLUGIN_COLS = (
+    "name",
+    "version",
+    "state",
+    "priority",
+    "fail_mode",
+    "hooks",
+    "calls",
+    "errors",
+    "signed_by",
+    "last_error",
+)
+_QUERY_COLS = ("fingerprint", "query", "calls", "total_ms", "mean_ms", "errors")
+
+
+class _PeerSession:
+    """Who asked, for a command another worker's console forwards here (logged by RELOAD and others)."""
+
+    admin = True
+
+    def __init__(self, user: str, peer: str, origin: str = "console") -> None:
+        self.user = user
+        self.peer = f"{peer} (via another worker)"
+        self.requested_by = f"HTTP {self.peer}" if origin == "HTTP" else f"console {user}@{self.peer}"
 
 
 class AdminConsole:
@@ -108,39 +192,73 @@ class AdminConsole:
         }
         self.suspended = False
         self._waiting = False  # execute() may answer with an awaitable (PAUSE, WAIT_CLOSE)
+        ctx = self._ctx
+        # SHOW items answered from rows (merged across workers with workers: N>1): item -> (rows, render).
+        stats_rows: Callable[[], list[dict[str, Any]]] = lambda: pgb.stats_rows(ctx())  # noqa: E731
+        self.views: dict[str, tuple[Callable[[], list[dict[str, Any]]], Callable[[list[dict[str, Any]], bool], bytes]]]
+        self.views = {
+            "POOLS": (lambda: pgb.pool_rows(ctx()), lambda r, _a: pgb.table(pgb.POOL_COLS + pgb.POOL_EXTRA, r)),
+            "CLIENTS": (lambda: pgb.client_rows(ctx()), _typed(pgb.SOCKET_COLS + pgb.CLIENT_EXTRA)),
+            "SERVERS": (lambda: pgb.server_rows(ctx()), _typed(pgb.SOCKET_COLS + pgb.SERVER_EXTRA)),
+            "SOCKETS": (lambda: pgb.client_rows(ctx()) + pgb.server_rows(ctx()), _typed(pgb.SOCKET_COLS)),
+            "ACTIVE_SOCKETS": (
+                lambda: [r for r in pgb.client_rows(ctx()) + pgb.server_rows(ctx()) if r["state"] == "active"],
+                _typed(pgb.SOCKET_COLS),
+            ),
+            "FDS": (self._fds_rows, _typed(pgb.FDS_COLS)),
+            "STATS": (stats_rows, lambda r, _a: pgb.table(pgb.STATS_COLS + pgb.STATS_EXTRA, r)),
+            "STATS_TOTALS": (stats_rows, lambda r, _a: pgb.table(pgb.STATS_TOTALS_COLS, r)),
+            "STATS_AVERAGES": (
+                stats_rows,
+                lambda r, _a: pgb.table(pgb.STATS_AVERAGES_COLS, pgb.stats_average_rows(ctx(), r)),
+            ),
+            "TOTALS": (
+                stats_rows,
+                lambda r, _a: pgb.table((("name", pgb.TEXT), ("value", pgb.NUMERIC)), pgb.totals_rows(ctx(), r)),
+            ),
+            "DATABASES": (
+                lambda: pgb.database_rows(ctx()),
+                lambda r, _a: pgb.table(pgb.DATABASE_COLS + pgb.DATABASE_EXTRA, r),
+            ),
+            "USERS": (lambda: pgb.user_rows(ctx()), lambda r, _a: pgb.table(pgb.USER_COLS, r)),
+            "LISTS": (lambda: pgb.list_rows(ctx()), lambda r, _a: pgb.table(pgb.LIST_COLS, r)),
+            "MEM": (lambda: pgb.mem_rows(ctx()), lambda r, _a: pgb.table(pgb.MEM_COLS, r)),
+            "NODES": (lambda: nodes_view(self.server), lambda r, _a: _table(_NODE_COLS, r)),
+            "NODE_STATS": (lambda: stats_view(self.server), lambda r, _a: _table(_NODE_STATS_COLS, r)),
+            "PLUGINS": (self._plugin_rows, lambda r, _a: _table(_PLUGIN_COLS, r)),
+            "QUERIES": (lambda: queries_view(self.server, limit=1000), lambda r, _a: _table(_QUERY_COLS, r[:100])),
+        }
         self.shows: dict[str, Callable[[], bytes]] = {
-            "POOLS": self.show_pools,
-            "CLIENTS": self.show_clients,
-            "SERVERS": self.show_servers,
-            "SOCKETS": self.show_sockets,
-            "ACTIVE_SOCKETS": self.show_active_sockets,
-            "NODES": self.show_nodes,
-            "STATS": self.show_stats,
-            "STATS_TOTALS": lambda: pgb.table(pgb.STATS_TOTALS_COLS, pgb.stats_rows(self.server.ctx)),
-            "STATS_AVERAGES": lambda: pgb.table(pgb.STATS_AVERAGES_COLS, pgb.stats_average_rows(self.server.ctx)),
-            "TOTALS": lambda: pgb.table((("name", pgb.TEXT), ("value", pgb.NUMERIC)), pgb.totals_rows(self.server.ctx)),
-            "DATABASES": lambda: pgb.table(pgb.DATABASE_COLS + pgb.DATABASE_EXTRA, pgb.database_rows(self.server.ctx)),
-            "USERS": lambda: pgb.table(pgb.USER_COLS, pgb.user_rows(self.server.ctx)),
-            "LISTS": lambda: pgb.table(pgb.LIST_COLS, pgb.list_rows(self.server.ctx)),
-            "MEM": lambda: pgb.table(pgb.MEM_COLS, pgb.mem_rows(self.server.ctx)),
-            "FDS": self.show_fds,
+            **{item: self._local_show(item) for item in self.views},
             "STATE": lambda: pgb.table(pgb.STATE_COLS, pgb.state_rows(self.server.ctx, self.suspended)),
-            "PEERS": lambda: pgb.table((("peer_id", pgb.INT4), ("host", pgb.TEXT), ("port", pgb.INT4),
-                                        ("pool_size", pgb.INT4)), []),
-            "PEER_POOLS": lambda: pgb.table((("peer_id", pgb.INT4), ("cl_active_cancel_req", pgb.INT4),
-                                             ("cl_waiting_cancel_req", pgb.INT4), ("sv_active_cancel", pgb.INT4),
-                                             ("sv_login", pgb.INT4)), []),
+            "PEERS": lambda: pgb.table(
+                (("peer_id", pgb.INT4), ("host", pgb.TEXT), ("port", pgb.INT4), ("pool_size", pgb.INT4)), []
+            ),
+            "PEER_POOLS": lambda: pgb.table(
+                (
+                    ("peer_id", pgb.INT4),
+                    ("cl_active_cancel_req", pgb.INT4),
+                    ("cl_waiting_cancel_req", pgb.INT4),
+                    ("sv_active_cancel", pgb.INT4),
+                    ("sv_login", pgb.INT4),
+                ),
+                [],
+            ),
             "DNS_HOSTS": lambda: pgb.table((("hostname", pgb.TEXT), ("ttl", pgb.INT8), ("addrs", pgb.TEXT)), []),
             "DNS_ZONES": lambda: pgb.table((("zonename", pgb.TEXT), ("serial", pgb.INT8), ("count", pgb.INT4)), []),
-            "NODE_STATS": self.show_node_stats,
-            "PLUGINS": self.show_plugins,
             "CONFIG": self.show_config,
-            "QUERIES": self.show_queries,
             "VERSION": self.show_version,
             "HELP": self.show_help,
             "MIRROR": self.show_mirror,  # issue 15 §4
             "ANALYTICS": self.show_analytics,  # issue 15 §5
         }
+
+    def _ctx(self) -> Any:
+        return self.server.ctx
+
+    def _local_show(self, item: str) -> Callable[[], bytes]:
+        rows, render = self.views[item]
+        return lambda: render(rows(), False)
 
     async def start(self) -> None:
         pass
@@ -150,15 +268,18 @@ class AdminConsole:
 
     # ------------------------------------------------------------------ entry
     def execute(self, sql: str, session: Any) -> bytes | Awaitable[bytes] | None:
-        """Response messages, or an awaitable of them (multi-worker SHOW CLIENTS/POOLS/QUERIES; PAUSE and
-        WAIT_CLOSE, which answer once server connections are released or closed)."""
+        """Response messages, or an awaitable of them (with workers: N>1 every SHOW of rows is merged from all
+        workers and every command runs on all; PAUSE and WAIT_CLOSE answer once connections are released)."""
         link = getattr(self.server, "link", None)
-        if link is not None:
+        if link is not None and getattr(link, "workers", 1) > 1:
             words = sql.strip().rstrip(";").split()
-            if len(words) == 2 and words[0].upper() == "SHOW" and words[1].upper() in _AGGREGATED:
+            verb = words[0].upper() if words else ""
+            if verb == "SHOW" and len(words) == 2 and words[1].upper() in self.views:
                 return self._show_all_workers(link, words[1].upper())
-            if len(words) == 2 and words[0].upper() == "SHOW" and words[1].upper() in ("MIRROR", "ANALYTICS"):
+            if verb == "SHOW" and len(words) == 2 and words[1].upper() in ("MIRROR", "ANALYTICS"):
                 return self._show_traffic(words[1].upper())
+            if verb in _EVERYWHERE and ";" not in sql.strip().rstrip(";"):
+                return self._run_everywhere(link, sql, session, verb)
         self._waiting = True
         try:
             out: bytes | Awaitable[bytes] | None = self.execute_local(sql, session)
@@ -167,42 +288,80 @@ class AdminConsole:
             self._waiting = False
 
     async def _show_all_workers(self, link: Any, item: str) -> bytes:
-        """SHOW over every worker's snapshot, with a `worker` column."""
-        snaps: list[dict[str, Any]] = await link.gather()
-        if item == "CLIENTS":
-            rows = [{**c, "worker": s.get("worker")} for s in snaps for c in s.get("pgb_clients", [])]
-            return pgb.table(pgb.SOCKET_COLS + pgb.CLIENT_EXTRA + pgb.WORKER, rows)
-        if item == "POOLS":
-            merged: dict[tuple[str, str], dict[str, Any]] = {}
-            for snap in snaps:
-                for p in snap.get("pgb_pools", []):
-                    m = merged.get((p["database"], p["user"]))
-                    if m is None:
-                        merged[(p["database"], p["user"])] = dict(p)
-                        continue
-                    for k, v in p.items():
-                        if k in ("maxwait", "maxwait_us", "pool_size", "reserve_pool_size"):
-                            m[k] = max(m[k], v)
-                        elif isinstance(v, int) and not isinstance(v, bool):
-                            m[k] += v
-                        elif isinstance(v, list):
-                            m[k] = sorted(set(m[k]) | set(v))
-            return pgb.table(pgb.POOL_COLS + pgb.POOL_EXTRA, sorted(merged.values(), key=lambda r: (r["database"],
-                                                                                                 r["user"])))
-        merged_q: dict[str, list[Any]] = {}
-        for snap in snaps:
-            for fp, (query, calls, total_us, errors) in snap.get("queries", {}).items():
-                q = merged_q.setdefault(fp, [query, 0, 0, 0])
-                q[1] += calls
-                q[2] += total_us
-                q[3] += errors
-        top = sorted(merged_q.items(), key=lambda kv: kv[1][2], reverse=True)[:100]
-        rows = [
-            {"fingerprint": fp, "query": q, "calls": c, "total_ms": round(t / 1000.0, 3),
-             "mean_ms": round(t / 1000.0 / c, 3) if c else 0.0, "errors": e}
-            for fp, (q, c, t, e) in top
-        ]
-        return _table(("fingerprint", "query", "calls", "total_ms", "mean_ms", "errors"), rows)
+        """SHOW over every worker's rows (listed shows get a `worker` column)."""
+        rows_fn, render = self.views[item]
+        local = rows_fn()
+        answers = await link.ask_admin({"show": item})
+        per_worker = [(int(link.worker_id), local)] + [(int(a["worker"]), a.get("rows") or []) for a in answers]
+        merged = aggregate.merge(item, per_worker)
+        if item in aggregate.LISTED:
+            cols = {
+                "CLIENTS": pgb.SOCKET_COLS + pgb.CLIENT_EXTRA,
+                "SERVERS": pgb.SOCKET_COLS + pgb.SERVER_EXTRA,
+                "FDS": pgb.FDS_COLS,
+            }.get(item, pgb.SOCKET_COLS)
+            return pgb.table(cols + pgb.WORKER, merged)
+        return render(merged, True)
+
+    async def _run_everywhere(self, link: Any, sql: str, session: Any, verb: str) -> bytes:
+        """A command on this worker and on every other one (SHUTDOWN: the others first). KILL_CLIENT and KILL
+        of a client or database this worker does not have are answered by the worker that has it."""
+        request = {"run": sql, "user": getattr(session, "user", "?"), "peer": str(getattr(session, "peer", "?"))}
+        timeout = None if verb in _WAITING else 30.0
+        if verb == "SHUTDOWN":
+            self._check_shutdown(sql)
+            await link.ask_admin(request, timeout)
+        words = sql.strip().rstrip(";").split()
+        one_client = verb == "KILL" and len(words) == 2 and any(
+            getattr(c, "client_id", None) == words[1] for c in list(self.server.ctx.clients))
+        self._waiting = True
+        try:
+            local: Any = self.execute_local(sql, session)
+        except HeliosError as exc:
+            if verb not in ("KILL_CLIENT", "KILL") or exc.sqlstate != "42704":
+                raise
+            answers = await link.ask_admin(request, timeout)
+            if any(a.get("ok") for a in answers):
+                return messages.command_complete(verb)
+            raise
+        finally:
+            self._waiting = False
+        if verb in ("SHUTDOWN", "KILL_CLIENT") or one_client:  # a client id is one client: found here, done
+            return bytes(local)
+        if inspect.isawaitable(local):
+            out, answers = await asyncio.gather(local, link.ask_admin(request, timeout))
+        else:
+            out, answers = local, await link.ask_admin(request, timeout)
+        for a in answers:
+            if a.get("error") and verb not in ("KILL", "KILL_CLIENT"):
+                log.warning("%s on worker %s: %s", verb, a.get("worker"), a["error"])
+        if verb == "RELOAD":
+            failed = [f"worker {a.get('worker')}: {a['error']}" for a in answers if a.get("error")]
+            if failed:
+                raise HeliosError("reload failed on " + "; ".join(failed), sqlstate="F0000")
+        return bytes(out)
+
+    async def answer_peer(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Another worker's console asks: `show` -> this worker's rows; `run` -> run the command here."""
+        try:
+            item = request.get("show")
+            if isinstance(item, str) and item in self.views:
+                return {"rows": self.views[item][0]()}
+            sql = request.get("run")
+            if isinstance(sql, str):
+                session = _PeerSession(str(request.get("user", "?")), str(request.get("peer", "?")),
+                                       str(request.get("origin", "console")))
+                self._waiting = bool(request.get("wait", True))
+                try:
+                    out = self.execute_local(sql, session)
+                finally:
+                    self._waiting = False
+                if inspect.isawaitable(out):
+                    await out
+                return {"ok": True}
+            return {"error": "bad request"}
+        except HeliosError as exc:
+            return {"error": exc.message, "sqlstate": exc.sqlstate}
 
     def execute_local(self, sql: str, session: Any) -> Any:
         """Answer from this worker's state only (also used for extended-protocol admin queries)."""
@@ -218,7 +377,8 @@ class AdminConsole:
             raise HeliosError(f'unknown admin command "{words[0]}"; try SHOW HELP', sqlstate="42601")
         who = getattr(session, "user", "?")
         if verb not in ("SHOW", "SET"):
-            log.info("admin %s: %s", who, text)
+            log.info("admin %s: %s", who, text, extra={"event": "admin_command", "user": who, "command": text,
+                                                        "client": str(getattr(session, "peer", "?"))})
         try:
             return handler(words[1:], session)
         except AdminError as exc:
@@ -230,64 +390,31 @@ class AdminConsole:
             raise HeliosError(f"SHOW takes one of: {', '.join(self.shows)}", sqlstate="42601")
         fn = self.shows.get(args[0].upper())
         if fn is None:
-            raise HeliosError(f'unknown SHOW item "{args[0]}"; one of: {", ".join(self.shows)}',
-                              sqlstate="42601")
+            raise HeliosError(f'unknown SHOW item "{args[0]}"; one of: {", ".join(self.shows)}', sqlstate="42601")
         return fn()
 
-    def show_pools(self) -> bytes:
-        return pgb.table(pgb.POOL_COLS + pgb.POOL_EXTRA, pgb.pool_rows(self.server.ctx))
-
-    def show_clients(self) -> bytes:
-        return pgb.table(pgb.SOCKET_COLS + pgb.CLIENT_EXTRA, pgb.client_rows(self.server.ctx))
-
-    def show_servers(self) -> bytes:
-        return pgb.table(pgb.SOCKET_COLS + pgb.SERVER_EXTRA, pgb.server_rows(self.server.ctx))
-
-    def show_sockets(self) -> bytes:
-        ctx = self.server.ctx
-        return pgb.table(pgb.SOCKET_COLS, pgb.client_rows(ctx) + pgb.server_rows(ctx))
-
-    def show_active_sockets(self) -> bytes:
-        ctx = self.server.ctx
-        rows = [r for r in pgb.client_rows(ctx) + pgb.server_rows(ctx) if r["state"] == "active"]
-        return pgb.table(pgb.SOCKET_COLS, rows)
-
-    def show_fds(self) -> bytes:
+    def _fds_rows(self) -> list[dict[str, Any]]:
         srv = self.server
         listeners = [x for x in (getattr(srv, "listener", None), getattr(srv, "unix_listener", None)) if x]
-        return pgb.table(pgb.FDS_COLS, pgb.fds_rows(srv.ctx, listeners))
+        return pgb.fds_rows(srv.ctx, listeners)
 
-    def show_nodes(self) -> bytes:
-        cols = ("name", "host", "port", "configured_role", "role", "state", "write_target", "disabled",
-                "lag_bytes", "lag_ms", "timeline", "weight", "priority", "active_connections",
-                "last_check_age_s", "last_error")
-        return _table(cols, nodes_view(self.server))
-
-    def show_stats(self) -> bytes:
-        return pgb.table(pgb.STATS_COLS + pgb.STATS_EXTRA, pgb.stats_rows(self.server.ctx))
-
-    def show_node_stats(self) -> bytes:
-        cols = ("node", "route", "total_query_count", "total_error_count", "total_received", "total_sent",
-                "total_query_time", "avg_query_time", "total_client_connections", "refused_client_connections",
-                "login_failures", "protocol_errors")
-        return _table(cols, stats_view(self.server))
-
-    def show_plugins(self) -> bytes:
+    def _plugin_rows(self) -> list[dict[str, Any]]:
         rows = []
         for p in self.server.ctx.plugins.stats():
             calls = p.get("calls", {})
-            rows.append({**p, "calls": sum(v["calls"] for v in calls.values()),
-                         "errors": sum(v["errors"] for v in calls.values())})
-        cols = ("name", "version", "state", "priority", "fail_mode", "hooks", "calls", "errors", "signed_by",
-                "last_error")
-        return _table(cols, rows)
+            rows.append(
+                {
+                    **{c: p.get(c) for c in _PLUGIN_COLS},
+                    "calls": sum(v["calls"] for v in calls.values()),
+                    "errors": sum(v["errors"] for v in calls.values()),
+                }
+            )
+        return rows
 
     def show_config(self) -> bytes:
-        return pgb.table(tuple((c, pgb.TEXT) for c in ("key", "value", "default", "changeable")),
-                         config_view(self.server.config))
-
-    def show_queries(self) -> bytes:
-        return _table(("fingerprint", "query", "calls", "total_ms", "mean_ms", "errors"), queries_view(self.server))
+        return pgb.table(
+            tuple((c, pgb.TEXT) for c in ("key", "value", "default", "changeable")), config_view(self.server.config)
+        )
 
     # issue 15 §4, §5: mirror and analytics (all workers' numbers in multi-worker mode)
     def show_mirror(self) -> bytes:
@@ -317,7 +444,9 @@ class AdminConsole:
     def _reload(self, args: list[str], _session: Any) -> bytes:
         _no_args("RELOAD", args)
         ok, message = self.server.reload(
-            requested_by=f"console {getattr(_session, 'user', '?')}@{getattr(_session, 'peer', '?')}")
+            requested_by=getattr(_session, "requested_by", None)
+            or f"console {getattr(_session, 'user', '?')}@{getattr(_session, 'peer', '?')}"
+        )
         if not ok:
             raise HeliosError(f"reload failed, the running config is kept: {message}", sqlstate="F0000")
         return messages.command_complete("RELOAD")
@@ -448,15 +577,22 @@ class AdminConsole:
                 return messages.command_complete("KILL_CLIENT")
         raise HeliosError("client not found", sqlstate="42704")
 
+    def _check_shutdown(self, sql: str) -> str:
+        return _shutdown_mode(sql.strip().rstrip(";").split()[1:])
+
     def _shutdown(self, args: list[str], _session: Any) -> bytes:
-        mode = "immediate"
-        if args:
-            if len(args) != 1 or args[0].upper() not in ("WAIT_FOR_SERVERS", "WAIT_FOR_CLIENTS"):
-                raise HeliosError("SHUTDOWN takes WAIT_FOR_SERVERS or WAIT_FOR_CLIENTS", sqlstate="42601")
-            mode = args[0].lower()
+        mode = _shutdown_mode(args)
         log.warning("SHUTDOWN %s from the admin console", mode.upper())
         self.server.request_shutdown(mode)
         return messages.command_complete("SHUTDOWN")
+
+
+def _shutdown_mode(args: list[str]) -> str:
+    if not args:
+        return "immediate"
+    if len(args) != 1 or args[0].upper() not in ("WAIT_FOR_SERVERS", "WAIT_FOR_CLIENTS"):
+        raise HeliosError("SHUTDOWN takes WAIT_FOR_SERVERS or WAIT_FOR_CLIENTS", sqlstate="42601")
+    return args[0].lower()
 
 
 def _one_db(verb: str, args: list[str]) -> str:

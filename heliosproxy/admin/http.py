@@ -210,6 +210,8 @@ class AdminHttp:
                 self._traffic = await (tc.mirror_view() if where == "/api/mirror" else tc.analytics_view())
         try:
             response = self.dispatch(method, path, headers, body)
+            if link is not None and getattr(link, "workers", 1) > 1 and response.status == 200:
+                await self._on_every_worker(link, method, path.split("?", 1)[0], response)
         except HttpError as exc:
             response = error_response(exc.status, exc.message)
         except AdminError as exc:
@@ -235,6 +237,32 @@ class AdminHttp:
             await writer.drain()
 
     # ------------------------------------------------------------------ routing
+    async def _on_every_worker(self, link: Any, method: str, path: str, response: Response) -> None:
+        """With workers: N>1, a POST action done here is done on the other workers too (as the console's
+        command: RELOAD, ENABLE/DISABLE node, PAUSE/RESUME db without waiting); a worker that refuses the
+        reload turns the answer into 422."""
+        if method != "POST":
+            return
+        command: str | None = None
+        if path == "/api/reload":
+            command = "RELOAD"
+        elif m := _NODE_ACTION.match(path):
+            command = f'{"DISABLE" if m.group(2) == "disable" else "ENABLE"} "{m.group(1)}"'
+        elif m := _DB_ACTION.match(path):
+            db = unquote(m.group(1))
+            verb = "PAUSE" if m.group(2) == "pause" else "RESUME"
+            command = verb if db == "*" else f'{verb} "{db}"'
+        if command is None:
+            return
+        answers = await link.ask_admin({"run": command, "user": "HTTP", "peer": self._peer, "wait": False,
+                                          "origin": "HTTP"})
+        failed = [f"worker {a.get('worker')}: {a['error']}" for a in answers if a.get("error")]
+        if failed and command == "RELOAD":
+            response.status = 422
+            response.body = (json.dumps({"ok": False, "error": "; ".join(failed), "status": 422}) + "\n").encode()
+        elif failed:
+            log.warning("admin HTTP %s on other workers: %s", command, "; ".join(failed))
+
     def dispatch(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Response:
         path = target.split("?", 1)[0]
         if len(path) > 1:

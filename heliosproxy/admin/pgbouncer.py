@@ -13,7 +13,7 @@ from heliosproxy import __version__
 from heliosproxy.protocol import codes, messages
 from heliosproxy.session import pgcompat
 
-TEXT, INT4, INT8, NUMERIC = 25, 23, 20, 1700
+TEXT, INT4, INT8, NUMERIC, BYTEA = 25, 23, 20, 1700, 17
 Col = tuple[str, int]
 
 _H = struct.Struct("!H")
@@ -278,16 +278,58 @@ def stats_rows(ctx: Any) -> list[dict[str, Any]]:
         r: dict[str, Any] = {"database": db}
         r.update(zip(_TOTAL_NAMES, tot, strict=True))
         r.update(zip(_AVG_NAMES, avg, strict=True))
-        r.update(zip(_STAT_NAMES, tot, strict=True))
-        r["bytes_received"], r["bytes_sent"] = r["received"], r["sent"]
-        r["total_requests"] = r["total_query_count"]
-        out.append(r)
+        out.append(derive_stats(r))
     return out
 
 
-def stats_average_rows(ctx: Any) -> list[dict[str, Any]]:
+def derive_stats(r: dict[str, Any]) -> dict[str, Any]:
+    """The SHOW STATS_TOTALS names and the exporter's old names, from a row's total_* values."""
+    r.update(zip(_STAT_NAMES, [r[n] for n in _TOTAL_NAMES], strict=True))
+    r["bytes_received"], r["bytes_sent"] = r["received"], r["sent"]
+    r["total_requests"] = r["total_query_count"]
+    return r
+
+
+# avg_*_time are per transaction / query / assignment: merged weighted by these rates.
+_AVG_WEIGHTS = {"avg_xact_time": "avg_xact_count", "avg_query_time": "avg_query_count",
+                "avg_wait_time": "avg_server_assignment_count"}  # fmt: skip
+
+
+def merge_stats(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """SHOW STATS rows of several workers as one row per database: totals and rates add up, average
+    times are weighted by their rates."""
+    merged: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        m = merged.get(r["database"])
+        if m is None:
+            m = merged[r["database"]] = {
+                "database": r["database"],
+                **{n: 0 for n in _TOTAL_NAMES},
+                **{n: 0.0 for n in _AVG_NAMES},
+                "_w": {n: 0.0 for n in _AVG_WEIGHTS},
+            }
+        for n in _TOTAL_NAMES:
+            m[n] += int(r.get(n) or 0)
+        for n in _AVG_NAMES:
+            if n in _AVG_WEIGHTS:
+                w = float(r.get(_AVG_WEIGHTS[n]) or 0.0)
+                m[n] += float(r.get(n) or 0.0) * w
+                m["_w"][n] += w
+            else:
+                m[n] += float(r.get(n) or 0.0)
     out = []
-    for r in stats_rows(ctx):
+    for db in sorted(merged):
+        m = merged[db]
+        weights = m.pop("_w")
+        for n, w in weights.items():
+            m[n] = m[n] / w if w else 0.0
+        out.append(derive_stats(m))
+    return out
+
+
+def stats_average_rows(ctx: Any, rows: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    out = []
+    for r in stats_rows(ctx) if rows is None else rows:
         a = {"database": r["database"]}
         a.update(zip(_STAT_NAMES, [r[n] for n in _AVG_NAMES], strict=True))
         a["bytes_received"], a["bytes_sent"] = a["received"], a["sent"]
@@ -297,14 +339,12 @@ def stats_average_rows(ctx: Any) -> list[dict[str, Any]]:
     return out
 
 
-def totals_rows(ctx: Any) -> list[dict[str, Any]]:
-    """SHOW TOTALS: name/value rows, SHOW STATS summed over the databases."""
-    rows = stats_rows(ctx)
-    out = []
-    for names in (_TOTAL_NAMES[:11], _AVG_NAMES[:11]):
-        for n in names:
-            out.append({"name": n, "value": sum(r[n] for r in rows)})
-    return out
+def totals_rows(ctx: Any, rows: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """SHOW TOTALS: name/value rows, SHOW STATS over all databases (average times weighted)."""
+    rows = stats_rows(ctx) if rows is None else rows
+    total = merge_stats({**r, "database": "*"} for r in rows)
+    one = total[0] if total else {n: 0 for n in _TOTAL_NAMES + _AVG_NAMES}
+    return [{"name": n, "value": one[n]} for n in _TOTAL_NAMES[:11] + _AVG_NAMES[:11]]
 
 
 # ---------------------------------------------------------------------- SHOW DATABASES / USERS / LISTS
@@ -358,7 +398,7 @@ def user_rows(ctx: Any) -> list[dict[str, Any]]:
     out = []
     for u in cfg.users:
         out.append({
-            "name": u.name, "pool_size": u.pool_size, "reserve_pool_size": None,
+            "name": u.name, "pool_size": "" if u.pool_size is None else str(u.pool_size), "reserve_pool_size": "",
             "pool_mode": u.pool_mode.value if u.pool_mode is not None else None,
             "max_user_connections": u.max_user_connections if u.max_user_connections is not None
             else cfg.pool.max_user_connections,
@@ -406,7 +446,7 @@ def mem_rows(ctx: Any) -> list[dict[str, Any]]:
 FDS_COLS: tuple[Col, ...] = (
     ("fd", INT4), ("task", TEXT), ("user", TEXT), ("database", TEXT), ("addr", TEXT), ("port", INT4),
     ("cancel", INT8), ("link", INT4), ("client_encoding", TEXT), ("std_strings", TEXT), ("datestyle", TEXT),
-    ("timezone", TEXT), ("password", TEXT),
+    ("timezone", TEXT), ("password", TEXT), ("scram_client_key", BYTEA), ("scram_server_key", BYTEA),
 )  # fmt: skip
 
 

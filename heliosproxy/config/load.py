@@ -51,6 +51,7 @@ __all__ = [
     "parse_duration",
     "parse_size",
     "parse_yaml_text",
+    "size_field",
 ]
 
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error", "critical")
@@ -70,6 +71,13 @@ _SIZE_FIELDS: frozenset[tuple[type, str]] = frozenset(
         (Config, "max_client_buffer"),
     }
 )
+
+
+
+def size_field(owner: type, name: str) -> bool:
+    """Is owner.name an integer written as a byte size (`64MiB`)? (Every float field is a duration.)"""
+    return (owner, name) in _SIZE_FIELDS
+
 
 # Strings that must not be empty.
 _NONEMPTY: frozenset[tuple[type, str]] = frozenset(
@@ -356,6 +364,7 @@ class _Parser:
         self.source = source
         self.loader: yaml.SafeLoader
         self.lines: dict[str, int] = {}
+        self.written: dict[str, str] = {}  # scalar values as written (SHOW CONFIG), by key path
         self.errors: list[ConfigError] = []  # every problem found, reported together
         self.checking = False  # cross-field checks: fail() records and goes on
 
@@ -408,7 +417,7 @@ class _Parser:
             raise ConfigErrors(self.errors) from None
         if self.errors:
             raise ConfigErrors(self.errors)
-        config = dataclasses.replace(config, source=self.source)
+        config = dataclasses.replace(config, source=self.source, written=tuple(sorted(self.written.items())))
         self.checking = True
         self.check(config, root)
         self.checking = False
@@ -516,7 +525,7 @@ class _Parser:
         fields = {
             f.name: f
             for f in dataclasses.fields(cls)
-            if f.name not in preset and not (cls is Config and f.name == "source")
+            if f.name not in preset and not (cls is Config and f.name in ("source", "written"))
         }
         kwargs: dict[str, Any] = dict(preset)
         broken = False
@@ -562,6 +571,7 @@ class _Parser:
         if owner is Config and name == "workers":
             raw = self.scalar(node, path)
             if raw == "auto":
+                self.written[path] = "auto"
                 return os.cpu_count() or 1
         base, optional = _unwrap_optional(tp)
         if optional and self.is_null(node):
@@ -574,6 +584,8 @@ class _Parser:
         raw = self.scalar(node, path)
         if optional and raw is None:  # e.g. `token: ${TOKEN:-}` with TOKEN unset
             return None
+        if isinstance(node, yaml.ScalarNode) and name not in _SECRETS:
+            self.written[path] = node.value if "${" not in node.value else str(raw)
         try:
             value = self.typed(owner, name, base, raw)
         except _Bad as exc:

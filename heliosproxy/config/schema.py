@@ -390,6 +390,8 @@ class Config:
     mirror: MirrorConfig | None = None  # issue 15 §4
     analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)  # issue 15 §5
     source: str = "<memory>"  # the file this came from, for messages
+    # Scalar values as written in the file, by key path ("pool.acquire_timeout" -> "15s"), for SHOW CONFIG.
+    written: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
 
     def user(self, name: str) -> UserConfig | None:
         for u in self.users:

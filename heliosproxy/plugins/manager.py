@@ -194,7 +194,7 @@ class PluginManager:
             return HostBindings(
                 log=lambda level, msg: log.log(
                     _LOG_LEVELS.get(level, logging.INFO), "plugin %s: %s", name, msg,
-                    extra={"event": "plugin_log", "plugin": name},
+                    extra={"event": "plugin_log", "plugin": name, "text": msg},
                 ),
                 metric_add=lambda metric, value: self._metric(name, store, "add", metric, "", value),
                 kv=self.kv.namespace(name) if "kv" in manifest.permissions else None,
@@ -214,7 +214,8 @@ class PluginManager:
         if problem is not None:
             if store.dropped == 1:  # once per plugin: a loop would flood the log
                 log.warning("plugin %s: metric %r dropped: %s", name, metric, problem,
-                            extra={"event": "plugin_metric_dropped", "plugin": name})
+                            extra={"event": "plugin_metric_dropped", "plugin": name, "metric": metric,
+                                   "reason": problem})
             return
         self._event("plugin_metric", plugin=name, metric=metric, value=value)
 

@@ -363,7 +363,8 @@ class Pool:
         except (OSError, TimeoutError) as exc:
             self.connect_errors += 1
             raise BackendUnavailable(
-                f"cannot connect to node {self.key.node} ({self.host}:{self.port}): {exc or 'timeout'}"
+                f"cannot connect to node {self.key.node} ({self.host}:{self.port}): "
+                f"{str(exc) or f'connect timeout (server_connect_timeout {self.cfg.connect_timeout:g}s)'}"
             ) from None
         finally:
             self.connecting -= 1

@@ -323,7 +323,7 @@ class ClientSession(asyncio.Protocol):
             reason = "the proxy is shutting down" if ctx.shutting_down else "too many client connections"
             sqlstate = "57P03" if ctx.shutting_down else "53300"
             log.warning("refused connection from %s: %s", self.peer, reason,
-                        extra=client_fields(self, "client_refused", sqlstate=sqlstate))
+                        extra=client_fields(self, "client_refused", sqlstate=sqlstate, error=reason))
             transport.write(messages.error_response("FATAL", sqlstate, f"sorry, {reason}"))
             transport.close()
             self.phase = CLOSED
@@ -404,7 +404,8 @@ class ClientSession(asyncio.Protocol):
                 self.user,
                 self.database,
                 f" ({exc})" if exc else "",
-                extra=client_fields(self, "client_closed", duration_ms=round((time.time() - self.connected_at) * 1000)),
+                extra=client_fields(self, "client_closed", duration_ms=round((time.time() - self.connected_at) * 1000),
+                                  error=str(exc) if exc else None),
             )
 
     def pause_writing(self) -> None:
@@ -479,7 +480,7 @@ class ClientSession(asyncio.Protocol):
     def _fatal(self, sqlstate: str, message: str, detail: str | None = None, event: str = "client_fatal") -> None:
         log.log(logging.WARNING if event == "auth_failed" else logging.INFO,
                 "client %s user=%s: FATAL %s %s", self.peer, self.user or "-", sqlstate, message,
-                extra=client_fields(self, event, sqlstate=sqlstate))
+                extra=client_fields(self, event, sqlstate=sqlstate, error=message))
         if self.transport is not None and self.phase != CLOSED:
             self.transport.write(messages.error_response("FATAL", sqlstate, message, detail))
             self.transport.close()
@@ -811,7 +812,7 @@ class ClientSession(asyncio.Protocol):
             return
         except Exception as exc:  # never leave a client hanging at login
             log.error("client %s user=%s: login failed: %r", self.peer, self.user, exc,
-                      extra=client_fields(self, "login_failed", sqlstate="08006"))
+                      extra=client_fields(self, "login_failed", sqlstate="08006", error=repr(exc)))
             self._fatal("08006", f"cannot get a server connection: {exc}")
             return
         if self.phase == CLOSED:
@@ -841,7 +842,7 @@ class ClientSession(asyncio.Protocol):
             self.user,
             self.database,
             "admin" if self.admin else self.mode.value,
-            extra=client_fields(self, "client_connected"),
+            extra=client_fields(self, "client_connected", pool_mode="admin" if self.admin else self.mode.value),
         )
         self._resume_reading()
         if self.buf:
@@ -2435,7 +2436,7 @@ class ClientSession(asyncio.Protocol):
             self.peer,
             conn.node,
             f" ({exc})" if exc else "",
-            extra=client_fields(self, "server_lost", node=conn.node),
+            extra=client_fields(self, "server_lost", node=conn.node, error=str(exc) if exc else None),
         )
         if owed or self.mode is PoolMode.SESSION or self.pinned:
             if relayed_fatal:

@@ -120,7 +120,7 @@ def test_show_commands(cluster: PgCluster, proxy_factory: ProxyFactory) -> None:
             assert _rows(adm, "SHOW PLUGINS")[0][:3] == ["name", "version", "state"]
             cfg = {r["key"]: r for r in _dicts(adm, "show config;")}
             assert cfg["pool.size"]["value"] == "20" and cfg["pool.size"]["default"] == "20"
-            assert cfg["health.interval"]["value"] == "0.3"
+            assert cfg["health.interval"]["value"] == "300ms"  # as written in the file
             assert cfg["listen"]["changeable"] == "no"
             assert "apppass" not in json.dumps(list(cfg.values()))
             assert "SHOW NODES" in [r[0] for r in _rows(adm, "SHOW HELP")[1]]

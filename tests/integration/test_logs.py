@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from heliosproxy.logsetup import EVENTS
+from heliosproxy.logsetup import EVENTS, SHORT
 from tests.helpers.proxy import ProxyFactory, ProxyProcess
 
 pytestmark = pytest.mark.timeout(60)
@@ -98,7 +98,8 @@ def test_reload_logs_who_asked_and_the_outcome(proxy_factory: ProxyFactory) -> N
     assert err.value.code == 422
     failed = wait_for(proxy, "reload", 3)[2]
     assert (failed["outcome"], failed["level"]) == ("failed", "error")
-    assert "invalid YAML" in failed["msg"]
+    assert "invalid YAML" in failed["error"] and failed["msg"] == "reload failed"
+    assert ok["msg"] == "reload ok" and console["msg"] == "reload ok"
 
 
 def test_log_connections_false_drops_per_connection_lines(proxy_factory: ProxyFactory) -> None:
@@ -111,3 +112,32 @@ def test_log_connections_false_drops_per_connection_lines(proxy_factory: ProxyFa
     events = {r["event"] for r in records(proxy)}
     assert "auth_failed" in events
     assert not events & {"client_connected", "client_closed"}
+
+
+def test_messages_are_short_and_details_are_fields(proxy_factory: ProxyFactory) -> None:
+    """The JSON msg of an event does not repeat its fields: client, user, database, sqlstate are keys."""
+    proxy = proxy_factory(JSON_LOG)
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        conn.execute("SELECT 1")
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(proxy.dsn(password="wrong"))
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(proxy.dsn(dbname="no_such_db"))
+    with psycopg.connect(proxy.dsn(dbname="heliosproxy"), autocommit=True) as adm:
+        adm.execute("RECONNECT")
+    (connected,) = wait_for(proxy, "client_connected", 3)[:1]
+    assert connected["msg"] == "client connected" and connected["pool_mode"] == "transaction"
+    (failed,) = wait_for(proxy, "auth_failed")
+    assert failed["msg"] == "authentication failed"
+    assert "password authentication failed" in failed["error"]
+    fatal = [r for r in wait_for(proxy, "client_fatal") if r.get("database") == "no_such_db"]
+    assert fatal and fatal[0]["sqlstate"] == "3D000" and "no_such_db" in fatal[0]["error"]
+    (command,) = wait_for(proxy, "admin_command")
+    assert (command["msg"], command["command"], command["user"]) == ("admin command", "RECONNECT", "app")
+    assert HOSTPORT.match(command["client"])
+    for r in records(proxy):
+        if r["event"] in SHORT:
+            assert r["msg"] == SHORT[r["event"]], r
+        for key in ("client", "user", "database", "sqlstate"):
+            if r["event"] != "log" and isinstance(r.get(key), str) and len(r[key]) > 4:
+                assert r[key] not in r["msg"], (key, r)

@@ -115,8 +115,13 @@ def test_pgbouncer_columns_and_types(cluster: PgCluster, proxy_factory: ProxyFac
                                    "dns_zones", "dns_queries", "dns_pending"]
             assert lists["used_clients"] == 2 and lists["users"] == 4 and lists["databases"] >= 1
             assert _columns(adm, "SHOW MEM") == ["name", "size", "used", "free", "memtotal"]
-            assert _columns(adm, "SHOW FDS")[:8] == ["fd", "task", "user", "database", "addr", "port", "cancel",
-                                                      "link"]
+            assert _columns(adm, "SHOW FDS") == ["fd", "task", "user", "database", "addr", "port", "cancel",
+                                                  "link", "client_encoding", "std_strings", "datestyle", "timezone",
+                                                  "password", "scram_client_key", "scram_server_key"]
+            fds_types = _types(adm, "SHOW FDS")
+            assert (fds_types["fd"], fds_types["cancel"], fds_types["scram_client_key"]) == (INT4, INT8, 17)
+            users_types = _types(adm, "SHOW USERS")  # PgBouncer prints pool sizes as text, counts as int4
+            assert (users_types["pool_size"], users_types["max_user_connections"]) == (TEXT, INT4)
             assert _columns(adm, "SHOW CONFIG") == ["key", "value", "default", "changeable"]
             assert _columns(adm, "SHOW STATE") == ["key", "value"]
             assert adm.execute("SHOW VERSION").fetchone()[0].startswith("HeliosProxy")  # type: ignore[index]
@@ -413,3 +418,113 @@ def test_shutdown_wait_for_servers(cluster: PgCluster, proxy_factory: ProxyFacto
     with pytest.raises(psycopg.OperationalError):
         app.execute("SELECT 3")
     app.close()
+
+
+def test_show_config_values_as_written(cluster: PgCluster, proxy_factory: ProxyFactory) -> None:
+    """SHOW CONFIG: key/value/default/changeable, values as written in the file, defaults in the same syntax."""
+    long_check = "SELECT 1 /* " + "x" * 100 + " */"
+    proxy = proxy_factory(ADMIN, pool={"acquire_timeout": "15s", "server_idle_timeout": "90s",
+                                       "server_check_query": long_check},
+                          max_message_size="64MiB", max_client_buffer="2MiB", client_login_timeout=7,
+                          admin={"users": ["app"], "token": "sekrit-token"})
+    with _admin(proxy) as adm:
+        assert _types(adm, "SHOW CONFIG") == {"key": TEXT, "value": TEXT, "default": TEXT, "changeable": TEXT}
+        rows = {r["key"]: r for r in _dicts(adm, "SHOW CONFIG")}
+    assert rows["pool.acquire_timeout"]["value"] == "15s"
+    assert rows["pool.acquire_timeout"]["default"] == "5s"
+    assert rows["pool.idle_timeout"]["value"] == "90s"  # written under its PgBouncer name
+    assert rows["max_message_size"]["value"] == "64MiB" and rows["max_message_size"]["default"] == "64MiB"
+    assert rows["max_client_buffer"]["value"] == "2MiB" and rows["max_client_buffer"]["default"] == "1MiB"
+    assert rows["client_login_timeout"]["value"] == "7" and rows["client_login_timeout"]["default"] == "5s"
+    assert rows["pool.max_lifetime"]["value"] == "1h"  # not written: the default, in the same syntax
+    assert rows["plugins.limits.memory"]["value"] == "64MiB"
+    check = rows["pool.server_check_query"]["value"]
+    assert check.startswith("SELECT 1 /* xxx") and check.endswith("...") and len(check) == 60
+    assert rows["admin.token"]["value"] == "********"
+    assert rows["listen"]["changeable"] == "no" and rows["pool.size"]["changeable"] == "yes"
+
+
+# PgBouncer 1.25's RowDescription of each SHOW (src/admin.c, src/stats.c): column names and their type letters
+# (s, T: text; i: int4; q: int8; N: numeric; b: bytea). The proxy's own columns may follow.
+_PGB_125: dict[str, tuple[str, list[str]]] = {
+    "POOLS": ("ssiiiiiiiiiiiiiss", ["database", "user", "cl_active", "cl_waiting", "cl_active_cancel_req",
+                                    "cl_waiting_cancel_req", "sv_active", "sv_active_cancel", "sv_being_canceled",
+                                    "sv_idle", "sv_used", "sv_tested", "sv_login", "maxwait", "maxwait_us",
+                                    "pool_mode", "load_balance_hosts"]),
+    "CLIENTS": ("ssssssisiTTiiississii", ["type", "user", "database", "replication", "state", "addr", "port",
+                                          "local_addr", "local_port", "connect_time", "request_time", "wait",
+                                          "wait_us", "close_needed", "ptr", "link", "remote_pid", "tls",
+                                          "application_name", "prepared_statements", "id"]),
+    "STATS": ("s" + "N" * 22, []),
+    "STATS_TOTALS": ("s" + "N" * 11, []),
+    "STATS_AVERAGES": ("s" + "N" * 11, []),
+    "TOTALS": ("sN", ["name", "value"]),
+    "DATABASES": ("ssissiiiissiiiiii", ["name", "host", "port", "database", "force_user", "pool_size",
+                                        "min_pool_size", "reserve_pool_size", "server_lifetime", "pool_mode",
+                                        "load_balance_hosts", "max_connections", "current_connections",
+                                        "max_client_connections", "current_client_connections", "paused",
+                                        "disabled"]),
+    "USERS": ("ssssiiii", []),
+    "LISTS": ("si", ["list", "items"]),
+    "MEM": ("siiii", ["name", "size", "used", "free", "memtotal"]),
+    "FDS": ("issssiqisssssbb", []),
+    "STATE": ("ss", ["key", "value"]),
+    "CONFIG": ("ssss", ["key", "value", "default", "changeable"]),
+    "VERSION": ("s", ["version"]),
+    "PEERS": ("isii", ["peer_id", "host", "port", "pool_size"]),
+    "PEER_POOLS": ("iiiii", []),
+    "DNS_HOSTS": ("sqs", ["hostname", "ttl", "addrs"]),
+    "DNS_ZONES": ("sqi", ["zonename", "serial", "count"]),
+}
+_LETTER = {"s": TEXT, "T": TEXT, "i": INT4, "q": INT8, "N": NUMERIC, "b": 17}
+
+
+def test_every_show_has_pgbouncer_125_types(cluster: PgCluster, proxy_factory: ProxyFactory) -> None:
+    proxy = proxy_factory(ADMIN)
+    with psycopg.connect(proxy.dsn(), autocommit=True) as app, _admin(proxy) as adm:
+        app.execute("SELECT 1")
+        for show, (letters, names) in [*_PGB_125.items(), ("SERVERS", _PGB_125["CLIENTS"]),
+                                       ("SOCKETS", _PGB_125["CLIENTS"])]:
+            cur = adm.execute(f"SHOW {show}")
+            assert cur.description is not None
+            rows = cur.fetchall()
+            got = [(d.name, d.type_code) for d in cur.description][: len(letters)]
+            assert [t for _, t in got] == [_LETTER[c] for c in letters], show
+            if names:
+                assert [n for n, _ in got] == names, show
+            for row in rows:  # numbers arrive as numbers (psycopg converts by type)
+                for (name, oid), value in zip(got, row, strict=False):
+                    if value is not None and oid in (INT4, INT8, NUMERIC):
+                        assert not isinstance(value, str), (show, name, value)
+
+
+def test_suspend_holds_every_statement_and_disable_refuses_logins(cluster: PgCluster,
+                                                                  proxy_factory: ProxyFactory) -> None:
+    proxy = proxy_factory(ADMIN)
+    with _admin(proxy) as adm, psycopg.connect(proxy.dsn(), autocommit=True) as app:
+        app.execute("SELECT 1")
+        adm.execute("SUSPEND")
+        assert {r["key"]: r["value"] for r in _dicts(adm, "SHOW STATE")}["suspended"] == "yes"
+        with pytest.raises(psycopg.Error, match="already suspended/paused"):
+            adm.execute("PAUSE")
+        done = threading.Event()
+
+        def go() -> None:
+            app.execute("SELECT 2")
+            done.set()
+
+        threading.Thread(target=go, daemon=True).start()
+        assert not done.wait(0.8), "a statement ran while suspended"
+        adm.execute("RESUME")
+        assert done.wait(5)
+
+        adm.execute("DISABLE app")
+        assert {d["name"]: d for d in _dicts(adm, "SHOW DATABASES")}["app"]["disabled"] == 1
+        with pytest.raises(psycopg.OperationalError, match='database "app" is disabled'):
+            psycopg.connect(proxy.dsn(), connect_timeout=5)
+        assert app.execute("SELECT 3").fetchone() == (3,)  # connected clients go on, as in PgBouncer
+        with pytest.raises(psycopg.Error, match="cannot disable admin db"):
+            adm.execute("DISABLE pgbouncer")
+        adm.execute("ENABLE app")
+        with psycopg.connect(proxy.dsn(), autocommit=True) as again:
+            assert again.execute("SELECT 4").fetchone() == (4,)

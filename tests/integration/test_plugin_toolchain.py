@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import REPO_ROOT
 from tests.helpers.proxy import ProxyFactory, ProxyProcess
@@ -121,3 +123,93 @@ def test_recipe_builds_loads_and_answers_through_the_proxy(
         body,
     ), [line for line in body.splitlines() if "plugin_metric" in line]
     assert plugin_log_lines(proxy, "no_vacuum")  # the warn line the recipe logs
+
+
+def test_new_defaults_to_a_directory_named_after_the_plugin(tmp_path: Path) -> None:
+    """`plugin new NAME` without --dir scaffolds ./NAME/ (source, manifest, build line) where it is run."""
+    run = subprocess.run(
+        [sys.executable, "-m", "heliosproxy", "plugin", "new", "audit_log", "--lang", "c"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    assert run.returncode == 0, run.stderr
+    project = tmp_path / "audit_log"
+    assert (project / "audit_log.c").is_file() and (project / "audit_log.yaml").is_file()
+    assert "heliosproxy plugin build audit_log" in run.stdout + (project / "README.md").read_text()
+    built = subprocess.run(
+        [sys.executable, "-m", "heliosproxy", "plugin", "build", "audit_log"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    assert built.returncode == 0, built.stderr
+    tested = subprocess.run(
+        [sys.executable, "-m", "heliosproxy", "plugin", "test", "audit_log", "--hook", "pre_query", "--context",
+         "audit_log/ctx.json"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    assert tested.returncode == 0, tested.stderr
+    assert json.loads(tested.stdout)["answer"] == {"action": "continue"}
+
+
+GAUGES_C = """\
+#include "helios.h"
+static void put_label(char *out, int i) {  /* "tenant=tNNN" */
+    const char *p = "tenant=t";
+    int n = 0;
+    while (p[n]) { out[n] = p[n]; n++; }
+    out[n++] = (char)('0' + (i / 100) % 10);
+    out[n++] = (char)('0' + (i / 10) % 10);
+    out[n++] = (char)('0' + i % 10);
+    out[n] = 0;
+}
+static int64_t gauges(const char *json, int32_t len) {
+    char label[32];
+    helios_metric_set("tenants", 3);
+    helios_metric_set_labels("lag", "node=a,zone=z1", 7.5);
+    helios_metric_add_labels("seen", "kind=select", 1);
+    for (int i = 0; i < 300; i++) {  /* far more series than a plugin may have: bounded at 256 */
+        put_label(label, i);
+        helios_metric_set_labels("per_tenant", label, i);
+    }
+    return 0;
+}
+HELIOS_HOOK(pre_query, gauges)
+"""
+
+
+def test_plugin_gauges_labels_and_bounded_series_through_the_proxy(tmp_path: Path,
+                                                                   proxy_factory: ProxyFactory) -> None:
+    """A plugin's gauges and labelled series in the proxy's /metrics; past 256 series samples are dropped,
+    counted and logged once, and the proxy goes on serving."""
+    assert heliosproxy("plugin", "new", "gauges", "--lang", "c", "--dir", tmp_path).returncode == 0
+    project = tmp_path / "gauges"
+    (project / "gauges.c").write_text(GAUGES_C)
+    manifest = project / "gauges.yaml"
+    manifest.write_text(manifest.read_text().replace("permissions: []", "permissions: [metrics]"))
+    result = heliosproxy("plugin", "build", project)
+    assert result.returncode == 0, result.stderr
+    pdir = tmp_path / "loaded"
+    pdir.mkdir()
+    for f in ("gauges.wasm", "gauges.yaml"):
+        shutil.copy(project / "build" / f, pdir / f)
+    proxy = proxy_factory(plugin_config(pdir))
+    for _ in range(2):
+        ok = psql(proxy, "SELECT 1")
+        assert (ok.returncode, ok.stdout) == (0, "1\n"), ok.stderr
+    with urllib.request.urlopen(proxy.admin_url + "/metrics", timeout=5) as r:
+        body = r.read().decode()
+    samples = [s for f in text_string_to_metric_families(body) for s in f.samples
+               if s.labels.get("plugin") == "gauges"]
+
+    def value(metric: str, **labels: str) -> float | None:
+        for s in samples:
+            if s.name == metric and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+        return None
+
+    assert value("heliosproxy_plugin_gauge", name="tenants") == 3.0  # a gauge is set, not added up
+    assert value("heliosproxy_plugin_gauge", name="lag", node="a", zone="z1") == 7.5
+    assert value("heliosproxy_plugin_metric_total", name="seen", kind="select") == 2.0
+    series = [s for s in samples if s.name in ("heliosproxy_plugin_gauge", "heliosproxy_plugin_metric_total")]
+    assert len(series) == 256, len(series)
+    dropped = value("heliosproxy_plugin_metric_dropped_total")
+    assert dropped is not None and dropped > 0
+    assert proxy.output().count("metric 'per_tenant' dropped") == 1  # logged once, not per sample

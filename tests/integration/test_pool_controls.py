@@ -19,6 +19,7 @@ import pytest
 from tests.helpers import free_port
 from tests.helpers.pgcluster import PgCluster
 from tests.helpers.proxy import TEST_USERS, ProxyFactory, ProxyProcess
+from tests.helpers.rawpg import RawPg, ServerError
 
 # Every statement on the primary: server connections of one pool, easy to count.
 PRIMARY_ONLY = {"routing": {"read_write_split": False}, "admin": {"users": ["app"]}}
@@ -304,3 +305,45 @@ def test_listen_unix(cluster: PgCluster, proxy_factory: ProxyFactory) -> None:
         assert not (sockdir / f".s.PGSQL.{port}").exists()
     finally:
         shutil.rmtree(sockdir, ignore_errors=True)
+
+
+def test_query_wait_timeout_is_acquire_timeout(cluster: PgCluster, proxy_factory: ProxyFactory) -> None:
+    """PgBouncer's name `query_wait_timeout`: a statement waiting that long for a server gets 53300; the
+    session goes on (the proxy's acquire_timeout)."""
+    proxy = proxy_factory(PRIMARY_ONLY, pool={"query_wait_timeout": "400ms", "size": 1})
+    held = _hold(proxy)
+    with psycopg.connect(proxy.dsn(), autocommit=True) as c:
+        t0 = time.monotonic()
+        with pytest.raises(psycopg.Error) as ei:
+            c.execute("SELECT 1")
+        assert ei.value.sqlstate == "53300"
+        assert 0.35 <= time.monotonic() - t0 < 3
+        held.commit()
+        assert c.execute("SELECT 2").fetchone() == (2,)
+    held.close()
+
+
+def test_server_connect_timeout(cluster_factory: Any, proxy_factory: ProxyFactory) -> None:
+    """A server that accepts TCP but never answers (its postmaster stopped with SIGSTOP): a login gives up after
+    server_connect_timeout with an error, not a hang."""
+    import os
+    import signal
+
+    own = cluster_factory(standbys=0)
+    proxy = proxy_factory(PRIMARY_ONLY, cluster=own, pool={"server_connect_timeout": "500ms",
+                                                           "acquire_timeout": "10s"},
+                          health={"interval": "30s"})
+    with psycopg.connect(proxy.dsn(), autocommit=True) as c:
+        c.execute("SELECT 1")
+    pid = int((own.primary.datadir / "postmaster.pid").read_text().split()[0])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        with RawPg(proxy.host, proxy.port, timeout=20) as raw, pytest.raises(ServerError) as ei:
+            raw.login("plainuser", "plainpass", "app")
+        took = time.monotonic() - t0
+        assert took < 5, took  # bounded by server_connect_timeout (and its retries), not acquire_timeout
+        fields = ei.value.fields
+        assert fields["C"] == "08006" and "connect timeout (server_connect_timeout 0.5s)" in fields["M"], fields
+    finally:
+        os.kill(pid, signal.SIGCONT)

@@ -42,7 +42,7 @@ def test_json_fields(stream: io.StringIO) -> None:
     fields = client_fields(_Session(), "auth_failed", sqlstate="28P01")
     logging.getLogger("t").warning("client %s bad", "x", extra=fields)
     doc = json.loads(stream.getvalue())
-    assert doc["event"] == "auth_failed" and doc["level"] == "warning" and doc["msg"] == "client x bad"
+    assert doc["event"] == "auth_failed" and doc["level"] == "warning" and doc["msg"] == "authentication failed"
     assert (doc["client"], doc["user"], doc["database"], doc["sqlstate"], doc["worker"]) == (
         "10.0.0.7:51234", "app", "app", "28P01", 2)
     assert "node" not in doc
