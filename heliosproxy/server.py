@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -99,6 +100,7 @@ class Server:
             link.on_close_idle = self.ctx.pools.close_idle
             self.ctx.close_idle_elsewhere = link.close_idle_everywhere
             link.handlers[b"M"] = lambda: self.metrics.exposition()[0]
+            link.handlers[b"A"] = lambda: json.dumps(self.plugins.events.raw()).encode()  # /api/anomalies
             self.ctx.on_cancel_miss = link.forward_cancel
             await link.start()
         for extra in self.extras:
