@@ -23,6 +23,8 @@ EVENTS: dict[str, str] = {
     "plugin_log": "a line a plugin wrote with helios.log (plugin)",
     "plugin_refused": "a plugin (or a new version of it) was refused at load (plugin, reason)",
     "plugin_metric_dropped": "a plugin's metric sample was refused (first one per plugin; plugin)",
+    "plugin_anomaly": "a plugin reported an event (emit_event), at most 20 lines a second per plugin (plugin)",
+    "plugin_event_refused": "a plugin's emit_event document was refused (first one per plugin; plugin)",
 }
 CONNECTION_EVENTS = frozenset({"client_connected", "client_closed"})
 
