@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from json.encoder import encode_basestring as _str  # the C escaper json itself uses (ensure_ascii=False)
@@ -171,6 +172,8 @@ class PostQueryOutcome:
     error: str | None = None
 
     def to_json(self) -> bytes:
+        """Encoded when the observer call is queued, right after the client's ReadyForQuery: `at_ms` (Unix
+        milliseconds) is then, so an observer needs no clock call per statement."""
         return _encode(
             {
                 "success": self.success,
@@ -178,6 +181,7 @@ class PostQueryOutcome:
                 "elapsed_us": self.elapsed_us,
                 "response_bytes": self.response_bytes,
                 "error": self.error,
+                "at_ms": int(time.time() * 1000),
             }
         ).encode()
 

@@ -61,9 +61,11 @@ fn remember(fp: u64) bool {
 
 fn ignored(ctx: h.Value) bool {
     const list = h.config().get("ignore_users") orelse return false;
-    const who = (ctx.path(&.{ "hook_context", "identity" }) orelse return false).str() orelse return false;
     var it = list.items();
-    while (it.next()) |item| {
+    var next = it.next() orelse return false; // an empty list: nothing to look up
+    const who = (ctx.path(&.{ "hook_context", "identity" }) orelse return false).str() orelse return false;
+    while (true) : (next = it.next() orelse return false) {
+        const item = next;
         if (item.str()) |name| {
             if (std.mem.eql(u8, name, who)) return true;
         }

@@ -3,6 +3,7 @@ running proxy in front of real PostgreSQL; events read back from /api/anomalies 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import psycopg
 import pytest
 
@@ -152,11 +154,23 @@ def test_sqli_guard_blocks_with_42000_in_block_mode(
     assert res.returncode != 0 and "42000" in res.stderr, res.stderr
     assert victim_rows(cluster) == "1"  # the stacked DROP never reached the server
 
+    async def prepared() -> None:  # extended protocol, a named prepared statement (asyncpg)
+        conn = await asyncpg.connect(proxy.dsn(), timeout=10)
+        try:
+            with pytest.raises(asyncpg.PostgresError) as ei:
+                await conn.fetch("SELECT id FROM anom_users WHERE name = $1 OR 2>1", "x")
+            assert ei.value.sqlstate == "42000"
+            assert await conn.fetchval("SELECT count(*) FROM anom_users WHERE name = $1", "user1") == 1
+        finally:
+            await conn.close()
+
+    asyncio.run(prepared())
+
     got = [e for e in events(proxy) if e["plugin"] == "sqli_guard"]
-    assert sorted(e["kind"] for e in got) == ["catalog", "stacked", "tautology", "time_blind", "union"]
+    assert sorted(e["kind"] for e in got) == ["catalog", "stacked", "tautology", "tautology", "time_blind", "union"]
     for e in got:
         assert ("(reported)" if e["kind"] == "catalog" else "(blocked)") in e["detail"], e
-    assert 'heliosproxy_plugin_metric_total{kind="tautology",name="blocked",plugin="sqli_guard"} 1.0' in \
+    assert 'heliosproxy_plugin_metric_total{kind="tautology",name="blocked",plugin="sqli_guard"} 2.0' in \
         metrics_text(proxy)
 
 
