@@ -42,13 +42,16 @@ import pgbouncer as pgb  # noqa: E402
 USER, PASSWORD, DBNAME = "app", "apppass", "app"
 ALL_TARGETS = (
     "direct", "pgbouncer", "heliosproxy", "heliosproxy-rw", "heliosproxy-rw-eventual", "heliosproxy-wasm",
-    "heliosproxy-2w", "pgbouncer-tls", "heliosproxy-tls",
+    "heliosproxy-2w", "pgbouncer-tls", "heliosproxy-tls", "heliosproxy-anomaly",
 )
 ALL_MODES = ("simple", "extended", "prepared")
 CONNECT_TARGETS = ("direct", "pgbouncer", "heliosproxy", "pgbouncer-tls", "heliosproxy-tls")
 PROXY_TARGETS = (
     "heliosproxy", "heliosproxy-rw", "heliosproxy-rw-eventual", "heliosproxy-wasm", "heliosproxy-2w", "heliosproxy-tls",
+    "heliosproxy-anomaly",
 )
+# The anomaly row: the four anomaly-detection plugins loaded (issue 15 part 6), as shipped (sqli_guard reports).
+ANOMALY_PLUGINS = ("sqli_guard", "rate_spike", "novel_query", "auth_burst")
 # The TLS row: clients use TLS (pgbench with PGSSLMODE=require) to PgBouncer and to HeliosProxy.
 TLS_TARGETS = ("pgbouncer-tls", "heliosproxy-tls")
 NOOP_PLUGIN = REPO_ROOT / "plugins" / "build"
@@ -94,9 +97,11 @@ def dump_yaml(cfg: dict[str, Any]) -> str:
     return json.dumps(cfg, indent=2) + "\n"
 
 
-def noop_plugin_dir(dest: Path, build_dir: Path = NOOP_PLUGIN) -> Path:
-    """Copy noop.wasm + noop.yaml (from `make plugins`) into `dest`, which then holds only that plugin."""
-    for name in ("noop.wasm", "noop.yaml"):
+def noop_plugin_dir(dest: Path, build_dir: Path = NOOP_PLUGIN, names: Sequence[str] = ("noop",)) -> Path:
+    """Copy noop.wasm + noop.yaml (or the plugins `names`, from `make plugins`) into `dest`, which then holds
+    only those plugins."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in (f"{n}.{ext}" for n in names for ext in ("wasm", "yaml")):
         src = build_dir / name
         if not src.exists():
             raise SystemExit(f"{src} is missing: run `make plugins` first")
@@ -753,6 +758,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if name not in plan.targets:
                     continue
                 plugins = str(noop_plugin_dir(plugin_tmp)) if name == "heliosproxy-wasm" else None
+                if name == "heliosproxy-anomaly":
+                    plugins = str(noop_plugin_dir(plugin_tmp / "anomaly", names=ANOMALY_PLUGINS))
                 # The 2-worker row keeps 20 server connections in all: pool limits are per worker.
                 two = name == "heliosproxy-2w"
                 rw = name.startswith("heliosproxy-rw")

@@ -24,6 +24,8 @@ EVENTS: dict[str, str] = {
     "plugin_log": "a line a plugin wrote with helios.log (plugin; msg is the plugin's text)",
     "plugin_refused": "a plugin (or a new version of it) was refused at load (plugin, reason)",
     "plugin_metric_dropped": "a plugin's metric sample was refused (first one per plugin; plugin, metric, reason)",
+    "plugin_anomaly": "a plugin reported an event (emit_event), at most 20 lines a second per plugin (plugin)",
+    "plugin_event_refused": "a plugin's emit_event document was refused (first one per plugin; plugin)",
 }
 # The JSON `msg` of each event: short, the details are the line's fields (text lines keep the long form).
 SHORT: dict[str, str] = {
@@ -37,6 +39,8 @@ SHORT: dict[str, str] = {
     "admin_command": "admin command",
     "plugin_refused": "plugin refused",
     "plugin_metric_dropped": "plugin metric dropped",
+    "plugin_anomaly": "plugin event",
+    "plugin_event_refused": "plugin event refused",
 }
 CONNECTION_EVENTS = frozenset({"client_connected", "client_closed"})
 

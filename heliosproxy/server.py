@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import os
 import signal
@@ -105,6 +106,7 @@ class Server:
             link.on_admin = self.admin_console.answer_peer
             self.ctx.close_idle_elsewhere = link.close_idle_everywhere
             link.handlers[b"M"] = lambda: self.metrics.exposition()[0]
+            link.handlers[b"E"] = lambda: json.dumps(self.plugins.events.raw()).encode()  # /api/anomalies
             self.ctx.on_cancel_miss = link.forward_cancel
             link.on_pid = functools.partial(pidmap.serve, self.ctx)
             self.ctx.ask_pid = link.ask_pid

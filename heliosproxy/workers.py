@@ -83,7 +83,7 @@ class WorkerLink:
                 data = self.on_pid(pid, action) if self.on_pid is not None else b""
                 writer.write(struct.pack("!I", len(data)) + data)
                 await writer.drain()
-            elif op == b"A":
+            elif op == b"J":  # admin console request (JSON)
                 (n,) = struct.unpack("!I", await asyncio.wait_for(reader.readexactly(4), 2.0))
                 request = json.loads(await asyncio.wait_for(reader.readexactly(n), 2.0))
                 answer: dict[str, Any] = {"error": "no admin console"}
@@ -172,7 +172,7 @@ class WorkerLink:
                 log.warning("worker %d is not reachable for an admin request: %s", w, exc)
                 return None
             try:
-                writer.write(b"A" + struct.pack("!I", len(data)) + data)
+                writer.write(b"J" + struct.pack("!I", len(data)) + data)
                 n = struct.unpack("!I", await asyncio.wait_for(reader.readexactly(4), timeout))[0]
                 answer: dict[str, Any] = json.loads(await asyncio.wait_for(reader.readexactly(n), 5.0))
                 answer["worker"] = w

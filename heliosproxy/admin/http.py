@@ -12,7 +12,7 @@ import re
 import time
 from importlib import resources
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -33,6 +33,7 @@ from heliosproxy.admin import (
 from heliosproxy.config.schema import Config, split_hostport
 from heliosproxy.logsetup import hostport
 from heliosproxy.metrics import ProxyCollector
+from heliosproxy.plugins.events import served
 
 log = logging.getLogger("heliosproxy.admin.http")
 
@@ -208,6 +209,9 @@ class AdminHttp:
                 pass
             else:
                 self._traffic = await (tc.mirror_view() if where == "/api/mirror" else tc.analytics_view())
+        self._peer_events: list[dict[str, Any]] = []
+        if link is not None and path.split("?", 1)[0].rstrip("/") == "/api/anomalies" and self._may_read(headers):
+            self._peer_events = _peer_events(await link.ask_all(b"E"))
         try:
             response = self.dispatch(method, path, headers, body)
             if link is not None and getattr(link, "workers", 1) > 1 and response.status == 200:
@@ -322,6 +326,9 @@ class AdminHttp:
             if self._traffic is None:
                 raise HttpError(503, "not available")
             return json_response(200, self._traffic)
+        if path == "/api/anomalies":
+            _allow(method, get)
+            return json_response(200, {"events": self._anomalies(target)})
         if path == "/api/reload":
             _allow(method, method == "POST", "POST")
             ok, message = self.server.reload(requested_by=f"HTTP {getattr(self, '_peer', '?')}")
@@ -364,6 +371,26 @@ class AdminHttp:
         if host is not None and not host_allowed(host, admin.listen, admin.allowed_hosts):
             return False
         return not admin.metrics_auth or (bool(admin.token) and _token_ok(headers, admin.token or ""))
+
+    def _may_read(self, headers: dict[str, str]) -> bool:
+        """Whether an /api/ GET will be served (other workers are asked for their part only then)."""
+        admin = self.config.admin
+        host = headers.get("host")
+        if host is not None and not host_allowed(host, admin.listen, admin.allowed_hosts):
+            return False
+        return not admin.token or _token_ok(headers, admin.token)
+
+    def _anomalies(self, target: str) -> list[dict[str, Any]]:
+        """Plugin events of every worker, newest first (`?limit=N`, default plugins.max_events)."""
+        limit = self.config.plugins.max_events
+        query = parse_qs(urlsplit(target).query)
+        if "limit" in query:
+            text = query["limit"][-1]
+            if not text.isdigit():
+                raise HttpError(400, "limit must be a non-negative integer")
+            limit = min(limit, int(text))
+        events = self.server.ctx.plugins.events.raw() + getattr(self, "_peer_events", [])
+        return served(events, limit)
 
     def _check_token(self, headers: dict[str, str]) -> None:
         token = self.config.admin.token
@@ -444,6 +471,20 @@ class AdminHttp:
             "queries": queries_view(self.server, limit=20),
             "stats": self._stats(),
         }
+
+
+def _peer_events(answers: list[tuple[int, bytes]]) -> list[dict[str, Any]]:
+    """Other workers' event lists (a worker whose answer does not parse is left out)."""
+    out: list[dict[str, Any]] = []
+    for worker, data in answers:
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            log.debug("worker %d sent a bad event list", worker)
+            continue
+        if isinstance(doc, list):
+            out.extend(e for e in doc if isinstance(e, dict))
+    return out
 
 
 def _token_ok(headers: dict[str, str], token: str) -> bool:

@@ -155,6 +155,7 @@ _RANGES: dict[tuple[type, str], tuple[float, bool, float | None]] = {
     (PluginsConfig, "debounce"): (0, True, None),
     (PluginsConfig, "kv_max_keys"): (0, True, None),
     (PluginsConfig, "kv_max_value_bytes"): (1, True, None),
+    (PluginsConfig, "max_events"): (1, True, None),
     (PluginLimits, "memory"): (65536, True, None),
     (PluginLimits, "fuel"): (1, True, None),
     (PluginLimits, "timeout_ms"): (0, False, None),

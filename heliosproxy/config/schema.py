@@ -297,6 +297,7 @@ class PluginsConfig:
     debounce: float = 0.5
     kv_max_keys: int = 1024
     kv_max_value_bytes: int = 65536
+    max_events: int = 1000  # events (helios.emit_event) kept for /api/anomalies, newest first
     limits: PluginLimits = field(default_factory=PluginLimits)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from json.encoder import encode_basestring as _str  # the C escaper json itself uses (ensure_ascii=False)
@@ -30,6 +31,7 @@ class HookType(StrEnum):
     ON_CONNECT = "on_connect"
     ON_DISCONNECT = "on_disconnect"
     CUSTOM = "custom_hook"
+    POST_AUTH = "post_auth"  # observer: the outcome of every client login (success or failure)
 
     def export_name(self) -> str:
         return self.value
@@ -66,8 +68,12 @@ _HOOK_ALIASES: dict[str, HookType] = {
     "disconnect": HookType.ON_DISCONNECT,
     "custom": HookType.CUSTOM,
     "custom_hook": HookType.CUSTOM,
+    "post_auth": HookType.POST_AUTH,
+    "postauth": HookType.POST_AUTH,
 }
-_OBSERVERS = frozenset({HookType.POST_QUERY, HookType.ON_CONNECT, HookType.ON_DISCONNECT, HookType.METRICS})
+_OBSERVERS = frozenset(
+    {HookType.POST_QUERY, HookType.ON_CONNECT, HookType.ON_DISCONNECT, HookType.METRICS, HookType.POST_AUTH}
+)
 
 
 class PluginError(Exception):
@@ -166,6 +172,8 @@ class PostQueryOutcome:
     error: str | None = None
 
     def to_json(self) -> bytes:
+        """Encoded when the observer call is queued, right after the client's ReadyForQuery: `at_ms` (Unix
+        milliseconds) is then, so an observer needs no clock call per statement."""
         return _encode(
             {
                 "success": self.success,
@@ -173,6 +181,7 @@ class PostQueryOutcome:
                 "elapsed_us": self.elapsed_us,
                 "response_bytes": self.response_bytes,
                 "error": self.error,
+                "at_ms": int(time.time() * 1000),
             }
         ).encode()
 
@@ -185,6 +194,29 @@ def auth_request_json(hook: HookContext, user: str, database: str, client_addr: 
             "database": database,
             "client_addr": client_addr,
             "password": password,
+            "hook_context": hook.to_dict(),
+        }
+    ).encode()
+
+
+def auth_outcome_json(
+    hook: HookContext,
+    user: str,
+    database: str,
+    client_addr: str,
+    success: bool,
+    sqlstate: str | None,
+    reason: str | None,
+) -> bytes:
+    """The post_auth input document (ABI v1 observer): a login's outcome, never its password."""
+    return _encode(
+        {
+            "user": user,
+            "database": database,
+            "client_addr": client_addr,
+            "success": success,
+            "sqlstate": sqlstate,
+            "reason": reason,
             "hook_context": hook.to_dict(),
         }
     ).encode()

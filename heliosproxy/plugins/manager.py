@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from heliosproxy.config.schema import FailMode, PluginsConfig
 from heliosproxy.plugins import signing
+from heliosproxy.plugins.events import EventLog, parse_event
 from heliosproxy.plugins.hooks import (
     AUTH_DEFER,
     CONTINUE,
@@ -36,6 +37,7 @@ from heliosproxy.plugins.hooks import (
     RoutePrimary,
     RouteResult,
     RouteStandby,
+    auth_outcome_json,
     auth_request_json,
     parse_auth,
     parse_pre_query,
@@ -55,6 +57,7 @@ _R = TypeVar("_R")
 EventSink = Callable[[str, dict[str, Any]], None]
 _LOG_LEVELS = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR}
 MAX_OBSERVER_QUEUE = 10_000
+EVENT_LOG_PER_SECOND = 20  # plugin events logged per plugin and second (all are kept and counted)
 _CALL_HOOKS = (
     HookType.PRE_QUERY,
     HookType.ROUTE,
@@ -112,6 +115,9 @@ class PluginManager:
         self.has_post_query = False
         self.has_auth = False
         self.has_connect = False
+        self.has_post_auth = False
+        self.events = EventLog(cfg.max_events)  # helios.emit_event, served at /api/anomalies
+        self._event_log_second: dict[str, tuple[int, int]] = {}  # plugin -> (second, events logged in it)
         self._observers: deque[tuple[HookType, bytes]] = deque()
         self.observer_dropped = 0
         self._wake: asyncio.Event | None = None
@@ -201,6 +207,7 @@ class PluginManager:
                 metric_record=lambda kind, metric, labels, value: self._metric(
                     name, store, kind, metric, labels, value
                 ),
+                event=lambda raw: self._plugin_event(name, store, raw),
             )
 
         checked = check_plugin(wasm_path, self.cfg, self.runtime, host_for)
@@ -219,6 +226,31 @@ class PluginManager:
             return
         self._event("plugin_metric", plugin=name, metric=metric, value=value)
 
+    def _plugin_event(self, name: str, store: PluginMetrics, raw: bytes) -> int:
+        """helios.emit_event: keep the event (bounded list) and count it in the plugin's metrics
+        (counter `events{kind, severity}`); -1 when the document is refused."""
+        try:
+            event = parse_event(name, raw)
+        except ValueError as e:
+            store.events_refused += 1
+            if store.events_refused == 1:  # once per plugin: a loop would flood the log
+                log.warning("plugin %s: event refused: %s", name, e,
+                            extra={"event": "plugin_event_refused", "plugin": name})
+            return -1
+        self.events.add(event)
+        self._metric(name, store, "add", "events", f"kind={event['kind']},severity={event['severity']}", 1.0)
+        second = int(event["ts"])
+        if self._event_log_second.get(name, (0, 0))[0] != second:
+            self._event_log_second[name] = (second, 0)
+        logged = self._event_log_second[name][1]
+        if logged >= EVENT_LOG_PER_SECOND:  # the list and the metrics have them all; the log is spared
+            return 0
+        self._event_log_second[name] = (second, logged + 1)
+        log.info("plugin %s: %s event %s (tenant %s): %s", name, event["severity"], event["kind"],
+                 event["tenant"] or "-", event["detail"][:200],
+                 extra={"event": "plugin_anomaly", "plugin": name})
+        return 0
+
     def _rebuild(self) -> None:
         """Recompute the per-hook chains (priority, then name) and swap them in at once."""
         ordered = sorted(self.plugins.values(), key=lambda p: (p.manifest.priority, p.name))
@@ -230,6 +262,7 @@ class PluginManager:
         self.has_post_query = bool(chains[HookType.POST_QUERY])
         self.has_auth = bool(chains[HookType.AUTHENTICATE])
         self.has_connect = bool(chains[HookType.ON_CONNECT] or chains[HookType.ON_DISCONNECT])
+        self.has_post_auth = bool(chains[HookType.POST_AUTH])
 
     def set_disabled(self, name: str, disabled: bool) -> bool:
         """An admin's disable/enable of a loaded plugin (enable also clears its error streak); False if unknown."""
@@ -391,6 +424,23 @@ class PluginManager:
         if self._chains[HookType.ON_DISCONNECT]:
             self._enqueue(HookType.ON_DISCONNECT, hook.to_json())
 
+    def post_auth(
+        self,
+        hook: HookContext,
+        user: str,
+        database: str,
+        client_addr: str,
+        success: bool,
+        sqlstate: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """A login's outcome, for post_auth observers (queued, off the login path)."""
+        if self._chains[HookType.POST_AUTH]:
+            self._enqueue(
+                HookType.POST_AUTH,
+                auth_outcome_json(hook, user, database, client_addr, success, sqlstate, reason),
+            )
+
     def drain_observers(self, limit: int | None = None) -> int:
         """Run queued observer calls now (the background task does this); returns how many."""
         n = 0
@@ -519,6 +569,7 @@ class PluginManager:
                     "metrics": p.metrics.simple(),
                     "metric_series": p.metrics.series(),
                     "metrics_dropped": p.metrics.dropped,
+                    "events_refused": p.metrics.events_refused,
                     "misroutes": p.misroutes,
                 }
             )

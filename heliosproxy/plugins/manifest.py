@@ -12,7 +12,7 @@ from heliosproxy.config.schema import FailMode, PluginLimits
 from heliosproxy.plugins.hooks import HookType, PluginLoadError
 
 REWRITE_MULTI = "rewrite_multi_statement"  # pre_query may rewrite one statement into several
-PERMISSIONS = frozenset({"log", "metrics", "kv", "clock", REWRITE_MULTI})
+PERMISSIONS = frozenset({"log", "metrics", "kv", "clock", "events", REWRITE_MULTI})
 DEFAULT_PRIORITY = 100
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]i?B?|B)?\s*$", re.IGNORECASE)

@@ -47,6 +47,7 @@ class PluginMetrics:
     counters: dict[tuple[str, Labels], float] = field(default_factory=dict)
     gauges: dict[tuple[str, Labels], float] = field(default_factory=dict)
     dropped: int = 0
+    events_refused: int = 0  # emit_event documents refused (bad shape)
 
     def record(self, kind: str, name: str, labels: str, value: float) -> str | None:
         """Apply `add` (counter) or `set` (gauge); the reason when the sample is dropped."""

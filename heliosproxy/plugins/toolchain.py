@@ -16,6 +16,7 @@ from typing import Any
 
 from heliosproxy.config.schema import PluginsConfig
 from heliosproxy.plugins import hooks
+from heliosproxy.plugins.events import parse_event
 from heliosproxy.plugins.hooks import HookType, PluginError, PluginLoadError
 from heliosproxy.plugins.kv import KvStore
 from heliosproxy.plugins.loader import CheckedPlugin, check_plugin
@@ -83,7 +84,7 @@ version: 0.1.0
 description: {name} (scaffolded by heliosproxy plugin new)
 author: you
 hooks: [pre_query]
-permissions: []            # any of: log, metrics, kv, clock (one per host function you call)
+permissions: []            # any of: log, metrics, kv, clock, events (one per host function you call)
 priority: 100
 limits: {{memory: 16MiB, fuel: 10000000, timeout_ms: 50}}
 fail_mode: open
@@ -275,12 +276,22 @@ def load(wasm_path: Path, cfg: PluginsConfig, *, quiet: bool = False) -> Sandbox
         problem = metrics.record(kind, metric, labels, value)
         say(f"metric {kind} {metric}{{{labels}}} {value}" + (f" DROPPED: {problem}" if problem else ""))
 
+    def event(raw: bytes) -> int:
+        try:
+            doc = parse_event(name, raw)
+        except ValueError as e:
+            say(f"event REFUSED: {e}")
+            return -1
+        say("event " + json.dumps({k: v for k, v in doc.items() if k != "ts"}))
+        return 0
+
     def host_for(manifest: Manifest) -> HostBindings:
         return HostBindings(
             log=lambda level, msg: say(f"plugin {name} log[{level}]: {msg}"),
             metric_add=lambda metric, value: record("add", metric, "", value),
             kv=kv.namespace(name) if "kv" in manifest.permissions else None,
             metric_record=record,
+            event=event,
         )
 
     try:

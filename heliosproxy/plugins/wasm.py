@@ -21,6 +21,8 @@ Host imports (module "helios"; each needs the manifest permission in brackets):
   kv_set(key_ptr i32, key_len i32, val_ptr i32, val_len i32) -> i32   [kv]  0 ok, -1 over a limit
   kv_delete(key_ptr i32, key_len i32) -> i32                     [kv]     0 (also when absent)
   now_ms() -> i64                                                [clock]  Unix time in milliseconds
+  emit_event(ptr i32, len i32) -> i32                            [events]  an anomaly/security event:
+      JSON {"kind", "severity", "tenant", "detail"}; 0 recorded, -1 refused (bad shape; logged once)
 A pointer/length outside linear memory in an import traps the call.
 Module "env", no permission needed:
   abort(msg i32, file i32, line i32, col i32)   AssemblyScript's abort: traps the call with its
@@ -89,6 +91,7 @@ HOST_IMPORTS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "kv_set": ("kv", ("i32", "i32", "i32", "i32"), ("i32",)),
     "kv_delete": ("kv", ("i32", "i32"), ("i32",)),
     "now_ms": ("clock", (), ("i64",)),
+    "emit_event": ("events", ("i32", "i32"), ("i32",)),
 }
 # module "env": imports compilers emit on their own, allowed without a permission
 ENV_IMPORTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -102,6 +105,7 @@ _REQUIRED_EXPORTS = {
     "helios_abi_version": ((), ("i32",)),
 }
 MAX_LOG_BYTES = 4096
+MAX_EVENT_BYTES = 4096
 
 
 def wat2wasm(text: str) -> bytes:
@@ -127,6 +131,8 @@ class HostBindings:
     kv: KvNamespace | None = None
     # (kind "add" | "set", name, labels "k=v,...", value); None: only unlabelled counters (metric_add)
     metric_record: Callable[[str, str, str, float], None] | None = None
+    # an emit_event document -> 0 recorded / -1 refused; None: every event refused
+    event: Callable[[bytes], int] | None = None
 
 
 class CompiledModule:
@@ -441,6 +447,12 @@ class WasmInstance:
 
     def _imp_now_ms(self, caller: Any) -> int:
         return int(time.time() * 1000)
+
+    def _imp_emit_event(self, caller: Any, ptr: int, length: int) -> int:
+        sink = self.host.event
+        if sink is None or (length & 0xFFFFFFFF) > MAX_EVENT_BYTES:
+            return -1
+        return sink(self._read(caller, ptr, length))
 
     # -- calls ----------------------------------------------------------------------------
 

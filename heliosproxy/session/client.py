@@ -481,6 +481,9 @@ class ClientSession(asyncio.Protocol):
         log.log(logging.WARNING if event == "auth_failed" else logging.INFO,
                 "client %s user=%s: FATAL %s %s", self.peer, self.user or "-", sqlstate, message,
                 extra=client_fields(self, event, sqlstate=sqlstate, error=message))
+        if event == "auth_failed" and self.ctx.plugins.has_post_auth:  # post_auth observers see failed logins
+            self.ctx.plugins.post_auth(self._make_hook_ctx(), self.user, self.database, self.peer, False, sqlstate,
+                                       message)
         if self.transport is not None and self.phase != CLOSED:
             self.transport.write(messages.error_response("FATAL", sqlstate, message, detail))
             self.transport.close()
@@ -745,6 +748,8 @@ class ClientSession(asyncio.Protocol):
         )
 
     def _authenticated(self) -> None:
+        if self.ctx.plugins.has_post_auth:  # post_auth observers see successful logins
+            self.ctx.plugins.post_auth(self._make_hook_ctx(), self.user, self.database, self.peer, True)
         self.phase = LOGIN
         self._pause_reading()
         self._spawn(self._finish_login())

@@ -14,7 +14,7 @@ from heliosproxy.traffic import analytics, mirror
 
 log = logging.getLogger("heliosproxy.traffic")
 
-OP_ANALYTICS = b"A"  # worker-link requests (heliosproxy/workers.py handlers)
+OP_ANALYTICS = b"Y"  # worker-link requests (heliosproxy/workers.py handlers)
 OP_MIRROR = b"R"
 
 

@@ -10,7 +10,7 @@
  * (not NUL-terminated) and returns 0 (the hook's default) or an answer from helios_answer(),
  * helios_block(), helios_rewrite().
  * Host functions need their manifest permission: helios_log (log), helios_metric_* (metrics),
- * helios_kv_* (kv), helios_now_ms (clock). Only the ones you call end up imported.
+ * helios_kv_* (kv), helios_now_ms (clock), helios_emit_event (events). Only the ones you call end up imported.
  */
 #ifndef HELIOS_H
 #define HELIOS_H
@@ -34,6 +34,7 @@ HELIOS_IMPORT(kv_get) int64_t helios_host_kv_get(const char *key, int32_t key_le
 HELIOS_IMPORT(kv_set) int32_t helios_host_kv_set(const char *key, int32_t key_len, const char *val, int32_t val_len);
 HELIOS_IMPORT(kv_delete) int32_t helios_host_kv_delete(const char *key, int32_t key_len);
 HELIOS_IMPORT(now_ms) int64_t helios_host_now_ms(void);
+HELIOS_IMPORT(emit_event) int32_t helios_host_emit_event(const char *json, int32_t len);
 
 enum { HELIOS_DEBUG = 0, HELIOS_INFO = 1, HELIOS_WARN = 2, HELIOS_ERROR = 3 };
 
@@ -190,5 +191,8 @@ static int32_t helios_kv_set(const char *key, const char *val, int32_t val_len) 
 }
 static int32_t helios_kv_delete(const char *key) { return helios_host_kv_delete(key, helios_strlen(key)); }
 static int64_t helios_now_ms(void) { return helios_host_now_ms(); }
+/* An event for /api/anomalies: a JSON object {"kind","severity","tenant","detail"} written by the
+ * caller (kind [A-Za-z_][A-Za-z0-9_]*, severity info|low|medium|high|critical). 0 kept, -1 refused. */
+static int32_t helios_emit_event(const char *json) { return helios_host_emit_event(json, helios_strlen(json)); }
 
 #endif

@@ -7,7 +7,7 @@
 // AssemblyScript's `env.abort` import is provided by the host: an abort (a failed assert, an
 // uncaught throw) traps the call, and the proxy logs "abort: MESSAGE at FILE:LINE:COL".
 // Host functions need their manifest permission: log (log), metricAdd/metricSet/… (metrics),
-// kvGet/kvSet/kvDelete (kv), nowMs (clock). Only the ones you call end up imported.
+// kvGet/kvSet/kvDelete (kv), nowMs (clock), emitEvent (events). Only the ones you call end up imported.
 
 @external("helios", "log") declare function host_log(level: i32, ptr: usize, len: i32): void;
 @external("helios", "metric_add") declare function host_metric_add(name: usize, nameLen: i32, value: f64): void;
@@ -20,6 +20,7 @@ declare function host_metric_set_labels(name: usize, nameLen: i32, labels: usize
 @external("helios", "kv_set") declare function host_kv_set(key: usize, keyLen: i32, val: usize, valLen: i32): i32;
 @external("helios", "kv_delete") declare function host_kv_delete(key: usize, keyLen: i32): i32;
 @external("helios", "now_ms") declare function host_now_ms(): i64;
+@external("helios", "emit_event") declare function host_emit_event(ptr: usize, len: i32): i32;
 
 // ---- required exports -------------------------------------------------------------------
 
@@ -174,4 +175,13 @@ export function kvDelete(key: string): bool {
 /** Milliseconds since the Unix epoch. Permission: clock. */
 export function nowMs(): i64 {
   return host_now_ms();
+}
+
+/** An event for /api/anomalies (severity info|low|medium|high|critical; tenant may be null); false when
+ * the host refused it. Permission: events. */
+export function emitEvent(kind: string, severity: string, tenant: string | null, detail: string): bool {
+  const doc = '{"kind":' + quote(kind) + ',"severity":' + quote(severity) + ',"tenant":' +
+    (tenant == null ? "null" : quote(tenant!)) + ',"detail":' + quote(detail) + "}";
+  const b = String.UTF8.encode(doc);
+  return host_emit_event(changetype<usize>(b), b.byteLength) == 0;
 }

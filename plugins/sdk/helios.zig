@@ -667,7 +667,8 @@ pub fn authDenied(reason: []const u8) i64 {
 
 // ---------------------------------------------------------------------------------------------
 // Host functions (module "helios"). Each needs its permission in the manifest:
-// log → log, metric_add/metric_set/metric_add_labels/metric_set_labels → metrics, kv_get/kv_set/kv_delete → kv, now_ms → clock.
+// log → log, metric_add/metric_set/metric_add_labels/metric_set_labels → metrics, kv_get/kv_set/kv_delete → kv, now_ms → clock,
+// emit_event → events.
 // ---------------------------------------------------------------------------------------------
 
 const host = struct {
@@ -680,6 +681,7 @@ const host = struct {
     extern "helios" fn kv_set(key_ptr: [*]const u8, key_len: i32, val_ptr: [*]const u8, val_len: i32) i32;
     extern "helios" fn kv_delete(key_ptr: [*]const u8, key_len: i32) i32;
     extern "helios" fn now_ms() i64;
+    extern "helios" fn emit_event(ptr: [*]const u8, len: i32) i32;
 };
 
 /// Log levels as the host numbers them (anything else is logged as info).
@@ -731,6 +733,29 @@ pub fn kvDelete(key: []const u8) bool {
 /// Milliseconds since the Unix epoch, from the host's clock. Permission: clock.
 pub fn nowMs() i64 {
     return host.now_ms();
+}
+
+/// Event severities, lowest first (the host refuses any other spelling).
+pub const Severity = enum { info, low, medium, high, critical };
+
+/// Report an event (an anomaly, a probe, ...): the host keeps it in a bounded list served at
+/// /api/anomalies as {"plugin", "kind", "severity", "tenant", "detail", "at"} and counts it in this
+/// plugin's metrics (counter `events{kind, severity}`). `kind` is [A-Za-z_][A-Za-z0-9_]* (at most
+/// 64 bytes; keep it to a small fixed set); `tenant` may be null; `detail` is free text (1 KiB kept).
+/// False when the host refused the event. Permission: events.
+pub fn emitEvent(kind: []const u8, severity: Severity, tenant: ?[]const u8, detail: []const u8) bool {
+    var o = Out.init();
+    o.raw("{\"kind\":");
+    o.string(kind);
+    o.raw(",\"severity\":\"");
+    o.raw(@tagName(severity));
+    o.raw("\",\"tenant\":");
+    o.optString(tenant);
+    o.raw(",\"detail\":");
+    o.string(if (detail.len > 1024) detail[0..1024] else detail);
+    o.byte('}');
+    const b = o.bytes();
+    return host.emit_event(b.ptr, @intCast(b.len)) == 0;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -311,3 +311,42 @@ def test_dashboard_actions_pause_resume_and_plugin_toggle(
     t.join(5.0)
     assert done == [(5,)]
     assert post("/api/databases/app/resume")[0] == 409  # not paused
+
+
+def test_dashboard_shows_anomalies_and_circuit_state(
+    cluster: PgCluster, proxy_factory: ProxyFactory, browser: WebDriver, tmp_path: Path
+) -> None:
+    """Recent anomalies come from /api/anomalies (sqli_guard here); the circuit column shows /api/nodes' breaker."""
+    import psycopg
+
+    from tests.wat_e2e.kit import install_example
+
+    pdir = tmp_path / "plugins"
+    install_example(pdir, "sqli_guard")  # report mode
+    proxy = proxy_factory({"health": HEALTH, "plugins": {"dir": str(pdir)}})
+    browser.get(proxy.admin_url + "/")
+    _until(lambda: set(_nodes(browser)) == {"primary", "standby1", "standby2"}, 10, "nodes shown")
+    _until(lambda: "none reported" in browser.find_element(By.ID, "anomalies").text, 5, "no anomalies yet")
+
+    # The circuit column: the node's breaker state when /api/nodes has one, "n/a" when it does not.
+    api = {n["name"]: n for n in _api(proxy, "/api/nodes")}
+
+    def circuits() -> dict[str, str]:
+        rows = browser.find_elements(By.CSS_SELECTOR, "#nodes tbody tr[data-node]")
+        return {r.get_attribute("data-node") or "": r.find_element(By.CSS_SELECTOR, '[data-field="breaker"]').text
+                for r in rows}
+
+    want = {name: (n["breaker"].replace("_", "-") if n.get("breaker") else "n/a") for name, n in api.items()}
+    _until(lambda: circuits() == want, 5, f"circuit states {want}")
+
+    probe = "SELECT 1 AS x WHERE '' = '' OR 1=1 -- dashboard"
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        conn.execute("SET helios.tenant = 'dash-tenant'")
+        assert conn.execute(probe).fetchone() == (1,)
+    css = '#anomalies tbody tr[data-plugin="sqli_guard"][data-kind="tautology"]'
+    row = _until(lambda: browser.find_elements(By.CSS_SELECTOR, css), 5, "the tautology event on the page")[0]
+    assert row.get_attribute("data-severity") == "high"
+    assert "dash-tenant" in row.text and probe in row.text
+    assert browser.find_element(By.ID, "anomalies-count").text == "newest 1"
+    assert _console_errors(browser) == []
+    _screenshot(browser, "dashboard-anomalies", DESKTOP)

@@ -48,7 +48,7 @@ def test_defaults_and_quick_plan() -> None:
     full = bench_run.parse_args([])
     assert full.targets == [
         "direct", "pgbouncer", "heliosproxy", "heliosproxy-rw", "heliosproxy-rw-eventual", "heliosproxy-wasm",
-        "heliosproxy-2w", "pgbouncer-tls", "heliosproxy-tls",
+        "heliosproxy-2w", "pgbouncer-tls", "heliosproxy-tls", "heliosproxy-anomaly",
     ]
     assert full.modes == ["simple", "extended", "prepared"]
     assert (full.clients, full.seconds, full.rounds, full.idle_clients) == ([1, 16, 64], 10.0, 3, 5000)

@@ -25,6 +25,10 @@ EXAMPLES = (
     "audit_log",
     "api_key_auth",
     "cache_answer",
+    "sqli_guard",
+    "novel_query",
+    "rate_spike",
+    "auth_burst",
 )
 HOOKS = {
     "pre_query",
@@ -39,17 +43,22 @@ HOOKS = {
     "on_connect",
     "on_disconnect",
     "custom_hook",
+    "post_auth",
 }
 PERMISSION_OF_IMPORT = {
     "log": "log",
     "metric_add": "metrics",
+    "metric_set": "metrics",
+    "metric_add_labels": "metrics",
+    "metric_set_labels": "metrics",
+    "emit_event": "events",
     "kv_get": "kv",
     "kv_set": "kv",
     "kv_delete": "kv",
     "now_ms": "clock",
 }
 
-# Compiling seven modules from source takes a while on a busy two-core machine.
+# Compiling the example modules from source takes a while on a busy two-core machine.
 pytestmark = pytest.mark.timeout(900)
 
 
@@ -92,6 +101,7 @@ class Guest:
         self.metrics: dict[str, float] = {}
         self.kv: dict[bytes, bytes] = {}
         self.kv_max_value = 64
+        self.events: list[dict[str, Any]] = []
         self.imported = {(i.module, i.name or "") for i in self.module.imports}
         linker = wasmtime.Linker(self.engine)
         i32, i64, f64 = wasmtime.ValType.i32(), wasmtime.ValType.i64(), wasmtime.ValType.f64()
@@ -103,6 +113,10 @@ class Guest:
             "kv_set": ([i32, i32, i32, i32], [i32], self._kv_set),
             "kv_delete": ([i32, i32], [i32], self._kv_delete),
             "now_ms": ([], [i64], lambda caller: 1_700_000_000_000),
+            "metric_set": ([i32, i32, f64], [], self._metric_set),
+            "metric_add_labels": ([i32, i32, i32, i32, f64], [], self._metric_labels),
+            "metric_set_labels": ([i32, i32, i32, i32, f64], [], self._metric_labels),
+            "emit_event": ([i32, i32], [i32], self._emit_event),
         }
         for module, field in self.imported:
             assert module == "helios", f"{name} imports from {module!r}"
@@ -127,6 +141,17 @@ class Guest:
     def _metric_add(self, caller: wasmtime.Caller, ptr: int, length: int, value: float) -> None:
         key = self._read(caller, ptr, length).decode()
         self.metrics[key] = self.metrics.get(key, 0.0) + value
+
+    def _metric_set(self, caller: wasmtime.Caller, ptr: int, length: int, value: float) -> None:
+        self.metrics[self._read(caller, ptr, length).decode()] = value
+
+    def _metric_labels(self, caller: wasmtime.Caller, np: int, nl: int, lp: int, ll: int, value: float) -> None:
+        key = self._read(caller, np, nl).decode() + "{" + self._read(caller, lp, ll).decode() + "}"
+        self.metrics[key] = self.metrics.get(key, 0.0) + value
+
+    def _emit_event(self, caller: wasmtime.Caller, ptr: int, length: int) -> int:
+        self.events.append(json.loads(self._read(caller, ptr, length)))
+        return 0
 
     def _kv_get(self, caller: wasmtime.Caller, ptr: int, length: int) -> int:
         value = self.kv.get(self._read(caller, ptr, length))
@@ -520,3 +545,50 @@ def test_hook_cost_in_fuel_is_small(built: Path) -> None:
     used = before - store.get_fuel()
     # Far below the default 10,000,000 budget: a typical statement costs a few thousand units.
     assert 0 < used < 50_000, used
+
+
+# ----------------------------------------------------------------------------- anomaly plugins
+
+
+@pytest.mark.parametrize(
+    ("query", "kinds"),
+    [
+        ("SELECT * FROM u WHERE name = '' OR 1=1 --'", ["tautology"]),
+        ("SELECT * FROM u WHERE name = '' OR 'a'='a'", ["tautology"]),
+        ("SELECT * FROM u WHERE id = 1 OR 2>1", ["tautology"]),
+        ("SELECT * FROM u WHERE x = 'a' OR TRUE", ["tautology"]),
+        ("SELECT * FROM u WHERE a = 1 OR b = 2", []),
+        ("SELECT * FROM u WHERE 1=1 AND id = 3", []),
+        ("SELECT name FROM u WHERE id = 1 UNION SELECT NULL, NULL", ["union"]),
+        ("SELECT name FROM u WHERE id = 1 UNION ALL SELECT usename FROM pg_shadow", ["union", "catalog"]),
+        ("SELECT a FROM t1 UNION SELECT b FROM t2", []),
+        ("SELECT * FROM u WHERE id = 1; DROP TABLE u", ["stacked"]),
+        ("SELECT 1; SELECT 2", []),
+        ("SELECT pg_sleep(5)", ["time_blind"]),
+        ("SELECT table_name FROM information_schema.tables", ["catalog"]),
+        ("SELECT relname FROM pg_catalog.pg_class", ["catalog"]),
+        ("SELECT 'pg_sleep(1) OR 1=1; DROP TABLE u'", []),
+    ],
+)
+def test_sqli_guard_shapes(guest: Callable[[str], Guest], query: str, kinds: list[str]) -> None:
+    g = guest("sqli_guard")
+    assert g.call("pre_query", query_context(query, attributes={"tenant": "acme"})) is None  # report mode
+    assert sorted(e["kind"] for e in g.events) == sorted(kinds)
+    assert all(e["tenant"] == "acme" and query in e["detail"] for e in g.events)
+
+
+def test_auth_burst_counts_failures_per_address_and_user(built: Path) -> None:
+    g = Guest("auth_burst", {"threshold": 3, "window_ms": 1000})
+
+    def login(ok: bool, user: str = "app", addr: str = "10.0.0.7:5000") -> None:
+        doc = {"user": user, "database": "app", "client_addr": addr, "success": ok, "sqlstate": None if ok else
+               "28P01", "reason": None, "hook_context": query_context("")["hook_context"]}
+        assert g.call("post_auth", doc) is None
+
+    login(True)
+    login(False)
+    login(False, user="bob")
+    assert g.events == []
+    login(False, user="carol", addr="10.0.0.7:5001")  # 3 from one address (ports differ)
+    assert [e["detail"].split(" within")[0] for e in g.events] == ["3 failed logins from 10.0.0.7"]
+    assert g.metrics["failed_logins"] == 3

@@ -1,9 +1,11 @@
-/* HeliosProxy dashboard: polls /api/overview every second and renders it; no framework, no build step.
+/* HeliosProxy dashboard: polls /api/overview and /api/anomalies every second and renders them; no framework,
+ * no build step.
  * Every value shown comes from the proxy; what the proxy does not measure is labelled "not available".
  * Text is always set with textContent (never innerHTML), so statement texts and names cannot inject markup. */
 "use strict";
 
 const POLL_MS = 1000;
+const ANOMALIES = 50; // newest plugin events shown
 const HISTORY = 90; // samples kept for charts and sparklines
 const TOKEN_KEY = "heliosproxy.admin.token";
 
@@ -146,6 +148,12 @@ async function poll() {
     }
     if (!r.ok) throw new Error("HTTP " + r.status);
     const data = await r.json();
+    const a = await fetch(`/api/anomalies?limit=${ANOMALIES}`, { cache: "no-store", headers: headers() });
+    if (a.status === 401) {
+      lock("That token was refused (401). Enter the proxy's admin.token.");
+      return;
+    }
+    data.anomalies = a.ok ? (await a.json()).events : null;
     state.lastOk = Date.now();
     render(data);
     setStatus("live", "ok");
@@ -187,6 +195,7 @@ function render(d) {
   renderQueries(d.queries || []);
   renderPlugins(d.plugins || []);
   renderEvents(d);
+  renderAnomalies(d.anomalies);
   $("version").textContent = d.workers > 1 ? `${d.version} · showing worker 0 of ${d.workers}` : d.version;
 }
 
@@ -223,7 +232,7 @@ function renderNodes(nodes) {
       el("td", { text: n.write_target ? "yes" : "" }),
       el("td", { class: "num", text: n.role === "standby" && n.state !== "down" ? fmtBytes(n.lag_bytes) : "–" }),
       el("td", { class: "num", text: n.role === "standby" && n.state !== "down" && n.lag_ms !== null ? fmtMs(n.lag_ms) + " ms" : "–" }),
-      el("td", {}, NA()),
+      el("td", {}, breakerCell(n.breaker)),
       el("td", {}, sparkline(hist)),
       el("td", { class: "num", text: fmtInt(n.active_connections) }),
       el("td", { class: "err", text: n.last_error || "" }),
@@ -240,6 +249,13 @@ function renderNodes(nodes) {
     }
     state.nodesSeen.set(n.name, now);
   }
+}
+
+// Circuit breaker state per node (closed | open | half_open) when the proxy reports one, else "n/a".
+function breakerCell(breaker) {
+  if (breaker === undefined || breaker === null) return el("span", { class: "na", "data-field": "breaker", text: "n/a" });
+  const cls = breaker === "closed" ? "up" : breaker === "open" ? "down" : "lagging";
+  return el("span", { class: "state state-" + cls, "data-field": "breaker", text: String(breaker).replace("_", "-") });
 }
 
 function quantile(deltas, bounds, q) {
@@ -354,7 +370,8 @@ function renderQueries(queries) {
     el("tr", {},
       el("td", { class: "sql", text: q.query }), el("td", { class: "num", text: fmtInt(q.calls) }),
       el("td", { class: "num", text: fmtMs(q.total_ms) }), el("td", { class: "num", text: fmtMs(q.mean_ms) }),
-      el("td", {}, NA()), el("td", { class: "num", text: fmtInt(q.errors) })));
+      el("td", { class: "num" }, q.p99_ms === undefined || q.p99_ms === null ? NA() : fmtMs(q.p99_ms)),
+      el("td", { class: "num", text: fmtInt(q.errors) })));
   if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 6, class: "muted", text: "no statements yet" })));
   fillBody("queries", rows);
 }
@@ -387,6 +404,27 @@ function renderEvents() {
   const items = state.events.map((e) => el("li", { text: e }));
   if (!items.length) items.push(el("li", { class: "muted", text: "none since this page opened" }));
   $("events").replaceChildren(...items);
+}
+
+const SEVERITY_CLASS = { critical: "down", high: "down", medium: "lagging", low: "unknown", info: "unknown" };
+
+function renderAnomalies(events) {
+  if (events === null || events === undefined) {
+    fillBody("anomalies", [el("tr", {}, el("td", { colspan: 6, class: "muted", text: "/api/anomalies did not answer" }))]);
+    return;
+  }
+  const rows = events.map((e) =>
+    el("tr", { "data-plugin": e.plugin, "data-kind": e.kind, "data-severity": e.severity },
+      el("td", { text: new Date(e.at).toLocaleTimeString(), title: e.at }),
+      el("td", {}, el("span", { class: "state state-" + (SEVERITY_CLASS[e.severity] || "unknown"), text: e.severity })),
+      el("td", { text: e.plugin }), el("td", { text: e.kind }), el("td", { text: e.tenant || "" }),
+      el("td", { class: "sql", text: e.detail })));
+  if (!rows.length) {
+    rows.push(el("tr", {}, el("td", { colspan: 6, class: "muted",
+      text: "none reported (anomaly detection runs as plugins: sqli_guard, rate_spike, novel_query, auth_burst)" })));
+  }
+  fillBody("anomalies", rows);
+  $("anomalies-count").textContent = events.length ? `newest ${events.length}` : "";
 }
 
 document.addEventListener("DOMContentLoaded", init);
