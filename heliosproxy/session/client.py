@@ -31,6 +31,17 @@ from heliosproxy.routing.router import Target
 from heliosproxy.session import adminproto, admission, flow, pgcompat, pidmap, tls
 from heliosproxy.session.context import ProxyContext, QueryStat
 from heliosproxy.session.prepared import Statement, server_name
+from heliosproxy.session.relay import (
+    ABORTED,
+    FATAL_SEVERITY,
+    HIDE,
+    HOLD,
+    PASS,
+    REPLACE,
+    SYNTH,
+    Expect,
+    ReplyRelay,
+)
 from heliosproxy.sql.classify import (
     DATABASE_DDL,
     Effect,
@@ -55,20 +66,6 @@ STARTUP, AUTH, LOGIN, READY, CLOSED = range(5)
 ADMIN_DATABASE = "heliosproxy"
 # Startup parameters that are not session settings.
 _NOT_SETTINGS = frozenset({"user", "database", "replication", "options"})
-_COMPLETES = {
-    codes.F_PARSE: frozenset((codes.B_PARSE_COMPLETE,)),
-    codes.F_BIND: frozenset((codes.B_BIND_COMPLETE,)),
-    codes.F_CLOSE: frozenset((codes.B_CLOSE_COMPLETE,)),
-    codes.F_DESCRIBE: frozenset((codes.B_ROW_DESCRIPTION, codes.B_NO_DATA)),
-    codes.F_EXECUTE: frozenset((codes.B_COMMAND_COMPLETE, codes.B_EMPTY_QUERY, codes.B_PORTAL_SUSPENDED)),
-    codes.F_SYNC: frozenset((codes.B_READY_FOR_QUERY,)),
-    codes.F_QUERY: frozenset((codes.B_READY_FOR_QUERY,)),
-    codes.F_FUNCTION_CALL: frozenset((codes.B_READY_FOR_QUERY,)),
-}
-_ASYNC = frozenset((codes.B_NOTICE, codes.B_NOTIFICATION, codes.B_PARAMETER_STATUS))
-PASS, HIDE, SYNTH, HOLD, REPLACE = 0, 1, 2, 3, 4  # HOLD: keep the answer until its ReadyForQuery (maybe retry)
-# REPLACE: the server's ErrorResponse to this message is replaced by Expect.data (an error of the proxy's).
-_FATAL_SEVERITY = frozenset((b"SFATAL", b"SPANIC"))
 _HELIOS = Effect.HELIOS_SET | Effect.HELIOS_SHOW
 _OWN_SESSION = Effect.DISCARD | Effect.DEALLOCATE
 _FORGETS = Effect.DISCARD | Effect.DEALLOCATE
@@ -105,7 +102,6 @@ def _names_in(batch: list[tuple[int, bytes, Any]]) -> bool:
     return False
 
 
-_ABORTED = "current transaction is aborted, commands ignored until end of transaction block"
 _EXITS = frozenset((TxControl.COMMIT, TxControl.ROLLBACK, TxControl.ROLLBACK_TO, TxControl.PREPARE_TRANSACTION))
 
 
@@ -124,22 +120,6 @@ def _stale_plan(m: bytes) -> bool:
     )
 
 
-def _row_texts(m: bytes, codec: str) -> list[str | None]:
-    """The text values of one DataRow message."""
-    n = _H.unpack_from(m, 5)[0]
-    pos = 7
-    row: list[str | None] = []
-    for _ in range(n):
-        ln = _i.unpack_from(m, pos)[0]
-        pos += 4
-        if ln < 0:
-            row.append(None)
-        else:
-            row.append(m[pos : pos + ln].decode(codec, "replace"))
-            pos += ln
-    return row
-
-
 def _busy_database(replies: list[bytes]) -> bool:
     """Do these replies end in 55006 (object in use: other sessions are using the database)?"""
     return any(m[0] == codes.B_ERROR and messages.parse_error_fields(m[5:]).get("C") == "55006" for m in replies)
@@ -152,29 +132,6 @@ def _parse_msg(st: Statement) -> bytes:
 
 def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
-
-
-class Expect:
-    """One request the backend will answer, and what to do with its answer (slow relay path)."""
-
-    __slots__ = ("action", "capture", "client", "data", "failed", "kind", "rows", "stmt")
-
-    def __init__(
-        self,
-        kind: int,
-        action: int = PASS,
-        data: bytes = b"",
-        capture: Callable[[list[list[str | None]] | None], None] | None = None,
-        client: str | None = None,
-    ):
-        self.kind = kind
-        self.action = action
-        self.data = data
-        self.capture = capture  # a hidden query whose rows are handed to this at its ReadyForQuery
-        self.client = client  # a client's own Parse: its statement name
-        self.rows: list[list[str | None]] = []
-        self.failed = False
-        self.stmt: Statement | None = None  # a synthesized ParseComplete: the client's statement
 
 
 class Inflight:
@@ -270,11 +227,10 @@ class ClientSession(asyncio.Protocol):
         self.scanner = ReplyScanner()
         self.expect: collections.deque[Expect] = collections.deque()
         self.slow = False
-        self.rbuf = bytearray()
+        self.relay = ReplyRelay(self, self.expect)  # the message-by-message relay while `slow`
         self.batch: list[tuple[int, bytes, Any]] = []
         self.skip_to_sync = False  # an extended-protocol error was answered: ignore messages until Sync
         self.unsynced = False  # the bound server has extended messages of this client with no Sync after them
-        self._mute = False  # slow relay: drop the server's answers until its ReadyForQuery
         self.statements: dict[str, Statement] = {}
         self.unnamed: Statement | None = None
         self.inflight: collections.deque[Inflight] = collections.deque()
@@ -298,7 +254,6 @@ class ClientSession(asyncio.Protocol):
         self._just_bound = False  # a server was just taken from the pool: the next plan sent is...
         self._fresh: Plan | None = None  # ...this one, until the server's first bytes arrive
         self._listening = False  # ... and that relay is on (from a message boundary)
-        self._held: list[bytes] = []  # replies kept back (HOLD) until the request's ReadyForQuery
         self._held_plan: Plan | None = None
         self.compat = pgcompat.ClientCompat()  # PgBouncer counters and timeouts
         self.tls = False  # TLS negotiated (heliosproxy/session/tls.py)
@@ -1356,7 +1311,7 @@ class ClientSession(asyncio.Protocol):
                 if name and rename and name in self.statements:
                     if self.tx_status == codes.TX_FAILED and not _exits_transaction(sql):
                         # A server checks the aborted transaction first.
-                        self._batch_error(batch, "25P02", _ABORTED, sync, i)
+                        self._batch_error(batch, "25P02", ABORTED, sync, i)
                     else:
                         self._batch_error(batch, "42P05", f'prepared statement "{name}" already exists', sync, i)
                     return
@@ -1726,8 +1681,7 @@ class ClientSession(asyncio.Protocol):
             self.compat.db.server_assignment_count += 1
         self.scanner.reset()
         self.slow = self._listening
-        self.rbuf.clear()
-        self._mute = False
+        self.relay.reset()
         self._just_bound = True
         self._fresh = None
         conn.attach(self)
@@ -1879,7 +1833,7 @@ class ClientSession(asyncio.Protocol):
         if need_fix or self.slow or self.ctx.plugins.has_post_query or not plan.sync:
             if not self.slow:
                 self.slow = True
-                self.rbuf.clear()
+                self.relay.reset()
             self.expect.extend(fix)
         if plan.sync:
             self.pending += 1
@@ -1983,7 +1937,7 @@ class ClientSession(asyncio.Protocol):
         fresh = self._fresh
         if fresh is not None:
             self._fresh = None
-            if data[:1] == b"E" and bytes(data[5:11]) in _FATAL_SEVERITY and self._can_resend(fresh):
+            if data[:1] == b"E" and bytes(data[5:11]) in FATAL_SEVERITY and self._can_resend(fresh):
                 # The server taken from the pool was already ending (terminated while idle): its
                 # FATAL is the first thing it says, so nothing ran. Send the request to another.
                 self._resend_elsewhere(conn, fresh)
@@ -2004,142 +1958,69 @@ class ClientSession(asyncio.Protocol):
             self._internal_error(exc)
 
     def _slow_feed(self, conn: BackendConnection, data: bytes) -> None:
-        """Message-by-message relay while the backend's answers must be filtered or completed."""
-        rbuf = self.rbuf
-        rbuf += data
-        out: list[bytes] = []
-        expect = self.expect
-        readies: list[int] = []
-        pos = 0
-        n = len(rbuf)
-        status = conn.tx_status  # the server's transaction status at this point of its replies
-        mute = self._mute
-        while True:
-            while expect and expect[0].action == SYNTH:
-                e = expect.popleft()
-                if e.stmt is not None and status == codes.TX_FAILED and not _exits_transaction(e.stmt.sql):
-                    # The server would refuse this Parse in its aborted transaction: so does the proxy.
-                    if self.statements.get(e.stmt.name) is e.stmt:
-                        del self.statements[e.stmt.name]
-                    out.append(messages.error_response("ERROR", "25P02", _ABORTED))
-                    if self.inflight:
-                        self.inflight[0].error = f"25P02: {_ABORTED}"
-                    # What the server answers to the rest of this batch (it refuses it in the aborted
-                    # transaction) is not shown: a server skips to the Sync after an error.
-                    while expect and expect[0].kind not in (codes.F_SYNC, codes.F_QUERY, codes.F_FUNCTION_CALL):
-                        skipped = expect.popleft()
-                        if skipped.kind == codes.F_PARSE and skipped.data:
-                            conn.prepared.pop(skipped.data.decode(), None)
-                    mute = True
-                    continue
-                out.append(e.data)
-            if n - pos < 5:
-                break
-            t = rbuf[pos]
-            end = pos + 1 + _I.unpack_from(rbuf, pos + 1)[0]
-            if end > n:
-                break
-            m = bytes(rbuf[pos:end])
-            pos = end
-            if t == codes.B_READY_FOR_QUERY:
-                status = m[5]
-                mute = False
-            elif mute and t not in _ASYNC:
-                continue
-            head = expect[0] if expect else None
-            if head is not None and head.action == HOLD:
-                self._held.append(m)
-                if t == codes.B_READY_FOR_QUERY:
-                    expect.popleft()
-                    held, self._held = self._held, []
-                    plan = self._held_plan
-                    self._held_plan = None
-                    if plan is not None and _busy_database(held):
-                        self._spawn(self._retry_after_closing(conn, plan))
-                    else:
-                        out.extend(held)
-                        readies.append(m[5])
-                continue
-            if t in _ASYNC:
-                # Notices of the proxy's hidden statements stay hidden. Their parameter reports
-                # pass: a hidden statement only ever sets the client's own values.
-                if t == codes.B_NOTIFICATION and self._listening and _I.unpack_from(m, 5)[0] == conn.pid:
-                    # Sent by this client's own server process: show the PID the client was given.
-                    m = m[:5] + _I.pack(self.pid) + m[9:]
-                if head is None or head.action != HIDE:
-                    out.append(m)
-                    if t == codes.B_PARAMETER_STATUS:
-                        self.scanner.params = True
-                elif t != codes.B_NOTICE:
-                    out.append(m)
-                continue
-            if head is not None and head.capture is not None:
-                # A hidden query whose answer the proxy reads (settings read back).
-                if t == codes.B_DATA_ROW:
-                    head.rows.append(_row_texts(m, self._codec))
-                elif t == codes.B_ERROR:
-                    head.failed = True
-                elif t == codes.B_READY_FOR_QUERY:
-                    conn.tx_status = m[5]
-                    expect.popleft()
-                    head.capture(None if head.failed else head.rows)
-                continue
-            if t == codes.B_ERROR:
-                if head is not None and head.kind == codes.F_PARSE and head.data:
-                    self._forget_failed(conn, head.data.decode(), head.client)
-                if m[5:11] in _FATAL_SEVERITY and not (head is not None and head.action == HIDE):
-                    self.scanner.fatal = True
-                if head is not None and head.action == REPLACE:
-                    out.append(head.data)
-                elif head is not None and head.action == HIDE:
-                    f = messages.parse_error_fields(m[5:])
-                    log.warning("client %s: hidden statement failed on %s: %s", self.peer, conn.node, f.get("M"))
-                    if head.kind == codes.F_QUERY:
-                        continue  # its ReadyForQuery is hidden too
-                    # A hidden Parse failed: the client's own request fails with this error.
-                    out.append(m)
-                else:
-                    out.append(m)
-                if self.inflight:
-                    f = messages.parse_error_fields(m[5:])
-                    self.inflight[0].error = f"{f.get('C', '')}: {f.get('M', '')}"
-                if _stale_plan(m):
-                    self.ctx.schema_epoch += 1  # re-prepare shared statements from now on
-                # The server skips to Sync: drop what it will not answer. A Parse it skips was never
-                # prepared there, whatever was recorded when it was sent.
-                while expect and expect[0].kind not in (codes.F_SYNC, codes.F_QUERY, codes.F_FUNCTION_CALL):
-                    skipped = expect.popleft()
-                    if skipped is not head and skipped.kind == codes.F_PARSE and skipped.data:
-                        conn.prepared.pop(skipped.data.decode(), None)
-                continue
-            if head is None:
-                out.append(m)
-                if t == codes.B_READY_FOR_QUERY:
-                    readies.append(m[5])
-                continue
-            done = t in _COMPLETES.get(head.kind, ())
-            if head.action != HIDE:
-                out.append(m)
-                if t == codes.B_READY_FOR_QUERY:
-                    readies.append(m[5])
-            elif t == codes.B_READY_FOR_QUERY:
-                conn.tx_status = m[5]
-            if done:
-                expect.popleft()
-                if t == codes.B_PARSE_COMPLETE and head.data:
-                    self.ctx.remember_statement(head.data.decode())
-        self._mute = mute
-        if pos:
-            del rbuf[:pos]
+        """Message-by-message relay (session/relay.py) while the server's answers must be filtered or completed."""
+        relay = self.relay
+        relay.status = conn.tx_status
+        relay.codec = self._codec
+        relay.listen_from, relay.listen_as = (conn.pid, self.pid) if self._listening else (0, 0)
+        out, readies = relay.feed(data)
+        conn.tx_status = relay.status
+        if relay.params:
+            relay.params = False
+            self.scanner.params = True
+        if relay.fatal:
+            relay.fatal = False
+            self.scanner.fatal = True
         if out:
             data_out = b"".join(out)
             self.scanner.bytes_seen += len(data_out)
             self._write(data_out)
-        if not expect and not rbuf and not self.ctx.plugins.has_post_query and not self._listening:
+        if relay.idle and not self.ctx.plugins.has_post_query and not self._listening:
             self.slow = False
             self.scanner.reset()
         for status in readies:
             self._on_ready(conn, status)
+
+    # ------------------------------------------------------------------ relay.Host
+    def refuses_parse(self, st: Statement) -> bool:
+        if _exits_transaction(st.sql):
+            return False
+        if self.statements.get(st.name) is st:
+            del self.statements[st.name]
+        if self.inflight:
+            self.inflight[0].error = f"25P02: {ABORTED}"
+        return True
+
+    def reply_error(self, m: bytes, head: Expect | None) -> None:
+        conn = self.backend
+        if head is not None and head.kind == codes.F_PARSE and head.data and conn is not None:
+            self._forget_failed(conn, head.data.decode(), head.client)
+        if head is not None and head.action == HIDE:
+            f = messages.parse_error_fields(m[5:])
+            log.warning("client %s: hidden statement failed on %s: %s", self.peer, conn and conn.node, f.get("M"))
+            if head.kind == codes.F_QUERY:
+                return  # not the client's statement
+        if self.inflight:
+            f = messages.parse_error_fields(m[5:])
+            self.inflight[0].error = f"{f.get('C', '')}: {f.get('M', '')}"
+        if _stale_plan(m):
+            self.ctx.schema_epoch += 1  # re-prepare shared statements from now on
+
+    def statement_dropped(self, server: str) -> None:
+        if self.backend is not None:
+            self.backend.prepared.pop(server, None)
+
+    def statement_prepared(self, server: str) -> None:
+        self.ctx.remember_statement(server)
+
+    def hold_done(self, held: list[bytes]) -> bool:
+        plan = self._held_plan
+        self._held_plan = None
+        conn = self.backend
+        if plan is not None and conn is not None and _busy_database(held):
+            self._spawn(self._retry_after_closing(conn, plan))
+            return True
+        return False
 
     def _on_ready(self, conn: BackendConnection, status: int) -> None:
         prev = self.tx_status
@@ -2171,7 +2052,7 @@ class ClientSession(asyncio.Protocol):
             self._listening = True
             if not self.slow:
                 self.slow = True
-                self.rbuf.clear()
+                self.relay.reset()
         if self.scanner.params:
             self.scanner.params = False
             info = fl.info if fl is not None else None
@@ -2431,8 +2312,7 @@ class ClientSession(asyncio.Protocol):
             pool.release(conn, reusable=False)
         self.expect.clear()
         self.slow = False
-        self.rbuf.clear()
-        self._mute = False
+        self.relay.reset()
         self.scanner.reset()
         if self.phase != READY:
             return
@@ -2476,7 +2356,7 @@ class ClientSession(asyncio.Protocol):
         if pool is not None:
             pool.release(conn, reusable=False)
         self.expect.clear()
-        self.rbuf.clear()
+        self.relay.reset()
         self.scanner.reset()
         self.slow = self._listening
         if plan.sync:

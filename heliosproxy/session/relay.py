@@ -1,0 +1,240 @@
+"""Reply relay, sans-IO: walks a server's replies against what each request expects and says what the client sees."""
+
+from __future__ import annotations
+
+import collections
+import struct
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+from heliosproxy.protocol import codes, messages
+
+if TYPE_CHECKING:
+    from heliosproxy.session.prepared import Statement
+
+_I = struct.Struct("!I")
+_H = struct.Struct("!H")
+_i = struct.Struct("!i")
+
+# What happens to the answer of one request.
+PASS = 0  # relayed
+HIDE = 1  # a hidden request of the proxy's: not shown (its ParameterStatus pass; a hidden Parse's error shows)
+SYNTH = 2  # no request was sent: Expect.data is the answer, emitted in its place
+HOLD = 3  # kept until its ReadyForQuery, then relayed or retried (Host.hold_done)
+REPLACE = 4  # the server's ErrorResponse to this request is replaced by Expect.data (the proxy's error)
+
+COMPLETES = {
+    codes.F_PARSE: frozenset((codes.B_PARSE_COMPLETE,)),
+    codes.F_BIND: frozenset((codes.B_BIND_COMPLETE,)),
+    codes.F_CLOSE: frozenset((codes.B_CLOSE_COMPLETE,)),
+    codes.F_DESCRIBE: frozenset((codes.B_ROW_DESCRIPTION, codes.B_NO_DATA)),
+    codes.F_EXECUTE: frozenset((codes.B_COMMAND_COMPLETE, codes.B_EMPTY_QUERY, codes.B_PORTAL_SUSPENDED)),
+    codes.F_SYNC: frozenset((codes.B_READY_FOR_QUERY,)),
+    codes.F_QUERY: frozenset((codes.B_READY_FOR_QUERY,)),
+    codes.F_FUNCTION_CALL: frozenset((codes.B_READY_FOR_QUERY,)),
+}
+ASYNC = frozenset((codes.B_NOTICE, codes.B_NOTIFICATION, codes.B_PARAMETER_STATUS))
+FATAL_SEVERITY = frozenset((b"SFATAL", b"SPANIC"))
+_SYNC_KINDS = (codes.F_SYNC, codes.F_QUERY, codes.F_FUNCTION_CALL)
+ABORTED = "current transaction is aborted, commands ignored until end of transaction block"
+
+
+class Expect:
+    """One request the server will answer, and what to do with its answer."""
+
+    __slots__ = ("action", "capture", "client", "data", "failed", "kind", "rows", "stmt")
+
+    def __init__(
+        self,
+        kind: int,
+        action: int = PASS,
+        data: bytes = b"",
+        capture: Callable[[list[list[str | None]] | None], None] | None = None,
+        client: str | None = None,
+    ):
+        self.kind = kind  # the frontend message type (0: nothing was sent, SYNTH)
+        self.action = action
+        self.data = data  # PARSE: the server's statement name; SYNTH/REPLACE: the bytes to emit
+        self.capture = capture  # a hidden query whose rows are handed to this at its ReadyForQuery
+        self.client = client  # a client's own Parse: its statement name
+        self.rows: list[list[str | None]] = []
+        self.failed = False
+        self.stmt: Statement | None = None  # a synthesized ParseComplete: the client's statement
+
+
+class Host(Protocol):
+    """What the relay tells the session (the only effects it has besides its output)."""
+
+    def refuses_parse(self, st: Statement) -> bool:
+        """A ParseComplete would be synthesized while the server's transaction is aborted: True if the
+        server would refuse that Parse (then the session forgets the statement; the relay answers 25P02)."""
+        ...
+
+    def reply_error(self, m: bytes, head: Expect | None) -> None:
+        """An ErrorResponse answered `head` (None: a request relayed without expectations)."""
+        ...
+
+    def statement_dropped(self, server: str) -> None:
+        """The server skipped a Parse after an error: it does not hold that statement."""
+        ...
+
+    def statement_prepared(self, server: str) -> None:
+        """The server answered a Parse of that shared name with ParseComplete."""
+        ...
+
+    def hold_done(self, held: list[bytes]) -> bool:
+        """A HOLD request got its ReadyForQuery: True if the session retries it (the replies are dropped)."""
+        ...
+
+
+def row_texts(m: bytes, codec: str) -> list[str | None]:
+    """The text values of one DataRow message."""
+    n = _H.unpack_from(m, 5)[0]
+    pos = 7
+    row: list[str | None] = []
+    for _ in range(n):
+        ln = _i.unpack_from(m, pos)[0]
+        pos += 4
+        if ln < 0:
+            row.append(None)
+        else:
+            row.append(m[pos : pos + ln].decode(codec, "replace"))
+            pos += ln
+    return row
+
+
+class ReplyRelay:
+    """Server bytes in, client bytes and ReadyForQuery statuses out, for one session.
+
+    `expect` is the session's queue of expectations, in the order the requests were sent. Bytes may
+    arrive split anywhere; a message is acted on once complete. No sockets, no event loop."""
+
+    __slots__ = (
+        "buf", "codec", "expect", "fatal", "held", "host", "listen_as", "listen_from", "mute", "params", "status",
+    )
+
+    def __init__(self, host: Host, expect: collections.deque[Expect]):
+        self.host = host
+        self.expect = expect
+        self.buf = bytearray()  # the start of a message not complete yet
+        self.status = codes.TX_IDLE  # the server's transaction status as of the replies walked so far
+        self.mute = False  # drop the server's answers until its next ReadyForQuery (a refused pipeline)
+        self.held: list[bytes] = []  # HOLD: replies kept back until the ReadyForQuery
+        self.codec = "utf-8"  # the client's encoding, for captured rows
+        self.listen_from = 0  # notifications from this server PID ...
+        self.listen_as = 0  # ... are shown with this PID (0: unchanged)
+        self.params = False  # a ParameterStatus was relayed (the session decides whether it pins)
+        self.fatal = False  # a FATAL was relayed: the server is ending the session
+
+    def reset(self) -> None:
+        self.buf.clear()
+        self.mute = False
+        self.held = []
+
+    @property
+    def idle(self) -> bool:
+        """Nothing expected and no partial message: the replies can be relayed unparsed again."""
+        return not self.expect and not self.buf
+
+    def feed(self, data: bytes) -> tuple[list[bytes], list[int]]:
+        """Take server bytes: what to write to the client, and the statuses of the ReadyForQuery it passes."""
+        buf = self.buf
+        buf += data
+        out: list[bytes] = []
+        readies: list[int] = []
+        expect = self.expect
+        host = self.host
+        pos = 0
+        n = len(buf)
+        while True:
+            while expect and expect[0].action == SYNTH:
+                e = expect.popleft()
+                if e.stmt is not None and self.status == codes.TX_FAILED and host.refuses_parse(e.stmt):
+                    # The server would refuse this Parse in its aborted transaction, and skip to the
+                    # Sync: the rest of its answers to this batch are not shown.
+                    out.append(messages.error_response("ERROR", "25P02", ABORTED))
+                    self._skip_to_sync(None)
+                    self.mute = True
+                    continue
+                out.append(e.data)
+            if n - pos < 5:
+                break
+            t = buf[pos]
+            end = pos + 1 + _I.unpack_from(buf, pos + 1)[0]
+            if end > n:
+                break
+            m = bytes(buf[pos:end])
+            pos = end
+            if t == codes.B_READY_FOR_QUERY:
+                self.status = m[5]
+                self.mute = False
+            elif self.mute and t not in ASYNC:
+                continue
+            head = expect[0] if expect else None
+            if head is not None and head.action == HOLD:
+                self.held.append(m)
+                if t == codes.B_READY_FOR_QUERY:
+                    expect.popleft()
+                    held, self.held = self.held, []
+                    if not host.hold_done(held):
+                        out.extend(held)
+                        readies.append(m[5])
+                continue
+            if t in ASYNC:
+                # Notices of the proxy's hidden requests stay hidden. Their parameter reports pass:
+                # a hidden request only ever sets the client's own values.
+                if t == codes.B_NOTIFICATION and self.listen_as and _I.unpack_from(m, 5)[0] == self.listen_from:
+                    m = m[:5] + _I.pack(self.listen_as) + m[9:]
+                if head is None or head.action != HIDE:
+                    out.append(m)
+                    if t == codes.B_PARAMETER_STATUS:
+                        self.params = True
+                elif t != codes.B_NOTICE:
+                    out.append(m)
+                continue
+            if head is not None and head.capture is not None:
+                # A hidden query whose answer the proxy reads (settings read back).
+                if t == codes.B_DATA_ROW:
+                    head.rows.append(row_texts(m, self.codec))
+                elif t == codes.B_ERROR:
+                    head.failed = True
+                elif t == codes.B_READY_FOR_QUERY:
+                    expect.popleft()
+                    head.capture(None if head.failed else head.rows)
+                continue
+            if t == codes.B_ERROR:
+                hidden = head is not None and head.action == HIDE
+                if m[5:11] in FATAL_SEVERITY and not hidden:
+                    self.fatal = True
+                host.reply_error(m, head)
+                if head is not None and head.action == REPLACE:
+                    out.append(head.data)
+                elif not (hidden and head is not None and head.kind == codes.F_QUERY):
+                    out.append(m)  # a hidden Parse's error: the client's own request fails with it
+                self._skip_to_sync(head)
+                continue
+            if head is None:
+                out.append(m)
+                if t == codes.B_READY_FOR_QUERY:
+                    readies.append(m[5])
+                continue
+            if head.action != HIDE:
+                out.append(m)
+                if t == codes.B_READY_FOR_QUERY:
+                    readies.append(m[5])
+            if t in COMPLETES.get(head.kind, ()):
+                expect.popleft()
+                if t == codes.B_PARSE_COMPLETE and head.data:
+                    host.statement_prepared(head.data.decode())
+        if pos:
+            del buf[:pos]
+        return out, readies
+
+    def _skip_to_sync(self, head: Expect | None) -> None:
+        """After an error the server skips to the Sync: drop what it will not answer. A Parse it skips
+        was never prepared there, whatever was recorded when it was sent."""
+        expect = self.expect
+        while expect and expect[0].kind not in _SYNC_KINDS:
+            skipped = expect.popleft()
+            if skipped is not head and skipped.kind == codes.F_PARSE and skipped.data:
+                self.host.statement_dropped(skipped.data.decode())
