@@ -91,6 +91,7 @@ def test_init_gets_config_and_observers_run_off_the_hot_path(pdir: Path, manager
     assert m.drain_observers() == 3
     post = json.loads(ns.get(b"last_post") or b"")
     assert post[0] == ctx.to_dict()
+    assert isinstance(post[1].pop("at_ms"), int)  # when the outcome was queued (Unix ms)
     assert post[1] == {
         "success": True,
         "target_node": "standby1",
