@@ -68,16 +68,20 @@ def main() -> int:
         finally:
             for p in proxies.values():
                 p.close()
-    print(f"\nmedians, pgbench -S -c {args.clients}, {args.seconds:g} s x {args.rounds} rounds")
-    print(f"{'mode':9} {'config':11} {'tps':>9} {'cpu µs/txn':>11} {'vs off':>7}")
+    print(f"\nmedians and minimums, pgbench -S -c {args.clients}, {args.seconds:g} s x {args.rounds} rounds")
+    print(f"{'mode':9} {'config':11} {'tps':>9} {'cpu µs/txn':>11} {'vs off':>7} {'min cpu':>8} {'vs off':>7}")
     for mode in args.modes.split(","):
-        base = statistics.median(x["cpu_us_per_txn"] for x in results.get(("off", mode), [{"cpu_us_per_txn": 0}]))
+        offs = results.get(("off", mode), [{"cpu_us_per_txn": 0}])
+        base = statistics.median(x["cpu_us_per_txn"] for x in offs)
+        base_min = min(x["cpu_us_per_txn"] for x in offs)
         for name in names:
             rows = results[(name, mode)]
             tps = statistics.median(x["tps"] for x in rows)
             cpu = statistics.median(x["cpu_us_per_txn"] for x in rows)
+            low = min(x["cpu_us_per_txn"] for x in rows)
             rel = f"{(cpu / base - 1) * 100:+.0f}%" if base else "-"
-            print(f"{mode:9} {name:11} {tps:9.0f} {cpu:11.1f} {rel:>7}")
+            rel_min = f"{(low / base_min - 1) * 100:+.0f}%" if base_min else "-"
+            print(f"{mode:9} {name:11} {tps:9.0f} {cpu:11.1f} {rel:>7} {low:8.1f} {rel_min:>7}")
     return 0
 
 

@@ -43,6 +43,9 @@ class TrafficControl:
         elif ctx.analytics is not None:
             ctx.analytics.close()
             ctx.analytics = None
+            for client in list(ctx.clients):  # their replies need not be read any more
+                if client.tap is not None and not client.tap.capturing:
+                    client.tap = None
             log.info("query analytics off")
         if config.mirror is not None:
             if ctx.mirror is None:
