@@ -76,6 +76,12 @@ class ProxyContext:
     disabled_databases: set[str] = field(default_factory=set)  # DISABLE db: new clients refused
     logins: LoginGate = field(default_factory=LoginGate)  # login slots (session/admission.py)
     tls_context: ssl.SSLContext | None = None  # TLS to clients (tls:), rebuilt on every reload
+    # Issue 16: SWITCHOVER state (admin/switchover.SwitchoverStats) and replay counters (session/replay.py).
+    switchover: Any = None
+    replays_ok: int = 0
+    replays_failed: int = 0
+    reads_retried: int = 0
+    commits_resolved: int = 0
     _pid_counter: int = 0
 
     def remember_statement(self, server_name: str) -> None:
