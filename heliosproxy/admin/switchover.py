@@ -63,7 +63,7 @@ async def run(server: Any, target_name: str | None) -> dict[str, Any]:
     replayed_before = getattr(ctx, "replays_ok", 0)
     log.warning("SWITCHOVER: %s -> %s: pausing new transactions", old.name, target.name)
     ctx.paused.add(PAUSE_KEY)
-    fenced = False
+    fenced = promoting = False
     try:
         drained = await _drain(ctx, old.name, cfg.failover.switchover_drain)
         if not drained:
@@ -76,6 +76,7 @@ async def run(server: Any, target_name: str | None) -> dict[str, Any]:
         lsn = await _current_lsn(server, old)
         await _wait_replayed(server, target, lsn)
         t_caught_up = time.monotonic()
+        promoting = True  # from here a failure leaves the old primary fenced: the operator decides
         await _promote(server, target)
         log.info("SWITCHOVER: drained in %.0f ms, %s caught up in %.0f ms, promoted in %.0f ms",
                  (t_drained - started) * 1000, target.name, (t_caught_up - t_drained) * 1000,
@@ -85,8 +86,12 @@ async def run(server: Any, target_name: str | None) -> dict[str, Any]:
                              sqlstate="XX000")
     except AdminError:
         st.failed += 1
-        if fenced and reg.primary_node() is None:
-            pass  # the old primary stays fenced: the operator decides (see the README)
+        if fenced and not promoting:
+            # Nothing was promoted: the old primary is the primary again.
+            old.disabled = False
+            old.changed_at = time.monotonic()
+            reg.changed()
+            log.warning("SWITCHOVER aborted before the promotion: %s takes writes again", old.name)
         raise
     finally:
         ctx.paused.discard(PAUSE_KEY)

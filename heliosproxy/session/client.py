@@ -27,7 +27,7 @@ from heliosproxy.protocol.encodings import python_codec
 from heliosproxy.protocol.scan import ERROR_SEEN, ReplyScanner
 from heliosproxy.routing.consistency import SessionReads, error_sqlstate
 from heliosproxy.routing.router import Target
-from heliosproxy.session import adminproto, admission, flow, pgcompat, tls
+from heliosproxy.session import adminproto, admission, flow, pgcompat, replay, tls
 from heliosproxy.session.context import ProxyContext, QueryStat
 from heliosproxy.session.prepared import Statement, server_name
 from heliosproxy.sql.classify import (
@@ -295,6 +295,7 @@ class ClientSession(asyncio.Protocol):
         self.db_route = DatabaseRoute.AUTO  # databases: ALIAS route
         self.hold: bytearray | None = None  # an auto-routed standby read's reply, held until its ReadyForQuery
         self.hold_plan: Plan | None = None
+        self.replay = replay.new(self)  # issue 16: failover.replay recorder (session/replay.py); None when off
 
     # ================================================================== asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -1628,6 +1629,8 @@ class ClientSession(asyncio.Protocol):
         raise BackendUnavailable("no primary is available (waited failover.write_timeout)")
 
     def _answer_plan_error(self, plan: Plan, exc: HeliosError) -> None:
+        if self.replay is not None and self.replay.retry_unsent(plan, exc):
+            return  # issue 16: wait for a reachable server instead (session/replay.py)
         body = messages.error_response("ERROR", exc.sqlstate, exc.message)
         if plan.sync:
             body += messages.ready_for_query(self.tx_status)
@@ -1664,6 +1667,8 @@ class ClientSession(asyncio.Protocol):
             pool.release(conn, reusable and not conn.poisoned)
 
     def _send(self, conn: BackendConnection, plan: Plan) -> None:
+        if self.replay is not None:
+            self.replay.on_send(conn, plan)  # issue 16: record for a replay (session/replay.py)
         if self._just_bound:
             self._just_bound = False
             self._fresh = plan
@@ -1893,7 +1898,7 @@ class ClientSession(asyncio.Protocol):
                 self._slow_feed(conn, data)
                 return
             statuses = self.scanner.feed(data)
-            self._write(data)
+            self._write(data if self.replay is None else self.replay.relayed(data))  # issue 16: checksum
             for status in statuses:
                 if status & ERROR_SEEN:
                     if self.inflight:
@@ -2008,7 +2013,7 @@ class ClientSession(asyncio.Protocol):
         if out:
             data_out = b"".join(out)
             self.scanner.bytes_seen += len(data_out)
-            self._write(data_out)
+            self._write(data_out if self.replay is None else self.replay.relayed(data_out))  # issue 16: checksum
         if not expect and not rbuf and not self.ctx.plugins.has_post_query and not self._listening:
             self.slow = False
             self.scanner.reset()
@@ -2266,6 +2271,8 @@ class ClientSession(asyncio.Protocol):
         """
         if conn is not self.backend:
             return
+        if self.replay is not None and self.replay.on_lost(conn):
+            return  # issue 16: failover.replay goes on with a new server (session/replay.py)
         if self.hold is not None:
             self._release_hold()
         relayed_fatal = self.scanner.fatal
