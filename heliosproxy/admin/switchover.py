@@ -78,6 +78,13 @@ async def run(server: Any, target_name: str | None) -> dict[str, Any]:
         t_caught_up = time.monotonic()
         promoting = True  # from here a failure leaves the old primary fenced: the operator decides
         await _promote(server, target)
+        # Transactions cut at the end of the drain are replayed on the new primary (failover.replay):
+        # the pause lasts until they are (bounded by failover.write_timeout).
+        deadline = time.monotonic() + cfg.failover.write_timeout
+        while any(getattr(c, "replay", None) is not None and c.replay.held for c in list(ctx.clients)):
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.005)
         log.info("SWITCHOVER: drained in %.0f ms, %s caught up in %.0f ms, promoted in %.0f ms",
                  (t_drained - started) * 1000, target.name, (t_caught_up - t_drained) * 1000,
                  (time.monotonic() - t_caught_up) * 1000)
@@ -228,11 +235,11 @@ async def _promote(server: Any, node: Node) -> None:
     except _ERRORS as exc:
         raise _failed(f"promoting {node.name}", exc) from None
     server.failover.promotions_ok += 1
+    # Its checker (never a second query on its connection) sees it out of recovery; failover makes it
+    # the write target.
     checker = server.health.checkers.get(node.name)
-    if checker is not None:
-        await checker.check()  # failover sees it out of recovery and makes it the write target
     deadline = time.monotonic() + 5
     while server.ctx.registry.primary != node.name and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
         if checker is not None:
-            await checker.check()
+            checker.request_check()
+        await asyncio.sleep(0.01)

@@ -402,14 +402,16 @@ class Replay:
         if not in_block:
             if not rest:
                 return False
-            reads = all(not p.write for p in rest)
+            reads = all(not p.write or (p.target is not None and p.target.auto) for p in rest)
             begins = first is not None and first.tx in (TxControl.BEGIN, TxControl.BEGIN_READ_ONLY)
             if self.bad is not None or not (reads or begins):
                 # an autocommit write in flight: its outcome is not known (08006)
                 return self._why_not(self.bad or "an autocommit write was in flight")
             self._takeover(conn)
             s.ctx.reads_retried += 1 if reads and not begins else 0
-            self._start(self._replay(conn.node, answered, partial, read=reads and not begins))
+            # A read routed to a standby goes where routing allows now; one meant for the primary waits for it.
+            standby = reads and not begins and all(p.target is not None for p in rest)
+            self._start(self._replay(conn.node, answered, partial, read=standby))
             return True
         single = len(rest) == 1 and not partial and first is not None and first.statements == 1
         if single and first is not None and first.tx is TxControl.COMMIT and rest[0].raw is not None:

@@ -251,3 +251,38 @@ def test_replay_refuses_with_40001_when_results_differ_or_functions_are_not_repl
         c.close()
     assert "08006" not in proxy.output()
     assert (_metric(proxy, "heliosproxy_failover_replays_total", kind="transaction_refused") or 0) >= 2
+
+
+def test_autocommit_read_in_flight_is_retried_on_another_node(
+    cluster_factory: Callable[..., PgCluster], proxy_factory: ProxyFactory
+) -> None:
+    pg = cluster_factory(standbys=1)
+    proxy = proxy_factory({"health": HEALTH, "failover": REPLAY}, cluster=pg)
+    dsn = proxy.dsn()
+    standby = pg.standbys[0]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE big AS SELECT g AS x FROM generate_series(1, 200000) g")
+    pg.wait_replay()
+    _wait(lambda: _nodes(proxy)["standby1"]["state"] == "up", 10, "standby1 up")
+    slow = "SELECT count(*) FROM big a, LATERAL (SELECT 1 FROM generate_series(1, 40)) b WHERE a.x > 0"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT inet_server_port()").fetchone() == (standby.port,)
+        result: list[Any] = []
+
+        def run() -> None:
+            try:
+                result.append(conn.execute(slow).fetchone())
+            except psycopg.Error as exc:
+                result.append(exc)
+
+        t = threading.Thread(target=run)
+        t.start()
+        _wait(lambda: pg.sql(standby, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE "
+                                      "'SELECT count(*) FROM big a%' AND state = 'active'") == "1",
+              10, "the read running on the standby")
+        pg.stop_node(standby, "immediate")
+        t.join(30)
+        assert result == [(8000000,)], result
+        # The next read goes where routing allows now: the primary.
+        assert conn.execute("SELECT inet_server_port()").fetchone() == (pg.primary.port,)
+    assert (_metric(proxy, "heliosproxy_failover_replays_total", kind="read_retried") or 0) == 1

@@ -224,3 +224,40 @@ def test_switchover_under_load_gives_clients_a_pause_not_an_error(
     # A second switchover has no standby left to go to: refused exactly.
     status, body = _post(proxy, "/api/switchover")
     assert status == 409 and "standby" in body["error"], body
+
+
+def test_switchover_replays_a_transaction_still_open_after_the_drain(
+    cluster_factory: Callable[..., PgCluster], proxy_factory: ProxyFactory
+) -> None:
+    """failover.switchover_drain ends with a transaction still open: with failover.replay it moves to the new
+    primary (the result row counts it), without an error; an autocommit client notices nothing either."""
+    pg = cluster_factory(standbys=1)
+    proxy = proxy_factory({"health": HEALTH, "admin": {"users": ["app"], "token": TOKEN},
+                           "failover": {"replay": True, "switchover_drain": "300ms"}}, cluster=pg)
+    dsn = proxy.dsn()
+    new = pg.standbys[0]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE kv (k int PRIMARY KEY, v int)")
+        conn.execute("INSERT INTO kv VALUES (1, 10)")
+    pg.wait_replay()
+    _wait(lambda: _nodes(proxy)["standby1"]["state"] == "up", 10, "standby1 up")
+
+    open_tx = psycopg.connect(dsn, autocommit=True)
+    open_tx.execute("BEGIN")
+    assert open_tx.execute("SELECT v FROM kv WHERE k = 1").fetchone() == (10,)
+    open_tx.execute("UPDATE kv SET v = v + 1 WHERE k = 1")
+    idle = psycopg.connect(dsn, autocommit=True)
+    assert idle.execute("SELECT 1").fetchone() == (1,)
+
+    _status, body = _post(proxy, "/api/switchover", body=b'{"to": "standby1"}')
+    assert body.get("new_primary") == "standby1", body
+    print(f"\nSWITCHOVER with an open transaction: {body}")
+    assert body["replayed"] == 1 and body["pause_ms"] < 2000, body
+
+    # The open transaction goes on on the new primary and commits there once.
+    assert open_tx.execute("SELECT v, inet_server_port() FROM kv WHERE k = 1").fetchone() == (11, new.port)
+    open_tx.execute("COMMIT")
+    assert pg.sql(new, "SELECT v FROM kv WHERE k = 1", db="app") == "11"
+    assert idle.execute("SELECT inet_server_port()").fetchone() == (new.port,)
+    open_tx.close()
+    idle.close()
