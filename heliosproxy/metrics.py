@@ -312,6 +312,7 @@ class ProxyCollector(Collector):
         rp.add_metric(["transaction_refused"], getattr(ctx, "replays_failed", 0))
         rp.add_metric(["read_retried"], getattr(ctx, "reads_retried", 0))
         rp.add_metric(["commit_resolved"], getattr(ctx, "commits_resolved", 0))
+        rp.add_metric(["session_moved"], getattr(ctx, "sessions_moved", 0))
         yield rp
 
         # plugins

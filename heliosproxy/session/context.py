@@ -82,6 +82,7 @@ class ProxyContext:
     replays_failed: int = 0
     reads_retried: int = 0
     commits_resolved: int = 0
+    sessions_moved: int = 0
     _pid_counter: int = 0
 
     def remember_statement(self, server_name: str) -> None:

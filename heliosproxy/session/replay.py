@@ -112,6 +112,7 @@ class Replay:
         "saved_framing",
         "size",
         "state",
+        "sticky",
         "target_n",
         "writes",
         "wrote",
@@ -149,6 +150,7 @@ class Replay:
         self.partial = False
         self.refuse_next = False
         self.held = False
+        self.sticky: str | None = None  # session state a new server cannot be given (issue 16 §2)
         self.attempts = 0  # replays started since the last success (a lost server during a replay retries)
         self.saved_framing: tuple[int, int, bytes, bool, int] | None = None  # + the client's tx status
 
@@ -178,8 +180,11 @@ class Replay:
                 plan.batch = None
                 plan.info = None
                 plan.write = False
-        if self.resending or s.mode is PoolMode.SESSION:
+        if self.resending:
             return
+        info = plan.info
+        if self.sticky is None and info is not None and info.effects & (_UNREPLAYABLE_EFFECTS | Effect.PREPARE):
+            self.sticky = ", ".join(info.kinds)  # temp tables, advisory locks, WITH HOLD cursors, LISTEN, ...
         if self.idle:
             if s.pending or s.expect:
                 return  # not at a reply boundary: nothing to record from here
@@ -191,7 +196,6 @@ class Replay:
         self.plans.append(plan)
         if self.bad is None:
             self._judge(plan)
-        info = plan.info
         commit = info is not None and info.tx is TxControl.COMMIT and info.statements == 1 and plan.raw is not None
         if commit:
             self.commit_n = self.n
@@ -386,12 +390,17 @@ class Replay:
             self.attempts += 1
             if self.attempts > 5:
                 return self._why_not("lost its server during 5 replays")
-        if s.mode is not PoolMode.TRANSACTION or s.pinned:
-            return self._why_not("session pooling or pinned")
         if s.scanner.fatal:
             return self._why_not("the server's FATAL was relayed")
+        if s.mode is not PoolMode.TRANSACTION or s.pinned:
+            why = self._unmovable()
+            if why is not None:
+                return self._why_not(f"its session holds state a new server cannot be given ({why})")
+            owed = s.pending or s.expect or s.inflight or s.tx_status != codes.TX_IDLE or s.stalled is not None
+            if not owed:
+                return self._move(conn)
         if self.idle:
-            return self._why_not("nothing recorded")
+            return self._why_not("nothing in flight")
         if s.stalled is not None or s._pool_wait is not None:
             return self._why_not("a statement waits for a server")
         answered = _after_syncs(self.plans, self.rfqs)
@@ -436,6 +445,42 @@ class Replay:
             return self._why_not("a COMMIT pipelined behind other statements")
         self._takeover(conn)
         self._start(self._replay(conn.node, answered, partial, read=False))
+        return True
+
+    def _unmovable(self) -> str | None:
+        """Why a session-pooling or pinned client's session cannot move to a new server (None: it can;
+        settings are rebuilt by the proxy's usual settings sync)."""
+        s = self.s
+        if self.sticky is not None:
+            return self.sticky
+        if s._temp_schema:
+            return "temporary objects"
+        if s._listen_pid:
+            return "LISTEN"
+        if s.statements:
+            return "named prepared statements"
+        if s.pinned and s.mode is PoolMode.TRANSACTION:
+            return "pinned to its server"
+        return None
+
+    def _move(self, conn: BackendConnection) -> bool:
+        """Issue 16 §2: an idle session-pooling client whose state the proxy can rebuild keeps its
+        session; its next statement gets a new server (its settings are applied there first)."""
+        s = self.s
+        log.warning("client %s: server connection to node %s was lost; the session moves to a new server",
+                    s.peer, conn.node)
+        if s.hold is not None:
+            s._release_hold()
+        s.backend = None
+        pool = s.backend_pool
+        s.backend_pool = None
+        if pool is not None:
+            pool.release(conn, reusable=False)
+        s.expect.clear()
+        s.slow = s._listening
+        s.rbuf.clear()
+        s.scanner.reset()
+        s.ctx.sessions_moved += 1
         return True
 
     def _why_not(self, reason: str) -> bool:

@@ -286,3 +286,46 @@ def test_autocommit_read_in_flight_is_retried_on_another_node(
         # The next read goes where routing allows now: the primary.
         assert conn.execute("SELECT inet_server_port()").fetchone() == (pg.primary.port,)
     assert (_metric(proxy, "heliosproxy_failover_replays_total", kind="read_retried") or 0) == 1
+
+
+def test_session_pooling_clients_move_to_the_new_primary_when_their_state_can_be_rebuilt(
+    cluster_factory: Callable[..., PgCluster], proxy_factory: ProxyFactory
+) -> None:
+    """Issue 16 §2: session-pooling clients survive a lost server when the proxy can rebuild their state
+    (settings); one with a temp table gets an error and its connection is closed."""
+    pg = cluster_factory(standbys=1)
+    _sync_replication(pg)
+    proxy = proxy_factory({"health": HEALTH, "failover": REPLAY, "pool": {"mode": "session"}}, cluster=pg)
+    dsn = proxy.dsn()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE kv (k int PRIMARY KEY, v int)")
+        conn.execute("INSERT INTO kv VALUES (1, 10)")
+    pg.wait_replay()
+    _wait(lambda: _nodes(proxy)["standby1"]["state"] == "up", 10, "standby1 up")
+    old, new = pg.primary, pg.standbys[0]
+
+    settled = psycopg.connect(dsn, autocommit=True)
+    settled.execute("SET work_mem = '3MB'")
+    settled.execute("SET application_name = 'moved'")
+    in_tx = psycopg.connect(dsn, autocommit=True)
+    in_tx.execute("BEGIN")
+    in_tx.execute("UPDATE kv SET v = v + 1 WHERE k = 1")
+    temp = psycopg.connect(dsn, autocommit=True)
+    temp.execute("CREATE TEMP TABLE scratch (x int)")
+
+    pg.stop_node(old, "immediate")
+    pg.promote(new)
+
+    assert settled.execute("SELECT current_setting('work_mem'), current_setting('application_name'), "
+                           "inet_server_port()").fetchone() == ("3MB", "moved", new.port)
+    assert in_tx.execute("SELECT v FROM kv WHERE k = 1").fetchone() == (11,)
+    in_tx.execute("COMMIT")
+    assert pg.sql(new, "SELECT v FROM kv WHERE k = 1", db="app") == "11"
+    try:
+        temp.execute("SELECT count(*) FROM scratch")
+        raise AssertionError("the temp table's session went on")
+    except psycopg.OperationalError as exc:
+        assert exc.sqlstate in ("08006", "57P01", None), exc
+    for c in (settled, in_tx, temp):
+        c.close()
+    assert (_metric(proxy, "heliosproxy_failover_replays_total", kind="session_moved") or 0) >= 1
