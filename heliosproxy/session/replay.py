@@ -193,6 +193,8 @@ class Replay:
             self._type = self._left = 0
             self._hdr = b""
             self._zwant = False
+            if s.tx_status != codes.TX_IDLE:
+                self.bad = "recording began inside a transaction"  # its BEGIN is not known
         self.plans.append(plan)
         if self.bad is None:
             self._judge(plan)
