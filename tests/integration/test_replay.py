@@ -329,3 +329,52 @@ def test_session_pooling_clients_move_to_the_new_primary_when_their_state_can_be
     for c in (settled, in_tx, temp):
         c.close()
     assert (_metric(proxy, "heliosproxy_failover_replays_total", kind="session_moved") or 0) >= 1
+
+
+def test_commit_in_flight_that_did_not_commit_on_the_new_primary_gets_40001(
+    cluster_factory: Callable[..., PgCluster], proxy_factory: ProxyFactory
+) -> None:
+    """The COMMIT rule: a COMMIT in flight when the primary dies is answered from pg_xact_status() on the
+    new primary. Here the commit never reached the standby (it waits for a synchronous standby that is
+    detached): the client gets 40001, never COMMIT, and the row is not on the new primary."""
+    pg = cluster_factory(standbys=1)
+    _sync_replication(pg)
+    proxy = proxy_factory({"health": HEALTH, "failover": REPLAY}, cluster=pg)
+    dsn = proxy.dsn()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE kv (k int PRIMARY KEY, v int)")
+    pg.wait_replay()
+    _wait(lambda: _nodes(proxy)["standby1"]["state"] == "up", 10, "standby1 up")
+    old, new = pg.primary, pg.standbys[0]
+
+    client = psycopg.connect(dsn, autocommit=True)
+    client.execute("BEGIN")
+    client.execute("INSERT INTO kv VALUES (1, 1)")
+    assert client.execute("SELECT count(*) FROM kv").fetchone() == (1,)
+    pg.sql(new, "ALTER SYSTEM SET primary_conninfo = ''")
+    pg.sql(new, "SELECT pg_reload_conf()")
+    _wait(lambda: pg.sql(new, "SELECT count(*) FROM pg_stat_wal_receiver") == "0", 10, "standby detached")
+
+    outcome: list[Any] = []
+
+    def commit() -> None:
+        try:
+            client.execute("COMMIT")
+            outcome.append("COMMIT")
+        except psycopg.Error as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=commit)
+    t.start()
+    _wait(lambda: pg.sql(old, "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'") == "1",
+          10, "the COMMIT waiting for the synchronous standby")
+    pg.stop_node(old, "immediate")
+    pg.promote(new)
+    t.join(30)
+    assert len(outcome) == 1 and isinstance(outcome[0], psycopg.errors.SerializationFailure), outcome
+    assert outcome[0].diag.message_primary == MESSAGE
+    assert pg.sql(new, "SELECT count(*) FROM kv", db="app") == "0"
+    # The session goes on, outside a transaction, on the new primary.
+    assert client.execute("SELECT inet_server_port()").fetchone() == (new.port,)
+    client.close()
+    assert (_metric(proxy, "heliosproxy_failover_replays_total", kind="commit_resolved") or 0) == 1
