@@ -39,8 +39,7 @@ _ASYNC = frozenset((codes.B_NOTICE, codes.B_NOTIFICATION, codes.B_PARAMETER_STAT
 _Z = codes.B_READY_FOR_QUERY
 # Statement kinds whose effect a second run cannot reproduce (or whose data the proxy does not keep).
 _UNREPLAYABLE_KINDS = frozenset(
-    {"CopyStmt", "DeclareCursorStmt", "FetchStmt", "ClosePortalStmt", "ListenStmt", "UnlistenStmt",
-     "TransactionStmt_PREPARE"}
+    {"CopyStmt", "DeclareCursorStmt", "FetchStmt", "ClosePortalStmt", "ListenStmt", "UnlistenStmt"}
 )
 _UNREPLAYABLE_EFFECTS = (
     Effect.DIRTY | Effect.TEMP_TABLE | Effect.HOLD_CURSOR | Effect.ADVISORY_LOCK | Effect.LISTEN | Effect.UNLISTEN
