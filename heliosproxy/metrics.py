@@ -33,6 +33,9 @@
 | heliosproxy_failovers_total | counter | | changes of the write target |
 | heliosproxy_primary_conflicts_total | counter | | nodes fenced off for claiming primary beside a newer one |
 | heliosproxy_promotions_total | counter | result (ok, failed) | promotions run by the proxy (failover.promote) |
+| heliosproxy_switchover_pause_seconds | gauge | | how long the last SWITCHOVER held new statements |
+| heliosproxy_switchovers_total | counter | result (ok, failed) | SWITCHOVER runs |
+| heliosproxy_failover_replays_total | counter | kind | replays, 40001s, retried reads, resolved COMMITs |
 | heliosproxy_paused | gauge | | 1 while PAUSE is in effect for some database |
 | heliosproxy_plugin_calls_total | counter | plugin, hook | plugin hook calls |
 | heliosproxy_plugin_errors_total | counter | plugin, hook | failed plugin hook calls |
@@ -296,6 +299,21 @@ class ProxyCollector(Collector):
         pr.add_metric(["failed"], fo.promotions_failed if fo is not None else 0)
         yield pr
         yield GaugeMetricFamily(p + "paused", "1 while PAUSE is in effect", value=1 if ctx.paused else 0)
+        sw = getattr(ctx, "switchover", None)  # admin/switchover.SwitchoverStats (issue 16)
+        yield GaugeMetricFamily(p + "switchover_pause_seconds", "How long the last SWITCHOVER held clients",
+                                value=sw.last_pause if sw is not None and sw.last_pause is not None else 0.0)
+        swt = CounterMetricFamily(p + "switchovers", "SWITCHOVER runs", labels=["result"])
+        swt.add_metric(["ok"], sw.total if sw is not None else 0)
+        swt.add_metric(["failed"], sw.failed if sw is not None else 0)
+        yield swt
+        rp = CounterMetricFamily(p + "failover_replays", "Work redone after a lost server (failover.replay)",
+                                 labels=["kind"])
+        rp.add_metric(["transaction_replayed"], getattr(ctx, "replays_ok", 0))
+        rp.add_metric(["transaction_refused"], getattr(ctx, "replays_failed", 0))
+        rp.add_metric(["read_retried"], getattr(ctx, "reads_retried", 0))
+        rp.add_metric(["commit_resolved"], getattr(ctx, "commits_resolved", 0))
+        rp.add_metric(["session_moved"], getattr(ctx, "sessions_moved", 0))
+        yield rp
 
         # plugins
         pc = CounterMetricFamily(p + "plugin_calls", "Plugin hook calls", labels=["plugin", "hook"])

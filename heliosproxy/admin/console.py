@@ -1,4 +1,4 @@
-"""The SQL admin console of the virtual database `heliosproxy`: SHOW ..., RELOAD, PAUSE, DISABLE, KILL, SHUTDOWN."""
+"""The SQL admin console of the virtual database `heliosproxy`: SHOW, RELOAD, PAUSE, KILL, SWITCHOVER, SHUTDOWN."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from heliosproxy.admin import (
     queries_view,
     set_node_disabled,
     stats_view,
+    switchover,
 )
 from heliosproxy.admin import pgbouncer as pgb
 from heliosproxy.errors import HeliosError
@@ -64,6 +65,8 @@ HELP = (
     ("ENABLE db|node", "undo DISABLE"),
     ("KILL [db]", "close every client and server connection (of db) now; db stays paused until RESUME"),
     ("KILL_CLIENT id", "close one client (id or client_id from SHOW CLIENTS)"),
+    ("SWITCHOVER [TO node]", "planned switchover: pause, drain, promote the standby once caught up, fence the "
+                             "old primary, resume; one row old_primary, new_primary, pause_ms, replayed"),
     (
         "SHUTDOWN [WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS]",
         "stop the proxy now, once servers are released, or once clients have gone",
@@ -188,6 +191,7 @@ class AdminConsole:
             "RECONNECT": self._reconnect,
             "WAIT_CLOSE": self._wait_close,
             "SHUTDOWN": self._shutdown,
+            "SWITCHOVER": self._switchover,
             "SET": lambda _a, _s: messages.command_complete("SET"),  # drivers' startup SETs: accepted, ignored
         }
         self.suspended = False
@@ -579,6 +583,19 @@ class AdminConsole:
 
     def _check_shutdown(self, sql: str) -> str:
         return _shutdown_mode(sql.strip().rstrip(";").split()[1:])
+
+    def _switchover(self, args: list[str], _session: Any) -> Awaitable[bytes]:
+        """SWITCHOVER [TO node] (issue 16 §3): answers once the new primary takes writes."""
+        if args and not (len(args) == 2 and args[0].upper() == "TO"):
+            raise HeliosError("SWITCHOVER takes nothing or TO node", sqlstate="42601")
+        return self._switchover_row(args[1] if args else None)
+
+    async def _switchover_row(self, target: str | None) -> bytes:
+        try:
+            row = await switchover.run(self.server, target)
+        except AdminError as exc:
+            raise HeliosError(exc.message, sqlstate=exc.sqlstate) from None
+        return _table(switchover.COLUMNS, [row])
 
     def _shutdown(self, args: list[str], _session: Any) -> bytes:
         mode = _shutdown_mode(args)

@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Coroutine
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -29,6 +30,7 @@ from heliosproxy.admin import (
     set_paused,
     set_plugin_disabled,
     stats_view,
+    switchover,
 )
 from heliosproxy.config.schema import Config, split_hostport
 from heliosproxy.logsetup import hostport
@@ -81,6 +83,14 @@ class Response:
         self.body = body
         self.content_type = content_type
         self.headers = headers or {}
+
+
+class Deferred(Response):
+    """A response computed by a coroutine (POST /api/switchover answers once it is done)."""
+
+    def __init__(self, work: Coroutine[Any, Any, Response]):
+        super().__init__(202, b"")
+        self.work = work
 
 
 def json_response(status: int, data: Any) -> Response:
@@ -214,6 +224,8 @@ class AdminHttp:
             self._peer_events = _peer_events(await link.ask_all(b"E"))
         try:
             response = self.dispatch(method, path, headers, body)
+            if isinstance(response, Deferred):
+                response = await response.work
             if link is not None and getattr(link, "workers", 1) > 1 and response.status == 200:
                 await self._on_every_worker(link, method, path.split("?", 1)[0], response)
         except HttpError as exc:
@@ -335,6 +347,9 @@ class AdminHttp:
             if ok:
                 return json_response(200, {"ok": True, "message": message})
             return json_response(422, {"ok": False, "error": message, "status": 422})
+        if path == "/api/switchover":
+            _allow(method, method == "POST", "POST")
+            return Deferred(self._switchover(target, body))
         m = _NODE_ACTION.match(path)
         if m:
             _allow(method, method == "POST", "POST")
@@ -353,6 +368,25 @@ class AdminHttp:
             return json_response(200, set_plugin_disabled(self.server, unquote(m.group(1)), m.group(2) == "disable"))
         raise HttpError(404, f"no such endpoint: {path}")
 
+
+    async def _switchover(self, target: str, body: bytes) -> Response:
+        """POST /api/switchover[?to=node] (or a JSON body {"to": node}): the result row as JSON."""
+        to: str | None = None
+        query = target.split("?", 1)[1] if "?" in target else ""
+        for part in query.split("&"):
+            key, _, value = part.partition("=")
+            if key == "to" and value:
+                to = unquote(value)
+        if body.strip():
+            try:
+                data = json.loads(body)
+            except ValueError:
+                raise HttpError(400, "the body must be JSON: {\"to\": \"node\"}") from None
+            if not isinstance(data, dict) or not isinstance(data.get("to", ""), str | None):
+                raise HttpError(400, "the body must be JSON: {\"to\": \"node\"}")
+            to = data.get("to") or to
+        log.info("admin HTTP: switchover%s", f" to {to}" if to else "")
+        return json_response(200, await switchover.run(self.server, to))
 
     # ------------------------------------------------------------------ admin surface checks
     def _check_host(self, headers: dict[str, str]) -> None:

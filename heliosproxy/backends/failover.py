@@ -197,7 +197,7 @@ class FailoverManager:
         log.warning("failover.promote: %s left recovery", node.name)
         checker = self.health.checkers.get(node.name)
         if checker is not None:
-            await checker.check()
+            checker.request_check()  # by its own loop: never a second query on the checker's connection
 
 
 def _tl(n: Node) -> str:

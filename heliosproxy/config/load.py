@@ -69,6 +69,7 @@ _SIZE_FIELDS: frozenset[tuple[type, str]] = frozenset(
         (PluginsConfig, "kv_max_value_bytes"),
         (PluginLimits, "memory"),
         (Config, "max_client_buffer"),
+        (FailoverConfig, "replay_max_bytes"),
     }
 )
 
@@ -148,6 +149,8 @@ _RANGES: dict[tuple[type, str], tuple[float, bool, float | None]] = {
     (HealthConfig, "successes_before_up"): (1, True, None),
     (FailoverConfig, "primary_down_for"): (0, True, None),
     (FailoverConfig, "write_timeout"): (0, True, None),
+    (FailoverConfig, "replay_max_bytes"): (0, True, None),
+    (FailoverConfig, "switchover_drain"): (0, True, None),
     (AuthConfig, "auth_query_ttl"): (0, True, None),
     (PluginsConfig, "max_plugins"): (0, True, None),
     (PluginsConfig, "disable_after"): (1, True, None),
@@ -665,7 +668,7 @@ class _Parser:
             raw = self.scalar(item, sub)
             if not isinstance(raw, str) or not raw.strip():
                 self.fail(item, sub, f"expected a name (a non-empty string), got {_describe(raw)}")
-            items.append(raw.strip().lower() if name == "write_functions" else raw)
+            items.append(raw.strip().lower() if name in ("write_functions", "no_replay_functions") else raw)
         return tuple(items)
 
     def named(self, cls: type[Any], shape: str, node: yaml.Node, path: str) -> tuple[Any, ...]:

@@ -259,11 +259,27 @@ class HealthConfig:
     lag_interval: float | None = 0.1  # WAL positions sampled this often (routing.consistency); null = off
 
 
+# Calls that make a transaction non-replayable (their result differs on a second run); a name
+# ending in "*" is a prefix.
+DEFAULT_NO_REPLAY_FUNCTIONS: tuple[str, ...] = (
+    "now", "current_timestamp", "clock_timestamp", "statement_timestamp", "transaction_timestamp",
+    "localtimestamp", "current_time", "localtime", "timeofday", "random", "gen_random_uuid",
+    "uuid_generate_v1", "uuid_generate_v4", "nextval", "currval", "setval", "lastval", "txid_current",
+    "txid_current_if_assigned", "pg_current_xact_id", "pg_current_xact_id_if_assigned", "pg_backend_pid",
+    "inet_server_port", "inet_server_addr", "pg_advisory_*", "pg_try_advisory_*",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class FailoverConfig:
     promote: bool = False
     primary_down_for: float = 10.0
     write_timeout: float = 5.0
+    # Issue 16: transaction replay, retried reads, session moves (off by default) and SWITCHOVER.
+    replay: bool = False
+    replay_max_bytes: int = 1024 * 1024  # statements kept per transaction for a replay
+    no_replay_functions: tuple[str, ...] = DEFAULT_NO_REPLAY_FUNCTIONS
+    switchover_drain: float = 10.0  # SWITCHOVER lets running transactions finish this long
 
 
 @dataclass(frozen=True, slots=True)

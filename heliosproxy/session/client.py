@@ -28,7 +28,7 @@ from heliosproxy.protocol.scan import ERROR_SEEN, ReplyScanner
 from heliosproxy.routing.consistency import SessionReads, error_sqlstate
 from heliosproxy.routing.decide import decide
 from heliosproxy.routing.router import Target
-from heliosproxy.session import adminproto, admission, flow, pgcompat, pidmap, tls
+from heliosproxy.session import adminproto, admission, flow, pgcompat, pidmap, replay, tls
 from heliosproxy.session.context import ProxyContext, QueryStat
 from heliosproxy.session.prepared import Statement, server_name
 from heliosproxy.session.relay import (
@@ -264,6 +264,7 @@ class ClientSession(asyncio.Protocol):
         self.hold_plan: Plan | None = None
         # Reads what the client is sent while analytics or mirroring is on (heliosproxy/traffic, issue 15).
         self.tap: ReplyMeter | None = ctx.analytics.new_meter(self) if ctx.analytics is not None else None
+        self.replay = replay.new(self)  # issue 16: failover.replay recorder (session/replay.py); None when off
 
     # ================================================================== asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -1656,6 +1657,8 @@ class ClientSession(asyncio.Protocol):
         raise BackendUnavailable("no primary is available (waited failover.write_timeout)")
 
     def _answer_plan_error(self, plan: Plan, exc: HeliosError) -> None:
+        if self.replay is not None and self.replay.retry_unsent(plan, exc):
+            return  # issue 16: wait for a reachable server instead (session/replay.py)
         body = messages.error_response("ERROR", exc.sqlstate, exc.message)
         if plan.sync:
             body += messages.ready_for_query(self.tx_status)
@@ -1698,6 +1701,8 @@ class ClientSession(asyncio.Protocol):
             pool.release(conn, reusable and not conn.poisoned)
 
     def _send(self, conn: BackendConnection, plan: Plan) -> None:
+        if self.replay is not None:
+            self.replay.on_send(conn, plan)  # issue 16: record for a replay (session/replay.py)
         continues = self.unsynced  # the server already has the start of this pipeline
         self.unsynced = plan.batch is not None and not plan.sync
         if self._just_bound:
@@ -1947,7 +1952,7 @@ class ClientSession(asyncio.Protocol):
                 self._slow_feed(conn, data)
                 return
             statuses = self.scanner.feed(data)
-            self._write(data)
+            self._write(data if self.replay is None else self.replay.relayed(data))  # issue 16: checksum
             for status in statuses:
                 if status & ERROR_SEEN:
                     if self.inflight:
@@ -1974,7 +1979,7 @@ class ClientSession(asyncio.Protocol):
         if out:
             data_out = b"".join(out)
             self.scanner.bytes_seen += len(data_out)
-            self._write(data_out)
+            self._write(data_out if self.replay is None else self.replay.relayed(data_out))  # issue 16: checksum
         if relay.idle and not self.ctx.plugins.has_post_query and not self._listening:
             self.slow = False
             self.scanner.reset()
@@ -2293,6 +2298,8 @@ class ClientSession(asyncio.Protocol):
         """
         if conn is not self.backend:
             return
+        if self.replay is not None and self.replay.on_lost(conn):
+            return  # issue 16: failover.replay goes on with a new server (session/replay.py)
         if self.hold is not None:
             self._release_hold()
         relayed_fatal = self.scanner.fatal

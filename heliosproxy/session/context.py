@@ -83,6 +83,13 @@ class ProxyContext:
     # issue 15 §4, §5 (heliosproxy/traffic/control.py): None while not configured
     mirror: Mirror | None = None
     analytics: Analytics | None = None
+    # Issue 16: SWITCHOVER state (admin/switchover.SwitchoverStats) and replay counters (session/replay.py).
+    switchover: Any = None
+    replays_ok: int = 0
+    replays_failed: int = 0
+    reads_retried: int = 0
+    commits_resolved: int = 0
+    sessions_moved: int = 0
     _pid_counter: int = 0
 
     def remember_statement(self, server_name: str) -> None:

@@ -1,0 +1,817 @@
+"""Failover without client errors (issue 16): record a transaction and its result checksum, replay it elsewhere."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+import logging
+import re
+import struct
+import time
+from typing import TYPE_CHECKING, Any
+
+from heliosproxy.backends.connection import BackendConnection, QueryError, connect
+from heliosproxy.backends.health import checker_credentials
+from heliosproxy.backends.tls import node_tls
+from heliosproxy.config.schema import Config, PoolMode
+from heliosproxy.errors import BackendAuthError, HeliosError
+from heliosproxy.protocol import codes, messages
+from heliosproxy.session.relay import ASYNC as _ASYNC
+from heliosproxy.session.relay import HIDE, Expect
+from heliosproxy.sql.classify import Effect, TxControl
+
+if TYPE_CHECKING:
+    from heliosproxy.pool.pool import Pool
+    from heliosproxy.session.client import ClientSession, Plan
+
+log = logging.getLogger("heliosproxy.replay")
+
+_I = struct.Struct("!I")
+SQLSTATE = "40001"
+MESSAGE = "could not serialize access: transaction could not be replayed after failover"
+# Sent in place of the client's next statement when a replay failed: the server itself answers it with
+# 40001 and leaves the transaction aborted (later statements get 25P02, ROLLBACK works), as PostgreSQL would.
+REFUSE_SQL = (
+    "DO $heliosproxy$BEGIN RAISE EXCEPTION USING ERRCODE = '40001', "
+    "MESSAGE = 'could not serialize access: transaction could not be replayed after failover'; END$heliosproxy$"
+)
+XID_SQL = "SELECT pg_catalog.pg_current_xact_id_if_assigned()"
+_Z = codes.B_READY_FOR_QUERY
+# Statement kinds whose effect a second run cannot reproduce (or whose data the proxy does not keep).
+_UNREPLAYABLE_KINDS = frozenset(
+    {"CopyStmt", "DeclareCursorStmt", "FetchStmt", "ClosePortalStmt", "ListenStmt", "UnlistenStmt"}
+)
+_UNREPLAYABLE_EFFECTS = (
+    Effect.DIRTY | Effect.TEMP_TABLE | Effect.HOLD_CURSOR | Effect.ADVISORY_LOCK | Effect.LISTEN | Effect.UNLISTEN
+)
+# SQL keywords that read the clock without parentheses.
+_KEYWORDS = frozenset({"current_timestamp", "localtimestamp", "current_time", "localtime", "current_date"})
+_PATTERNS: dict[tuple[str, ...], re.Pattern[bytes]] = {}
+
+RECORD, SWALLOW, DISCARD = range(3)
+
+
+class Xid(enum.Enum):
+    UNKNOWN = 0  # not asked yet
+    ASKED = 1  # asked; no answer (yet, or it was lost with the server)
+    NONE = 2  # the transaction wrote nothing (no transaction id was assigned)
+
+
+def _pattern(names: tuple[str, ...]) -> re.Pattern[bytes]:
+    pat = _PATTERNS.get(names)
+    if pat is None:
+        calls: list[str] = []
+        words: list[str] = []
+        for name in names:
+            body = re.escape(name[:-1]) + r"\w*" if name.endswith("*") else re.escape(name)
+            (words if name in _KEYWORDS else calls).append(body)
+        alts = []
+        if calls:
+            alts.append(r"(?<![\w$])(?:" + "|".join(calls) + r")\s*\(")
+        if words:
+            alts.append(r"(?<![\w$])(?:" + "|".join(words) + r")(?![\w$])")
+        pat = re.compile("|".join(alts).encode() if alts else rb"(?!)", re.IGNORECASE)
+        _PATTERNS[names] = pat
+    return pat
+
+
+def new(session: ClientSession) -> Replay | None:
+    """A recorder for this session when failover.replay is on."""
+    return Replay(session) if session.ctx.config.failover.replay else None
+
+
+class Replay:
+    """Per client session: what was sent since the transaction began, a running checksum of every reply
+    byte relayed to the client (asynchronous messages left out), and the replay after a lost server."""
+
+    __slots__ = (
+        "_hdr",
+        "_left",
+        "_type",
+        "_zwant",
+        "attempts",
+        "bad",
+        "commit_n",
+        "expect_rfqs",
+        "hasher",
+        "held",
+        "idle",
+        "n",
+        "n_rfq",
+        "partial",
+        "phase2",
+        "plans",
+        "refuse_next",
+        "replay_rfqs",
+        "resending",
+        "rfqs",
+        "rhasher",
+        "rn",
+        "s",
+        "saved_framing",
+        "size",
+        "state",
+        "sticky",
+        "target_n",
+        "writes",
+        "wrote",
+        "xid",
+    )
+
+    def __init__(self, session: ClientSession):
+        self.s = session
+        self.state = RECORD
+        self.idle = True  # nothing recorded: relay without walking
+        self.plans: list[Plan] = []
+        self.size = 0
+        self.bad: str | None = None  # why the recorded transaction cannot be replayed
+        self.hasher = hashlib.blake2b(digest_size=16)
+        self.n = 0  # checksummed bytes the client has
+        self.n_rfq = 0  # ... of which up to the last ReadyForQuery
+        self.rfqs = 0  # ReadyForQuery messages relayed since recording began
+        self.xid: str | Xid = Xid.UNKNOWN
+        self.wrote = False  # a write was sent in the transaction: its id is asked with the next statement
+        self.writes = 0  # writes sent (a "no id" answer holds only if none was sent after the question)
+        self.commit_n = -1
+        # message framing of the relayed stream
+        self._type = 0
+        self._left = 0  # bytes of the current message still to come (0: at a boundary)
+        self._hdr = b""  # a header split across chunks
+        self._zwant = False
+        # replaying
+        self.resending = False
+        self.target_n = 0
+        self.rn = 0
+        self.rhasher = hashlib.blake2b(digest_size=16)
+        self.expect_rfqs = 0
+        self.replay_rfqs = 0
+        self.phase2: list[Plan] = []
+        self.partial = False
+        self.refuse_next = False
+        self.held = False
+        self.sticky: str | None = None  # session state a new server cannot be given (issue 16 §2)
+        self.attempts = 0  # replays started since the last success (a lost server during a replay retries)
+        self.saved_framing: tuple[int, int, bytes, bool, int] | None = None  # + the client's tx status
+
+    # ------------------------------------------------------------------ recording
+    def _reset(self) -> None:
+        self.plans = []
+        self.size = 0
+        self.bad = None
+        self.hasher = hashlib.blake2b(digest_size=16)
+        self.n = self.n_rfq = self.rfqs = 0
+        self.xid = Xid.UNKNOWN
+        self.wrote = False
+        self.commit_n = -1
+
+    def on_send(self, conn: BackendConnection, plan: Plan) -> None:
+        """Hook at the top of ClientSession._send: record the plan (and ask for the transaction id
+        with a COMMIT); a plan after a refused replay becomes the server-side 40001."""
+        s = self.s
+        if self.refuse_next:
+            self.refuse_next = False
+            info = plan.info
+            if not (info is not None and info.tx is TxControl.ROLLBACK and info.statements == 1):
+                if not plan.sync:
+                    s._fatal("08006", "server connection lost")
+                    return
+                plan.raw = messages.query(REFUSE_SQL)
+                plan.batch = None
+                plan.info = None
+                plan.write = False
+        if self.resending:
+            return
+        info = plan.info
+        if self.sticky is None and info is not None and info.effects & (_UNREPLAYABLE_EFFECTS | Effect.PREPARE):
+            self.sticky = ", ".join(info.kinds)  # temp tables, advisory locks, WITH HOLD cursors, LISTEN, ...
+        if self.idle:
+            if s.pending or s.expect:
+                return  # not at a reply boundary: nothing to record from here
+            self.idle = False
+            self._reset()
+            self._type = self._left = 0
+            self._hdr = b""
+            self._zwant = False
+            if s.tx_status != codes.TX_IDLE:
+                self.bad = "recording began inside a transaction"  # its BEGIN is not known
+        self.plans.append(plan)
+        if self.bad is None:
+            self._judge(plan)
+        commit = info is not None and info.tx is TxControl.COMMIT and info.statements == 1 and plan.raw is not None
+        if commit:
+            self.commit_n = self.n
+        if (
+            (commit or self.wrote)
+            and self.xid is Xid.UNKNOWN
+            and s.tx_status == codes.TX_IN_BLOCK
+            and not s.pending
+            and not s.expect
+            and s.backend is conn
+        ):
+            # The transaction id, asked with the first statement after its first write (or with the
+            # COMMIT), in the same write as that statement (no extra round trip): if the server is
+            # lost before COMMIT's answer, pg_xact_status() on the new primary tells the outcome.
+
+            self.xid = Xid.ASKED
+            asked_at = self.writes
+            conn.write(messages.query(XID_SQL))
+            s.expect.append(Expect(codes.F_QUERY, HIDE, capture=lambda rows: self._got_xid(conn, rows, asked_at)))
+            if not s.slow:
+                s.slow = True
+                s.relay.reset()
+        if plan.write:
+            # After the ask above: the id is asked with the *next* statement, once this one assigned it.
+            self.writes += 1
+            if s.tx_status == codes.TX_IN_BLOCK:
+                self.wrote = True
+            if self.xid is Xid.NONE:
+                self.xid = Xid.UNKNOWN  # "wrote nothing" no longer holds
+
+    def _got_xid(self, conn: BackendConnection, rows: list[list[str | None]] | None, asked_at: int) -> None:
+        if rows is None or conn is not self.s.backend:
+            self.xid = Xid.ASKED
+        elif not rows or rows[0][0] is None:
+            # No id yet: nothing written so far. A write sent after the question may have assigned one.
+            self.xid = Xid.NONE if self.writes == asked_at else Xid.UNKNOWN
+        else:
+            self.xid = rows[0][0]
+
+    def _judge(self, plan: Plan) -> None:
+        """Mark the recording unreplayable when this plan cannot run twice with the same result."""
+        cfg = self.s.ctx.config.failover
+        pat = _pattern(cfg.no_replay_functions)
+        s = self.s
+        texts: list[bytes] = []
+        if plan.batch is None:
+            if plan.raw is None or plan.info is None:
+                self.bad = "a function call message"
+                return
+            texts.append(plan.raw)
+            self.size += len(plan.raw)
+        else:
+            for t, msg, dec in plan.batch:
+                self.size += len(msg)
+                if t == codes.F_PARSE:
+                    texts.append(msg)
+                elif t == codes.F_BIND and dec is not None:
+                    st = s.statements.get(dec[1]) if dec[1] else s.unnamed
+                    if st is not None:
+                        texts.append(st.raw)
+        info = plan.info
+        if plan.dbs:
+            self.bad = "a database-level statement"
+        elif info is not None and (info.effects & _UNREPLAYABLE_EFFECTS or any(k in _UNREPLAYABLE_KINDS
+                                                                                for k in info.kinds)):
+            self.bad = f"{', '.join(info.kinds)}"
+        elif info is not None and info.tx is TxControl.PREPARE_TRANSACTION:
+            self.bad = "PREPARE TRANSACTION"
+        elif self.size > cfg.replay_max_bytes:
+            self.bad = f"over failover.replay_max_bytes ({cfg.replay_max_bytes})"
+        else:
+            for text in texts:
+                m = pat.search(text)
+                if m is not None:
+                    self.bad = f"calls {m.group(0).decode('ascii', 'replace').rstrip('( ')}"
+                    return
+
+    # ------------------------------------------------------------------ the relayed stream
+    def relayed(self, data: bytes) -> bytes:
+        """Hook on every chunk of server replies relayed to the client: checksum it; while
+        replaying, hold back what the client already has. Returns what to write to the client."""
+        if self.idle and self.state == RECORD:
+            return data
+        out_from = 0 if self.state == RECORD else -1  # -1: nothing of this chunk goes out (yet)
+        matched = False
+        pos = 0
+        n = len(data)
+        while pos < n:
+            before = self.state
+            if self._left == 0:  # a header (maybe split across chunks)
+                part = data[pos : pos + 5 - len(self._hdr)]
+                t = self._hdr[0] if self._hdr else data[pos]
+                cut = self._seg(data, pos, pos + len(part), t)
+                self._hdr += part
+                pos += len(part)
+                if cut >= 0:
+                    out_from, matched = cut, True
+                if len(self._hdr) < 5:
+                    break
+                self._type = self._hdr[0]
+                self._left = _I.unpack_from(self._hdr, 1)[0] - 4
+                self._hdr = b""
+                self._zwant = self._type == _Z
+                if self._left == 0:
+                    self._done(0, before != RECORD and (cut < 0 or cut == pos))
+                continue
+            take = min(self._left, n - pos)
+            status = data[pos] if self._zwant else 0
+            self._zwant = False
+            cut = self._seg(data, pos, pos + take, self._type)
+            pos += take
+            self._left -= take
+            if cut >= 0:
+                out_from, matched = cut, True
+            if self._left == 0:
+                self._done(status, before != RECORD and (cut < 0 or cut == pos))
+        if matched:
+            self._matched()
+        if out_from < 0:
+            return b""
+        return data[out_from:] if out_from else data
+
+    def _seg(self, data: bytes, a: int, b: int, t: int) -> int:
+        """Account one piece of a message; while swallowing, the offset where the replay caught up (else -1)."""
+        if a >= b or t in _ASYNC:
+            return -1
+        if self.state == RECORD:
+            self.hasher.update(data[a:b])
+            self.n += b - a
+            return -1
+        if self.state == SWALLOW:
+            take = min(b - a, self.target_n - self.rn)
+            self.rhasher.update(data[a : a + take])
+            self.rn += take
+            if self.rn >= self.target_n:
+                if self.rhasher.digest() == self.hasher.digest():
+                    self.state = RECORD  # the client has exactly this: what follows is new to it
+                    rest = a + take
+                    if rest < b:
+                        self.hasher.update(data[rest:b])
+                        self.n += b - rest
+                    return rest
+                self.state = DISCARD
+                log.info("client %s: replayed results differ from what the client received", self.s.peer)
+        return -1
+
+    def _done(self, status: int, replayed: bool) -> None:
+        """A whole message went by (`replayed`: one the client already had)."""
+        if self._type != _Z:
+            return
+        if not replayed:
+            if self.state != RECORD:
+                return
+            self.rfqs += 1
+            self.n_rfq = self.n
+            if status == codes.TX_IDLE:
+                self._drop_answered(self.rfqs)
+            return
+        self.replay_rfqs += 1
+        if self.replay_rfqs >= self.expect_rfqs and self.state != RECORD:
+            self.state = DISCARD  # it ended short of what the client received, or differs
+            asyncio.get_running_loop().call_soon(self._guard, self._mismatched)
+
+    def _drop_answered(self, rfqs: int) -> None:
+        """The transaction ended (ReadyForQuery idle): forget the plans answered so far."""
+        k = _after_syncs(self.plans, rfqs)
+        rest = self.plans[k:]
+        self._reset()
+        self.plans = rest
+        if not rest:
+            self.idle = self._left == 0 and not self._hdr
+        else:
+            self.bad = "statements pipelined past the end of a transaction"
+
+    # ------------------------------------------------------------------ a lost server
+    def on_lost(self, conn: BackendConnection) -> bool:
+        """Hook at the top of ClientSession.on_backend_lost. True when the session goes on here."""
+        from heliosproxy.session.client import READY
+
+        s = self.s
+        if conn is not s.backend or s.phase != READY:
+            return False
+        if self.state != RECORD or (self.held and self.saved_framing is not None):
+            # Lost again while replaying: start over from what the client has.
+            if self.state == DISCARD:
+                self.bad = self.bad or "replayed results differed"
+            self.state = RECORD
+            self.phase2 = []
+            if self.saved_framing is not None:
+                self._type, self._left, self._hdr, self._zwant, s.tx_status = self.saved_framing
+            self.attempts += 1
+            if self.attempts > 5:
+                return self._why_not("lost its server during 5 replays")
+        if s.scanner.fatal:
+            return self._why_not("the server's FATAL was relayed")
+        if s.mode is not PoolMode.TRANSACTION or s.pinned:
+            why = self._unmovable()
+            if why is not None:
+                return self._why_not(f"its session holds state a new server cannot be given ({why})")
+            owed = s.pending or s.expect or s.inflight or s.tx_status != codes.TX_IDLE or s.stalled is not None
+            if not owed:
+                return self._move(conn)
+        if self.idle:
+            return self._why_not("nothing in flight")
+        if s.stalled is not None or s._pool_wait is not None:
+            return self._why_not("a statement waits for a server")
+        answered = _after_syncs(self.plans, self.rfqs)
+        rest = self.plans[answered:]
+        partial = self.n > self.n_rfq
+        in_block = s.tx_status != codes.TX_IDLE
+        first = rest[0].info if rest else None
+        if not in_block:
+            if not rest:
+                return False
+            reads = all(not p.write or (p.target is not None and p.target.auto) for p in rest)
+            begins = first is not None and first.tx in (TxControl.BEGIN, TxControl.BEGIN_READ_ONLY)
+            if self.bad is not None or not (reads or begins):
+                # an autocommit write in flight: its outcome is not known (08006)
+                return self._why_not(self.bad or "an autocommit write was in flight")
+            self._takeover(conn)
+            s.ctx.reads_retried += 1 if reads and not begins else 0
+            # A read routed to a standby goes where routing allows now; one meant for the primary waits for it.
+            standby = reads and not begins and all(p.target is not None for p in rest)
+            self._start(self._replay(conn.node, answered, partial, read=standby))
+            return True
+        single = len(rest) == 1 and not partial and first is not None and first.statements == 1
+        if single and first is not None and first.tx is TxControl.COMMIT and rest[0].raw is not None:
+            if s.tx_status == codes.TX_FAILED:
+                self._takeover(conn)
+                self._answer_end("ROLLBACK", committed=False)
+                return True
+            if self.commit_n != self.n or self.xid in (Xid.UNKNOWN, Xid.ASKED):
+                return self._why_not("the transaction id of the COMMIT in flight is not known")
+            self._takeover(conn)
+            if self.xid is Xid.NONE:
+                self._answer_end("COMMIT", committed=True)  # nothing was written: nothing to lose
+            else:
+                self._start(self._resolve_commit(str(self.xid)))
+            return True
+        if single and first is not None and first.tx is TxControl.ROLLBACK:
+            self._takeover(conn)
+            self._answer_end("ROLLBACK", committed=False)
+            return True
+        if any(p.info is not None and p.info.tx in (TxControl.COMMIT, TxControl.PREPARE_TRANSACTION)
+               for p in rest):
+            return self._why_not("a COMMIT pipelined behind other statements")
+        self._takeover(conn)
+        self._start(self._replay(conn.node, answered, partial, read=False))
+        return True
+
+    def _unmovable(self) -> str | None:
+        """Why a session-pooling or pinned client's session cannot move to a new server (None: it can;
+        settings are rebuilt by the proxy's usual settings sync)."""
+        s = self.s
+        if self.sticky is not None:
+            return self.sticky
+        if s._temp_schema:
+            return "temporary objects"
+        if s._listen_pid:
+            return "LISTEN"
+        if s.statements:
+            return "named prepared statements"
+        if s.pinned and s.mode is PoolMode.TRANSACTION:
+            return "pinned to its server"
+        return None
+
+    def _move(self, conn: BackendConnection) -> bool:
+        """Issue 16 §2: an idle session-pooling client whose state the proxy can rebuild keeps its
+        session; its next statement gets a new server (its settings are applied there first)."""
+        s = self.s
+        log.warning("client %s: server connection to node %s was lost; the session moves to a new server",
+                    s.peer, conn.node)
+        if s.hold is not None:
+            s._release_hold()
+        s.backend = None
+        pool = s.backend_pool
+        s.backend_pool = None
+        if pool is not None:
+            pool.release(conn, reusable=False)
+        s.expect.clear()
+        s.slow = s._listening
+        s.relay.reset()
+        s.scanner.reset()
+        s.ctx.sessions_moved += 1
+        return True
+
+    def _why_not(self, reason: str) -> bool:
+        log.info("client %s: not replayed: %s", self.s.peer, reason)
+        self.saved_framing = None
+        self.state = RECORD
+        return False
+
+    def _takeover(self, conn: BackendConnection) -> None:
+        """What on_backend_lost does for the lost connection; the client's input waits meanwhile."""
+        s = self.s
+        log.warning("client %s: server connection to node %s was lost inside a transaction or statement; "
+                    "failover.replay takes over", s.peer, conn.node)
+        if s.hold is not None:
+            s._release_hold()
+        s.backend = None
+        pool = s.backend_pool
+        s.backend_pool = None
+        if pool is not None:
+            pool.release(conn, reusable=False)
+        s.expect.clear()
+        s.slow = False
+        s.relay.reset()
+        s.scanner.reset()
+        s.pending = 0
+        s.inflight.clear()
+        if self.saved_framing is None:
+            self.saved_framing = (self._type, self._left, self._hdr, self._zwant, s.tx_status)
+        self._type = self._left = 0  # the new server's replies start at a message boundary
+        self._hdr = b""
+        self._zwant = False
+        self._hold_input()
+
+    def _hold_input(self) -> None:
+        self.held = True
+        self.s._processing = True  # ClientSession._process returns at once: client messages wait
+
+    def _release_input(self) -> None:
+        if self.held:
+            self.held = False
+            self.s._processing = False
+            self.s._continue()
+
+    def _start(self, coro: Any) -> None:
+        self.s._spawn(coro)
+
+    def _guard(self, fn: Any) -> None:
+        try:
+            fn()
+        except Exception as exc:
+            self.s._internal_error(exc)
+
+    def _answer_end(self, tag: str, committed: bool) -> None:
+        """Answer the client's COMMIT/ROLLBACK here: its transaction is over either way."""
+        s = self.s
+        if not committed and s._committed is not None:
+            s.settings = s._committed
+            s._set_codec()
+        s._committed = None
+        s._applied_base = None
+        s.tx_status = codes.TX_IDLE
+        self._reset()
+        self.idle = True
+        self._type = self._left = 0
+        self._hdr = b""
+        self.saved_framing = None
+        s._write(messages.command_complete(tag) + messages.ready_for_query(codes.TX_IDLE))
+        self._release_input()
+
+    def _refuse_end(self) -> None:
+        """A COMMIT that did not commit: 40001, and the transaction is over."""
+        s = self.s
+        s.ctx.replays_failed += 1
+        if s._committed is not None:
+            s.settings = s._committed
+            s._set_codec()
+        s._committed = None
+        s._applied_base = None
+        s.tx_status = codes.TX_IDLE
+        self._reset()
+        self.idle = True
+        self._type = self._left = 0
+        self._hdr = b""
+        self.saved_framing = None
+        s._write(messages.error_response("ERROR", SQLSTATE, MESSAGE) + messages.ready_for_query(codes.TX_IDLE))
+        self._release_input()
+
+    async def _resolve_commit(self, xid: str) -> None:
+        """The COMMIT was in flight: ask the (new) primary whether the transaction committed."""
+        s = self.s
+        ctx = s.ctx
+        cfg: Config = ctx.config
+        deadline = time.monotonic() + cfg.failover.write_timeout
+        last = "no primary"
+        from heliosproxy.session.client import READY
+
+        while s.phase == READY and time.monotonic() < deadline:
+            node = ctx.registry.primary_node()
+            if node is None:
+                await asyncio.sleep(0.05)
+                continue
+            user, password = checker_credentials(cfg)
+            try:
+                conn = await connect(node.name, node.cfg.host, node.cfg.port, user, password, cfg.health.database,
+                                     timeout=max(0.5, deadline - time.monotonic()),
+                                     params={"application_name": "heliosproxy-replay"},
+                                     tls=node_tls(cfg, node.cfg))
+                try:
+                    rows = await asyncio.wait_for(
+                        conn.query(f"SELECT pg_catalog.pg_xact_status('{int(xid)}'::pg_catalog.xid8)"), 5)
+                finally:
+                    conn.close()
+            except QueryError as exc:
+                if exc.sqlstate == "22023" and "future" in exc.message:
+                    rows = [["aborted"]]  # the new primary never saw it: its commit record is not there
+                else:
+                    last = exc.message
+                    await asyncio.sleep(0.1)
+                    continue
+            except (OSError, TimeoutError, ConnectionError, BackendAuthError) as exc:
+                last = str(exc) or exc.__class__.__name__
+                await asyncio.sleep(0.1)
+                continue
+            status = rows[0][0] if rows else None
+            if s.phase != READY:
+                return
+            if status == "committed":
+                ctx.commits_resolved += 1
+                log.info("client %s: COMMIT in flight when node was lost: transaction %s committed", s.peer, xid)
+                self._answer_end("COMMIT", committed=True)
+                return
+            if status == "aborted":
+                ctx.commits_resolved += 1
+                log.info("client %s: COMMIT in flight when node was lost: transaction %s did not commit",
+                         s.peer, xid)
+                self._refuse_end()
+                return
+            last = f"transaction {xid} is {status}"
+            await asyncio.sleep(0.05)
+        log.warning("client %s: outcome of a COMMIT in flight unknown after failover.write_timeout (%s)", s.peer, last)
+        s._fatal("08006", "server connection lost")
+
+    async def _acquire(self, lost: str, read: bool) -> tuple[BackendConnection, Pool]:
+        s = self.s
+        ctx = s.ctx
+        deadline = time.monotonic() + ctx.config.failover.write_timeout
+        last: BaseException | None = None
+        while time.monotonic() < deadline:
+            target = ctx.router.read_target() if read else None
+            if target is None:
+                target = ctx.router.primary()
+            if target is None:
+                await asyncio.sleep(0.05)
+                continue
+            pool = ctx.pools.get(target.node, target.database or s.database, s.user)
+            try:
+                conn = await pool.acquire(timeout=max(0.1, deadline - time.monotonic()))
+            except (HeliosError, OSError, TimeoutError, ConnectionError) as exc:
+                last = exc
+                await asyncio.sleep(0.1)
+                continue
+            if conn.closed:
+                pool.release(conn, reusable=False)
+                continue
+            return conn, pool
+        raise BackendUnavailableError(str(last) if last else "no server within failover.write_timeout")
+
+    async def _replay(self, lost: str, answered: int, partial: bool, read: bool) -> None:
+        from heliosproxy.session.client import READY
+
+        s = self.s
+        plans = list(self.plans)
+        phase1 = plans[: answered + (1 if partial else 0)]
+        self.phase2 = plans[len(phase1):]
+        self.partial = partial
+        bad = self.bad
+        try:
+            conn, pool = await self._acquire(lost, read)
+        except BackendUnavailableError as exc:
+            if s.phase == READY:
+                log.warning("client %s: no server to replay on: %s", s.peer, exc)
+                s._fatal("08006", "server connection lost")
+            return
+        if s.phase != READY:
+            pool.release(conn)
+            return
+        s._bind(conn, pool)
+        s._just_bound = False
+        self.xid = Xid.UNKNOWN  # a new transaction on the new server: its id is asked again
+        self.wrote = any(p.write for p in plans)
+        if s._committed is not None:
+            s.settings = dict(s._committed)  # as at the transaction's start: the replay sets them again
+            s._applied_base = dict(s._committed)
+            s._set_codec()
+        s.slow = True
+        s.relay.reset()
+        if bad is not None:
+            self.saved_framing = None
+            log.info("client %s: transaction not replayed (%s): 40001", s.peer, bad)
+            s.ctx.replays_failed += 1
+            if partial:
+                s._fatal("08006", "server connection lost")
+                return
+            # A transaction to abort on the new server; the client's next statement gets 40001 there.
+            conn.write(messages.query("BEGIN"))
+            s.expect.append(Expect(codes.F_QUERY, HIDE))
+            self._refuse_rest()
+            return
+        self.target_n = self.n
+        self.rn = 0
+        self.rhasher = hashlib.blake2b(digest_size=16)
+        self.expect_rfqs = sum(1 for p in phase1 if p.sync)
+        self.replay_rfqs = 0
+        log.info("client %s: replaying %d statement(s) on node %s (%d more after)", s.peer, len(phase1), conn.node,
+                 len(self.phase2))
+        if self.target_n == 0 or not phase1:
+            self.state = RECORD
+            self._send_all(phase1)
+            self._matched()
+            return
+        self.state = SWALLOW
+        self._send_all(phase1)
+        # The client's messages wait until the replay is judged (then they follow it in order).
+
+    def _send_all(self, plans: list[Plan]) -> None:
+        from heliosproxy.session.client import READY
+
+        s = self.s
+        conn = s.backend
+        if conn is None:
+            return
+        self.resending = True
+        try:
+            for p in plans:
+                if s.phase == READY and s.backend is conn:
+                    s._send(conn, p)
+        finally:
+            self.resending = False
+
+    def _matched(self) -> None:
+        """The replay reproduced every byte the client had: the rest of its work goes on."""
+        s = self.s
+        s.ctx.replays_ok += 1
+        self.attempts = 0
+        self.saved_framing = None
+        log.info("client %s: transaction replayed after a lost server; results match", s.peer)
+        rest, self.phase2 = self.phase2, []
+        if rest:
+            if s.backend is None:
+                s._fatal("08006", "server connection lost")
+                return
+            self._send_all(rest)
+        asyncio.get_running_loop().call_soon(self._guard, self._release_input)
+
+    def _mismatched(self) -> None:
+        """The replay's results differ (or it ended short): 40001 for the client's pending statement."""
+        from heliosproxy.session.client import READY
+
+        s = self.s
+        if self.state == RECORD or s.phase != READY:
+            return
+        self.state = RECORD
+        self.saved_framing = None
+        self.attempts = 0
+        s.ctx.replays_failed += 1
+        log.info("client %s: transaction could not be replayed after failover: 40001", s.peer)
+        if self.partial:
+            s._fatal("08006", "server connection lost")
+            return
+        # Everything the replay sent is answered and swallowed; the recorded stream stays the client's.
+        self._refuse_rest()
+
+    def _refuse_rest(self) -> None:
+        """Send the client's unanswered statements with the first replaced by the server-side 40001."""
+        rest, self.phase2 = self.phase2, []
+        self.refuse_next = True  # on_send turns the next plan into REFUSE_SQL; later ones meet an aborted transaction
+        self.bad = self.bad or "refused after failover"
+        self._send_all(rest)
+        self._release_input()
+
+
+    def retry_unsent(self, plan: Plan, exc: HeliosError) -> bool:
+        """Hook in ClientSession._answer_plan_error: a statement that never reached a server because
+        its server could not be reached (a dead primary not yet noticed) waits for one instead, up to
+        failover.write_timeout, as a write does while no primary is known. True when it took over."""
+        s = self.s
+        if not exc.sqlstate.startswith("08") or s.backend is not None or s.tx_status != codes.TX_IDLE:
+            return False
+        if plan.raw is None and plan.batch is None:
+            return False
+        self._hold_input()
+        self._start(self._send_when_reachable(plan, plan.target is not None and not plan.write))
+        return True
+
+    async def _send_when_reachable(self, plan: Plan, read: bool) -> None:
+        from heliosproxy.session.client import READY
+
+        s = self.s
+        try:
+            conn, pool = await self._acquire("", read)
+        except BackendUnavailableError as exc:
+            if s.phase == READY:
+                s._write(messages.error_response("ERROR", "08006", f"no server available: {exc}")
+                         + (messages.ready_for_query(s.tx_status) if plan.sync else b""))
+                self._release_input()
+            return
+        if s.phase != READY:
+            pool.release(conn)
+            return
+        if s.backend is not None:  # cannot happen: input was held
+            pool.release(conn)
+            s._fatal("08006", "server connection lost")
+            return
+        s._bind(conn, pool)
+        s._send(conn, plan)
+        self._release_input()
+
+
+class BackendUnavailableError(Exception):
+    """No server to replay on within failover.write_timeout."""
+
+
+def _after_syncs(plans: list[Plan], syncs: int) -> int:
+    """Index just past the plan whose answer was the `syncs`-th ReadyForQuery."""
+    if syncs <= 0:
+        return 0
+    seen = 0
+    for i, p in enumerate(plans):
+        if p.sync:
+            seen += 1
+            if seen == syncs:
+                return i + 1
+    return len(plans)

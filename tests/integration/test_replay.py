@@ -1,0 +1,380 @@
+"""failover.replay (issue 16 §1): transactions survive a lost primary (replayed or 40001), COMMIT in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+import psycopg
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.helpers.pgcluster import PgCluster
+from tests.helpers.proxy import ProxyFactory, ProxyProcess
+
+HEALTH = {"interval": "300ms", "timeout": "300ms", "failures_before_down": 2, "successes_before_up": 1}
+REPLAY = {"replay": True, "write_timeout": "15s"}
+MESSAGE = "could not serialize access: transaction could not be replayed after failover"
+
+
+def _nodes(proxy: ProxyProcess) -> dict[str, dict[str, Any]]:
+    with urllib.request.urlopen(proxy.admin_url + "/api/nodes", timeout=5) as r:
+        return {n["name"]: n for n in json.load(r)}
+
+
+def _metric(proxy: ProxyProcess, name: str, **labels: str) -> float | None:
+    with urllib.request.urlopen(proxy.admin_url + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return None
+
+
+def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        time.sleep(0.05)
+
+
+def _sync_replication(pg: PgCluster) -> None:
+    """Acknowledged commits are on standby1 too (only the primary gets the setting: after a promotion
+    the new primary must not wait for a synchronous standby it does not have)."""
+    pg.sql(pg.primary, "ALTER SYSTEM SET synchronous_standby_names = 'standby1'")
+    pg.sql(pg.primary, "ALTER SYSTEM SET synchronous_commit = 'on'")
+    pg.sql(pg.primary, "SELECT pg_reload_conf()")
+    _wait(lambda: pg.sql(pg.primary, "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'") == "1",
+          10, "standby1 synchronous")
+
+
+class Workers:
+    """16 clients inside transactions: psycopg threads and asyncpg tasks. Each transaction inserts
+    (worker, seq), reads its own count and bumps its own total; outcomes are recorded per transaction."""
+
+    def __init__(self, dsn: str, psycopg_n: int, asyncpg_n: int):
+        self.dsn = dsn
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.acked: set[tuple[str, int]] = set()
+        self.refused: set[tuple[str, int]] = set()  # 40001
+        self.unknown: set[tuple[str, int]] = set()  # any other error
+        self.errors: list[str] = []
+        self.threads = [threading.Thread(target=self._psycopg, args=(f"p{i}",), daemon=True)
+                        for i in range(psycopg_n)]
+        self.threads.append(threading.Thread(target=self._asyncpg, args=(asyncpg_n,), daemon=True))
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def finish(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
+
+    def _outcome(self, key: tuple[str, int], exc: BaseException | None) -> None:
+        with self.lock:
+            if exc is None:
+                self.acked.add(key)
+            elif getattr(exc, "sqlstate", None) == "40001":
+                assert MESSAGE in str(exc), exc  # the primary message; CONTEXT names the server's RAISE
+                self.refused.add(key)
+            else:
+                self.unknown.add(key)
+                self.errors.append(f"{time.monotonic():.2f} {key}: {getattr(exc, 'sqlstate', None)} {exc!r}")
+
+    def _psycopg(self, name: str) -> None:
+        conn = psycopg.connect(self.dsn, autocommit=True)
+        i = 0
+        try:
+            while not self.stop.is_set():
+                i += 1
+                try:
+                    with conn.transaction():
+                        conn.execute("INSERT INTO ledger(worker, seq) VALUES (%s, %s)", (name, i))
+                        conn.execute("SELECT count(*) FROM ledger WHERE worker = %s", (name,)).fetchone()
+                        conn.execute("UPDATE totals SET n = n + 1 WHERE worker = %s", (name,))
+                    self._outcome((name, i), None)
+                except psycopg.Error as exc:
+                    self._outcome((name, i), exc)
+                    if conn.closed:
+                        conn = psycopg.connect(self.dsn, autocommit=True)
+        finally:
+            conn.close()
+
+    def _asyncpg(self, n: int) -> None:
+        async def one(name: str) -> None:
+            conn = await asyncpg.connect(self.dsn)
+            i = 0
+            try:
+                while not self.stop.is_set():
+                    i += 1
+                    try:
+                        async with conn.transaction():
+                            await conn.execute("INSERT INTO ledger(worker, seq) VALUES ($1, $2)", name, i)
+                            await conn.fetchval("SELECT count(*) FROM ledger WHERE worker = $1", name)
+                            await conn.execute("UPDATE totals SET n = n + 1 WHERE worker = $1", name)
+                        self._outcome((name, i), None)
+                    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                        self._outcome((name, i), exc)
+                        if conn.is_closed():
+                            conn = await asyncpg.connect(self.dsn)
+            finally:
+                await conn.close()
+
+        async def main() -> None:
+            await asyncio.gather(*(one(f"a{i}") for i in range(n)))
+
+        asyncio.run(main())
+
+
+def _setup(dsn: str, workers: list[str]) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE ledger (id bigserial PRIMARY KEY, worker text, seq int, UNIQUE (worker, seq))")
+        conn.execute("CREATE TABLE totals (worker text PRIMARY KEY, n bigint)")
+        for w in workers:
+            conn.execute("INSERT INTO totals VALUES (%s, 0)", (w,))
+
+
+def test_primary_killed_mid_transaction_every_transaction_completes_or_gets_40001(
+    cluster_factory: Callable[..., PgCluster], proxy_factory: ProxyFactory
+) -> None:
+    pg = cluster_factory(standbys=1)
+    _sync_replication(pg)
+    proxy = proxy_factory({"health": HEALTH, "failover": REPLAY, "pool": {"size": 40}}, cluster=pg)
+    dsn = proxy.dsn()
+    names = [f"p{i}" for i in range(12)] + [f"a{i}" for i in range(4)]
+    _setup(dsn, names)
+    pg.wait_replay()
+    _wait(lambda: _nodes(proxy)["standby1"]["state"] == "up", 10, "standby1 up")
+    old, new = pg.primary, pg.standbys[0]
+
+    w = Workers(dsn, psycopg_n=12, asyncpg_n=4)
+    w.start()
+    _wait(lambda: len(w.acked) > 200, 30, "transactions flowing")
+    pg.stop_node(old, "immediate")
+    t_kill = time.monotonic()
+    pg.promote(new)
+    acked_at_kill = len(w.acked)
+    _wait(lambda: len(w.acked) > acked_at_kill + 200, 40, "transactions flowing on the new primary")
+    w.finish()
+    took = time.monotonic() - t_kill
+    replayed = _metric(proxy, "heliosproxy_failover_replays_total", kind="transaction_replayed") or 0
+    refused = _metric(proxy, "heliosproxy_failover_replays_total", kind="transaction_refused") or 0
+    resolved = _metric(proxy, "heliosproxy_failover_replays_total", kind="commit_resolved") or 0
+    print(f"\nREPLAY (primary killed, 16 clients in transactions): {len(w.acked)} committed, {len(w.refused)} got "
+          f"40001, {len(w.unknown)} other errors; proxy: {replayed:.0f} replayed, {refused:.0f} refused, "
+          f"{resolved:.0f} COMMITs resolved; {took:.1f}s of load after the kill")
+
+    if w.errors:
+        out = proxy.output()
+        notable = [line for line in out.splitlines() if "replay" in line or "WARNING" in line or "ERROR" in line]
+        raise AssertionError("\n".join(sorted(w.errors)[:30]) + "\n" + "\n".join(notable[-60:]))
+    rows = pg.sql(new, "SELECT worker || ':' || seq FROM ledger", db="app").split("\n")
+    have = {r for r in rows if r}
+    lost = [k for k in w.acked if f"{k[0]}:{k[1]}" not in have]
+    phantom = [k for k in w.refused if f"{k[0]}:{k[1]}" in have]
+    assert lost == [], f"{len(lost)} acknowledged commits lost: {sorted(lost)[:10]}"
+    assert phantom == [], f"{len(phantom)} transactions refused with 40001 did commit: {sorted(phantom)[:10]}"
+    # Each worker's total equals its committed transactions: every effect exactly once.
+    totals = dict(line.split("|") for line in pg.sql(new, "SELECT worker, n FROM totals", db="app").split("\n"))
+    for name in names:
+        mine = sum(1 for k in have if k.startswith(name + ":"))
+        assert int(totals[name]) == mine, (name, totals[name], mine)
+    assert replayed + refused + resolved >= 1, "no transaction was in flight at the kill?\n" + proxy.output()[-3000:]
+
+
+def test_replay_refuses_with_40001_when_results_differ_or_functions_are_not_replayable(
+    cluster_factory: Callable[..., PgCluster], proxy_factory: ProxyFactory
+) -> None:
+    pg = cluster_factory(standbys=1)
+    proxy = proxy_factory({"health": HEALTH, "failover": REPLAY}, cluster=pg)
+    dsn = proxy.dsn()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE kv (k int PRIMARY KEY, v int)")
+        conn.execute("INSERT INTO kv VALUES (1, 10), (2, 20), (3, 30)")
+    pg.wait_replay()
+    _wait(lambda: _nodes(proxy)["standby1"]["state"] == "up", 10, "standby1 up")
+    old, new = pg.primary, pg.standbys[0]
+
+    same = psycopg.connect(dsn, autocommit=True)  # replayed: it sees the same rows again
+    changed = psycopg.connect(dsn, autocommit=True)  # read a row the new primary never got: 40001
+    clock = psycopg.connect(dsn, autocommit=True)  # called now(): not replayable, 40001
+    rolled = psycopg.connect(dsn, autocommit=True)  # ROLLBACK in a lost transaction just works
+    for c in (same, changed, clock, rolled):
+        c.execute("BEGIN")
+    assert same.execute("SELECT v FROM kv WHERE k = 1").fetchone() == (10,)
+    same.execute("UPDATE kv SET v = v + 1 WHERE k = 3")
+    clock.execute("SELECT now()").fetchone()
+    rolled.execute("SELECT 1").fetchone()
+    # The standby stops replicating; a commit reaches only the primary (asynchronous replication
+    # loses it at the failover) and `changed` reads it.
+    pg.sql(new, "ALTER SYSTEM SET primary_conninfo = ''")
+    pg.sql(new, "SELECT pg_reload_conf()")
+    _wait(lambda: pg.sql(new, "SELECT count(*) FROM pg_stat_wal_receiver") == "0", 10, "standby detached")
+    pg.sql(old, "UPDATE kv SET v = 21 WHERE k = 2", db="app")
+    assert changed.execute("SELECT v FROM kv WHERE k = 2").fetchone() == (21,)
+
+    pg.stop_node(old, "immediate")
+    pg.promote(new)
+
+    # Replayed: the transaction goes on as if nothing happened, and its COMMIT commits once.
+    assert same.execute("SELECT v FROM kv WHERE k = 3").fetchone() == (31,)
+    same.execute("COMMIT")
+    assert pg.sql(new, "SELECT v FROM kv WHERE k = 3", db="app") == "31"
+
+    for c in (changed, clock):
+        try:
+            c.execute("SELECT 1")
+            raise AssertionError("no 40001")
+        except psycopg.errors.SerializationFailure as exc:
+            assert exc.sqlstate == "40001" and exc.diag.message_primary == MESSAGE, exc
+        # The transaction is aborted, as after a server's 40001: later statements get 25P02, ROLLBACK works.
+        try:
+            c.execute("SELECT 1")
+            raise AssertionError("no 25P02")
+        except psycopg.errors.InFailedSqlTransaction:
+            pass
+        c.execute("ROLLBACK")
+        assert c.execute("SELECT inet_server_port()").fetchone() == (new.port,)
+    rolled.execute("ROLLBACK")
+    assert rolled.execute("SELECT 2").fetchone() == (2,)
+    for c in (same, changed, clock, rolled):
+        c.close()
+    assert "08006" not in proxy.output()
+    assert (_metric(proxy, "heliosproxy_failover_replays_total", kind="transaction_refused") or 0) >= 2
+
+
+def test_autocommit_read_in_flight_is_retried_on_another_node(
+    cluster_factory: Callable[..., PgCluster], proxy_factory: ProxyFactory
+) -> None:
+    pg = cluster_factory(standbys=1)
+    proxy = proxy_factory({"health": HEALTH, "failover": REPLAY}, cluster=pg)
+    dsn = proxy.dsn()
+    standby = pg.standbys[0]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE big AS SELECT g AS x FROM generate_series(1, 200000) g")
+    pg.wait_replay()
+    _wait(lambda: _nodes(proxy)["standby1"]["state"] == "up", 10, "standby1 up")
+    slow = "SELECT count(*) FROM big a, LATERAL (SELECT 1 FROM generate_series(1, 40)) b WHERE a.x > 0"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT inet_server_port()").fetchone() == (standby.port,)
+        result: list[Any] = []
+
+        def run() -> None:
+            try:
+                result.append(conn.execute(slow).fetchone())
+            except psycopg.Error as exc:
+                result.append(exc)
+
+        t = threading.Thread(target=run)
+        t.start()
+        _wait(lambda: pg.sql(standby, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE "
+                                      "'SELECT count(*) FROM big a%' AND state = 'active'") == "1",
+              10, "the read running on the standby")
+        pg.stop_node(standby, "immediate")
+        t.join(30)
+        assert result == [(8000000,)], result
+        # The next read goes where routing allows now: the primary.
+        assert conn.execute("SELECT inet_server_port()").fetchone() == (pg.primary.port,)
+    assert (_metric(proxy, "heliosproxy_failover_replays_total", kind="read_retried") or 0) == 1
+
+
+def test_session_pooling_clients_move_to_the_new_primary_when_their_state_can_be_rebuilt(
+    cluster_factory: Callable[..., PgCluster], proxy_factory: ProxyFactory
+) -> None:
+    """Issue 16 §2: session-pooling clients survive a lost server when the proxy can rebuild their state
+    (settings); one with a temp table gets an error and its connection is closed."""
+    pg = cluster_factory(standbys=1)
+    _sync_replication(pg)
+    proxy = proxy_factory({"health": HEALTH, "failover": REPLAY, "pool": {"mode": "session"}}, cluster=pg)
+    dsn = proxy.dsn()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE kv (k int PRIMARY KEY, v int)")
+        conn.execute("INSERT INTO kv VALUES (1, 10)")
+    pg.wait_replay()
+    _wait(lambda: _nodes(proxy)["standby1"]["state"] == "up", 10, "standby1 up")
+    old, new = pg.primary, pg.standbys[0]
+
+    settled = psycopg.connect(dsn, autocommit=True)
+    settled.execute("SET work_mem = '3MB'")
+    settled.execute("SET application_name = 'moved'")
+    in_tx = psycopg.connect(dsn, autocommit=True)
+    in_tx.execute("BEGIN")
+    in_tx.execute("UPDATE kv SET v = v + 1 WHERE k = 1")
+    temp = psycopg.connect(dsn, autocommit=True)
+    temp.execute("CREATE TEMP TABLE scratch (x int)")
+
+    pg.stop_node(old, "immediate")
+    pg.promote(new)
+
+    assert settled.execute("SELECT current_setting('work_mem'), current_setting('application_name'), "
+                           "inet_server_port()").fetchone() == ("3MB", "moved", new.port)
+    assert in_tx.execute("SELECT v FROM kv WHERE k = 1").fetchone() == (11,)
+    in_tx.execute("COMMIT")
+    assert pg.sql(new, "SELECT v FROM kv WHERE k = 1", db="app") == "11"
+    try:
+        temp.execute("SELECT count(*) FROM scratch")
+        raise AssertionError("the temp table's session went on")
+    except psycopg.OperationalError as exc:
+        assert exc.sqlstate in ("08006", "57P01", None), exc
+    for c in (settled, in_tx, temp):
+        c.close()
+    assert (_metric(proxy, "heliosproxy_failover_replays_total", kind="session_moved") or 0) >= 1
+
+
+def test_commit_in_flight_that_did_not_commit_on_the_new_primary_gets_40001(
+    cluster_factory: Callable[..., PgCluster], proxy_factory: ProxyFactory
+) -> None:
+    """The COMMIT rule: a COMMIT in flight when the primary dies is answered from pg_xact_status() on the
+    new primary. Here the commit never reached the standby (it waits for a synchronous standby that is
+    detached): the client gets 40001, never COMMIT, and the row is not on the new primary."""
+    pg = cluster_factory(standbys=1)
+    _sync_replication(pg)
+    proxy = proxy_factory({"health": HEALTH, "failover": REPLAY}, cluster=pg)
+    dsn = proxy.dsn()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE kv (k int PRIMARY KEY, v int)")
+    pg.wait_replay()
+    _wait(lambda: _nodes(proxy)["standby1"]["state"] == "up", 10, "standby1 up")
+    old, new = pg.primary, pg.standbys[0]
+
+    client = psycopg.connect(dsn, autocommit=True)
+    client.execute("BEGIN")
+    client.execute("INSERT INTO kv VALUES (1, 1)")
+    assert client.execute("SELECT count(*) FROM kv").fetchone() == (1,)
+    pg.sql(new, "ALTER SYSTEM SET primary_conninfo = ''")
+    pg.sql(new, "SELECT pg_reload_conf()")
+    _wait(lambda: pg.sql(new, "SELECT count(*) FROM pg_stat_wal_receiver") == "0", 10, "standby detached")
+
+    outcome: list[Any] = []
+
+    def commit() -> None:
+        try:
+            client.execute("COMMIT")
+            outcome.append("COMMIT")
+        except psycopg.Error as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=commit)
+    t.start()
+    _wait(lambda: pg.sql(old, "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'") == "1",
+          10, "the COMMIT waiting for the synchronous standby")
+    pg.stop_node(old, "immediate")
+    pg.promote(new)
+    t.join(30)
+    assert len(outcome) == 1 and isinstance(outcome[0], psycopg.errors.SerializationFailure), outcome
+    assert outcome[0].diag.message_primary == MESSAGE
+    assert pg.sql(new, "SELECT count(*) FROM kv", db="app") == "0"
+    # The session goes on, outside a transaction, on the new primary.
+    assert client.execute("SELECT inet_server_port()").fetchone() == (new.port,)
+    client.close()
+    assert (_metric(proxy, "heliosproxy_failover_replays_total", kind="commit_resolved") or 0) == 1
