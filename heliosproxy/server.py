@@ -32,6 +32,7 @@ from heliosproxy.routing.router import Router
 from heliosproxy.session.context import ProxyContext
 from heliosproxy.session.pgcompat import Janitor
 from heliosproxy.sql.classify import Classifier
+from heliosproxy.traffic.control import TrafficControl
 from heliosproxy.workers import WorkerLink, supervise
 
 log = logging.getLogger("heliosproxy.server")
@@ -79,6 +80,9 @@ class Server:
         self.metrics = ProxyCollector(self, self.failover, self.health)
         self.admin_http = AdminHttp(self, self.metrics)
         self.extras.extend([self.health, self.failover, self.metrics, self.reads, Janitor(self.ctx)])
+        # Rate limits (one table for all workers, in the supervisor's run directory) and circuit breakers.
+        self.traffic = TrafficControl(self.ctx, self.health, link.rundir if link is not None else None, worker_id)
+        self.extras.append(self.traffic)
         if worker_id == 0:
             # One HTTP admin for the process group (workers share the client port, not this one).
             self.extras.append(self.admin_http)

@@ -40,12 +40,13 @@ HELP = (
     ("SHOW MEM", "object counts and memory"),
     ("SHOW FDS", "file descriptors of listeners, clients and servers"),
     ("SHOW STATE", "active, paused, suspended"),
-    ("SHOW NODES", "nodes: role, state, lag, timeline, write target"),
+    ("SHOW NODES", "nodes: role, state, lag, timeline, write target, circuit breaker"),
     ("SHOW NODE_STATS", "query, error and byte counters per (node, route)"),
     ("SHOW PLUGINS", "loaded plugins and their call counters"),
     ("SHOW CONFIG", "the running configuration (secrets masked)"),
     ("SHOW QUERIES", "top statements by total time"),
     ("SHOW VERSION", "the proxy version"),
+    ("SHOW LIMITS", "rate limits and quotas per key value: allowed, rejected, queued (all workers)"),
     ("RELOAD", "re-read the config file (a bad file keeps the running config)"),
     ("PAUSE [db]", "hold new statements (of db, or all); returns once no server connection is in use"),
     ("RESUME [db]", "undo PAUSE, KILL or SUSPEND"),
@@ -134,6 +135,7 @@ class AdminConsole:
             "QUERIES": self.show_queries,
             "VERSION": self.show_version,
             "HELP": self.show_help,
+            "LIMITS": self.show_limits,
         }
 
     async def start(self) -> None:
@@ -252,7 +254,7 @@ class AdminConsole:
     def show_nodes(self) -> bytes:
         cols = ("name", "host", "port", "configured_role", "role", "state", "write_target", "disabled",
                 "lag_bytes", "lag_ms", "timeline", "weight", "priority", "active_connections",
-                "last_check_age_s", "last_error")
+                "last_check_age_s", "last_error", "breaker")
         return _table(cols, nodes_view(self.server))
 
     def show_stats(self) -> bytes:
@@ -280,6 +282,12 @@ class AdminConsole:
 
     def show_queries(self) -> bytes:
         return _table(("fingerprint", "query", "calls", "total_ms", "mean_ms", "errors"), queries_view(self.server))
+
+    def show_limits(self) -> bytes:
+        limiter = self.server.ctx.limits
+        rows = limiter.rows() if limiter is not None else []
+        return pgb.table((("name", pgb.TEXT), ("key", pgb.TEXT), ("value", pgb.TEXT), ("allowed", pgb.INT8),
+                          ("rejected", pgb.INT8), ("queued", pgb.INT8)), rows)
 
     def show_version(self) -> bytes:
         return pgb.table((("version", pgb.TEXT),), [{"version": VERSION}])

@@ -27,7 +27,7 @@ from heliosproxy.protocol.encodings import python_codec
 from heliosproxy.protocol.scan import ERROR_SEEN, ReplyScanner
 from heliosproxy.routing.consistency import SessionReads, error_sqlstate
 from heliosproxy.routing.router import Target
-from heliosproxy.session import adminproto, admission, flow, pgcompat, tls
+from heliosproxy.session import adminproto, admission, flow, pgcompat, tls, traffic
 from heliosproxy.session.context import ProxyContext, QueryStat
 from heliosproxy.session.prepared import Statement, server_name
 from heliosproxy.sql.classify import (
@@ -295,6 +295,7 @@ class ClientSession(asyncio.Protocol):
         self.db_route = DatabaseRoute.AUTO  # databases: ALIAS route
         self.hold: bytearray | None = None  # an auto-routed standby read's reply, held until its ReadyForQuery
         self.hold_plan: Plan | None = None
+        self.traffic: traffic.TrafficState | None = None  # rate limits / breakers (session/traffic.py)
 
     # ================================================================== asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -349,6 +350,8 @@ class ClientSession(asyncio.Protocol):
         ctx = self.ctx
         ctx.clients.discard(self)
         admission.release(self)
+        if self.traffic is not None:
+            traffic.closed(self)
         ctx.cancel_keys.pop((self.pid, self.key), None)
         if self._login_timer is not None:
             self._login_timer.cancel()
@@ -1510,6 +1513,8 @@ class ClientSession(asyncio.Protocol):
     # ================================================================== dispatch to a backend
     def _dispatch(self, plan: Plan) -> None:
         """Send a plan on the bound backend, or get one (synchronously when the pool has an idle one)."""
+        if self.ctx.gates and traffic.gate(self, plan):
+            return  # refused (53400, 08006) or held back by a rate limit
         if self.hold is not None:
             self._release_hold()  # another request follows: no rerun may reorder them
         conn = self.backend
@@ -1631,6 +1636,8 @@ class ClientSession(asyncio.Protocol):
         body = messages.error_response("ERROR", exc.sqlstate, exc.message)
         if plan.sync:
             body += messages.ready_for_query(self.tx_status)
+        if self.traffic is not None and not self.pending:
+            traffic.settle(self)
         self._write(body)
         if plan.info is not None:
             self._record(plan.info, 0.0, True)
@@ -2025,6 +2032,8 @@ class ClientSession(asyncio.Protocol):
         conn.tx_status = status
         if self.pending:
             self.pending -= 1
+        if self.traffic is not None and not self.pending:
+            traffic.settle(self)
         fl = self.inflight.popleft() if self.inflight else None
         if fl is not None and fl.info is not None and fl.info.effects & _STATE_EFFECTS and fl.error is None:
             self._settle(fl.info, conn)

@@ -13,11 +13,13 @@ from heliosproxy.backends.registry import Registry
 from heliosproxy.config.schema import Config
 from heliosproxy.plugins.manager import PluginManager
 from heliosproxy.pool.manager import PoolManager
+from heliosproxy.routing.breaker import Breakers
 from heliosproxy.routing.consistency import ReadPlanner
 from heliosproxy.routing.router import Router
 from heliosproxy.session.admission import LoginGate
 from heliosproxy.session.pgcompat import StatsBook
 from heliosproxy.sql.classify import Classifier
+from heliosproxy.traffic.limits import Limiter
 
 if TYPE_CHECKING:
     from heliosproxy.session.client import ClientSession
@@ -76,6 +78,10 @@ class ProxyContext:
     disabled_databases: set[str] = field(default_factory=set)  # DISABLE db: new clients refused
     logins: LoginGate = field(default_factory=LoginGate)  # login slots (session/admission.py)
     tls_context: ssl.SSLContext | None = None  # TLS to clients (tls:), rebuilt on every reload
+    # issue 15: rate limits and circuit breakers (session/traffic.py gates statements when `gates`)
+    limits: Limiter | None = None
+    breakers: Breakers | None = None
+    gates: bool = False
     _pid_counter: int = 0
 
     def remember_statement(self, server_name: str) -> None:
