@@ -81,7 +81,8 @@ class Server:
         self.admin_http = AdminHttp(self, self.metrics)
         self.extras.extend([self.health, self.failover, self.metrics, self.reads, Janitor(self.ctx)])
         # Rate limits (one table for all workers, in the supervisor's run directory) and circuit breakers.
-        self.traffic = TrafficControl(self.ctx, self.health, link.rundir if link is not None else None, worker_id)
+        self.traffic = TrafficControl(self.ctx, self.health, link.rundir if link is not None else None, worker_id,
+                                      link.shared_lock if link is not None else None)
         self.extras.append(self.traffic)
         if worker_id == 0:
             # One HTTP admin for the process group (workers share the client port, not this one).

@@ -31,13 +31,15 @@ _READY = 3  # session/client.py's READY phase
 class TrafficState:
     """One session's gate state."""
 
-    __slots__ = ("admitted", "held", "limiter", "waiting")
+    __slots__ = ("admitted", "held", "limiter", "waiting", "wants", "wants_for")
 
     def __init__(self) -> None:
         self.admitted: Plan | None = None  # the last statement let through (a resend or rerun of it passes)
         self.waiting: Plan | None = None  # the statement a task is holding back
         self.held: tuple[int, ...] = ()  # limit slots whose concurrency unit this session holds
         self.limiter: Limiter | None = None  # the one `held` was taken from
+        self.wants: list[tuple[Rule, bytes]] = []  # the session's own (rule, label) pairs, for wants_for
+        self.wants_for: tuple[int, str | None] | None = None  # (limits generation, tenant)
 
 
 def _addr(peer: str) -> str:
@@ -58,15 +60,24 @@ def _value(session: ClientSession, key: LimitKey, plan: Plan) -> str | None:
     return info.fingerprint or None if info is not None else None
 
 
-def _wants(session: ClientSession, limiter: Limiter, plan: Plan) -> list[tuple[Rule, bytes]]:
-    out: list[tuple[Rule, bytes]] = []
-    for key, rules in limiter.by_key.items():
-        value = _value(session, key, plan)
-        if value is None:
-            continue  # e.g. no tenant set: tenant limits do not apply
-        for rule in rules:
-            out.append((rule, label_of(rule, value)))
-    return out
+def _wants(session: ClientSession, st: TrafficState, limiter: Limiter, plan: Plan) -> list[tuple[Rule, bytes]]:
+    """(rule, label) of every limit the statement counts against. The session's own keys (user, database,
+    client address, tenant) are built once per session, limits generation and tenant."""
+    tenant = session.attrs.get("tenant") if LimitKey.TENANT in limiter.by_key else None
+    if st.wants_for != (limiter.generation, tenant):
+        out: list[tuple[Rule, bytes]] = []
+        for key, rules in limiter.by_key.items():
+            value = None if key is LimitKey.FINGERPRINT else _value(session, key, plan)
+            if value is None:
+                continue  # e.g. no tenant set: tenant limits do not apply
+            for rule in rules:
+                out.append((rule, label_of(rule, value)))
+        st.wants, st.wants_for = out, (limiter.generation, tenant)
+    by_fp = limiter.by_key.get(LimitKey.FINGERPRINT)
+    info = plan.info
+    if by_fp is None or info is None or not info.fingerprint:
+        return st.wants
+    return st.wants + [(rule, label_of(rule, info.fingerprint)) for rule in by_fp]
 
 
 def _message(rule: Rule, wants: list[tuple[Rule, bytes]]) -> str:
@@ -121,7 +132,7 @@ def gate(session: ClientSession, plan: Plan) -> bool:
     if limiter is None or info.tx in _ENDS:
         st.admitted = plan
         return False
-    wants = _wants(session, limiter, plan)
+    wants = _wants(session, st, limiter, plan)
     if not wants:
         st.admitted = plan
         return False

@@ -18,13 +18,14 @@ SHARED_FILE = "limits.shm"
 class TrafficControl:
     """A Server extra: sets ctx.limits, ctx.breakers and ctx.gates (None/False when not configured).
 
-    `rundir` (multi-worker mode) holds the limit table every worker maps; without it the table is
-    private to this process."""
+    `rundir` (multi-worker mode) holds the limit table every worker maps, guarded by `lock` (a semaphore
+    the supervisor made before forking); without it the table is private to this process."""
 
-    def __init__(self, ctx: Any, health: HealthMonitor, rundir: Path | None, worker_id: int):
+    def __init__(self, ctx: Any, health: HealthMonitor, rundir: Path | None, worker_id: int, lock: Any = None):
         self.ctx = ctx  # heliosproxy.session.context.ProxyContext (a higher layer)
         self.health = health
         self.rundir = rundir
+        self.lock = lock  # the supervisor's process-shared lock of the limit table (multi-worker)
         self.worker_id = worker_id
         self.limiter: Limiter | None = None
         self.breakers: Breakers | None = None
@@ -34,6 +35,7 @@ class TrafficControl:
 
     async def stop(self) -> None:
         if self.limiter is not None:
+            self.limiter.flush()
             self.ctx.limits = None
             self.ctx.gates = self.ctx.breakers is not None
 
@@ -42,7 +44,7 @@ class TrafficControl:
         if config.limits:
             if self.limiter is None:
                 path = str(self.rundir / SHARED_FILE) if self.rundir is not None else None
-                self.limiter = Limiter(config, LimitTable(path, self.worker_id))
+                self.limiter = Limiter(config, LimitTable(path, self.worker_id, self.lock))
             else:
                 self.limiter.configure(config)
             ctx.limits = self.limiter

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
+import logging
 import math
 import mmap
 import os
@@ -23,6 +24,7 @@ import struct
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from heliosproxy.config.schema import Config, LimitAction, LimitConfig, LimitKey
 
@@ -38,9 +40,18 @@ SIZE = SLOTS * _SLOT
 _Q = struct.Struct("<Q")
 _H = struct.Struct("<H")
 _ALLOWED, _REJECTED, _QUEUED = 6, 7, 8  # field positions in _HEAD
+# Hot-path views of a slot: (tokens, stamp) at 8, `used` at 24, `active` at 32, counters at 40/48/56.
+_TS = struct.Struct("<dd")
+_TSU = struct.Struct("<ddd")
+_I = struct.Struct("<i")
+_AT_TOKENS, _AT_USED, _AT_ACTIVE = 8, 24, 32
+_AT = {_ALLOWED: 40, _REJECTED: 48, _QUEUED: 56}
+LOCK_PATIENCE = 0.2  # seconds
+FLUSH_EVERY = 0.2  # allowed counters are kept per worker and added to the shared table this often
 CONCURRENCY_POLL = 0.005  # a queued statement re-checks a concurrency cap this often (other workers' releases)
 
 GO, WAIT, REJECT = range(3)
+log = logging.getLogger("heliosproxy.traffic")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +65,14 @@ class Rule:
     concurrency: int | None
     action: LimitAction
     max_wait: float
+    delay: bool  # action is delay
+    queue: bool  # action is queue
 
     @classmethod
     def of(cls, c: LimitConfig) -> Rule:
         burst = float(c.burst) if c.burst is not None else max(1.0, c.rate or 1.0)
-        return cls(c.name, c.key, c.rate, burst, c.concurrency, c.action, c.max_wait)
+        return cls(c.name, c.key, c.rate, burst, c.concurrency, c.action, c.max_wait,
+                   c.action is LimitAction.DELAY, c.action is LimitAction.QUEUE)
 
 
 @dataclass(slots=True)
@@ -81,8 +95,10 @@ def _hash(label: bytes) -> int:
 class LimitTable:
     """The shared slots and their lock. `path` None: a private table (one worker)."""
 
-    def __init__(self, path: str | None, worker: int):
+    def __init__(self, path: str | None, worker: int, lock: Any = None):
         self.fd: int | None = None
+        self.shared = path is not None  # other processes map it too: take the lock
+        self.sem = lock  # a process-shared semaphore from the supervisor (multiprocessing.Lock), else lockf
         if path is None:
             self.buf = mmap.mmap(-1, SIZE)
         else:
@@ -96,7 +112,7 @@ class LimitTable:
                 self.unlock()
             self.buf = mmap.mmap(fd, SIZE)
         self.column = _COLS_AT + 2 * (worker % WORKER_COLUMNS)
-        self.index: dict[bytes, int] = {}  # label -> slot (checked against the slot's hash on use)
+        self.index: dict[bytes, tuple[int, int]] = {}  # label -> (slot, hash), checked against the slot on use
         self.clear_own()
 
     def close(self) -> None:
@@ -108,11 +124,22 @@ class LimitTable:
             self.fd = None
 
     def lock(self) -> None:
-        if self.fd is not None:
+        sem = self.sem
+        if sem is not None:
+            # Held for microseconds at a time: a wait this long means its holder died holding it. Go on
+            # without it; unlock() then gives the semaphore back (repairing it).
+            if not sem.acquire(True, LOCK_PATIENCE):
+                log.error("the limit table lock was held for %gs (a worker died holding it?); taking it over",
+                          LOCK_PATIENCE)
+        elif self.fd is not None:
             fcntl.lockf(self.fd, fcntl.LOCK_EX)
 
     def unlock(self) -> None:
-        if self.fd is not None:
+        sem = self.sem
+        if sem is not None:
+            with contextlib.suppress(ValueError):  # (released too many times: only after a take-over)
+                sem.release()
+        elif self.fd is not None:
             fcntl.lockf(self.fd, fcntl.LOCK_UN)
 
     def clear_own(self) -> None:
@@ -135,10 +162,10 @@ class LimitTable:
     def slot(self, label: bytes, burst: float, now: float) -> int | None:
         """The slot of `label`, made (a full bucket) if new; None when its probe window is all busy."""
         buf = self.buf
+        known = self.index.get(label)
+        if known is not None and _Q.unpack_from(buf, known[0] * _SLOT)[0] == known[1]:
+            return known[0]  # (another worker may have recycled the slot: then its hash differs)
         h = _hash(label)
-        idx = self.index.get(label)
-        if idx is not None and _Q.unpack_from(buf, idx * _SLOT)[0] == h:
-            return idx
         home = h % SLOTS
         victim: int | None = None
         victim_used = math.inf
@@ -147,7 +174,7 @@ class LimitTable:
             off = s * _SLOT
             sh, _t, _st, used, active, *_ = _HEAD.unpack_from(buf, off)
             if sh == h:
-                self._remember(label, s)
+                self._remember(label, s, h)
                 return s
             if sh == 0:
                 victim = s
@@ -161,13 +188,13 @@ class LimitTable:
         _HEAD.pack_into(buf, off, h, burst, now, now, 0, 0, 0, 0, 0)
         text = label[:_LABEL]
         buf[off + _LABEL_AT:off + _LABEL_AT + len(text)] = text
-        self._remember(label, victim)
+        self._remember(label, victim, h)
         return victim
 
-    def _remember(self, label: bytes, idx: int) -> None:
+    def _remember(self, label: bytes, idx: int, h: int) -> None:
         if len(self.index) > 4 * SLOTS:
             self.index.clear()
-        self.index[label] = idx
+        self.index[label] = (idx, h)
 
     def rows(self) -> Iterable[tuple[str, str, int, int, int, int]]:
         """(limit name, key value, allowed, rejected, queued, active) of every slot in use."""
@@ -198,9 +225,13 @@ class Limiter:
         self.rules: tuple[Rule, ...] = ()
         self.by_key: dict[LimitKey, tuple[Rule, ...]] = {}
         self._released = asyncio.Event()
+        self.waiters = 0  # tasks of this worker in pause()
+        self.counts: dict[tuple[int, int], int] = {}  # (slot offset, slot hash) -> allowed, not yet in the table
+        self.generation = 0  # bumped by configure (sessions rebuild what they cached)
         self.configure(config)
 
     def configure(self, config: Config) -> None:
+        self.generation += 1
         self.rules = tuple(Rule.of(c) for c in config.limits)
         by: dict[LimitKey, list[Rule]] = {}
         for r in self.rules:
@@ -215,54 +246,67 @@ class Limiter:
         table = self.table
         buf = table.buf
         now = time.monotonic()
-        table.lock()
+        ts_unpack, i_unpack = _TS.unpack_from, _I.unpack_from
+        if table.shared:
+            table.lock()
         try:
-            plan: list[tuple[int, float, bool, bool]] = []
+            plan: list[tuple[int, Rule, float, bool, bool]] = []
             delay = 0.0
             for rule, label in wants:
                 idx = table.slot(label, rule.burst, now)
                 if idx is None:
                     continue  # the table is full of busy keys here: not limited (never refuse by accident)
                 off = idx * _SLOT
-                head = _HEAD.unpack_from(buf, off)
-                tokens, stamp, active = head[1], head[2], head[4]
-                rate = rule.rate
+                tokens = 0.0
                 late = False
+                rate = rule.rate
                 if rate is not None:
-                    tokens = min(rule.burst, tokens + max(0.0, now - stamp) * rate)
-                    if rule.action is LimitAction.DELAY:
-                        due = (1.0 - tokens) / rate if tokens < 1.0 else 0.0
-                        if due > rule.max_wait:
-                            return self._refuse(idx, rule, REJECT, 0.0, first)
-                        delay = max(delay, due)
-                        late = due > 0
+                    tokens, stamp = ts_unpack(buf, off + _AT_TOKENS)
+                    if now > stamp:
+                        tokens += (now - stamp) * rate
+                    if tokens > rule.burst:
+                        tokens = rule.burst
+                    if rule.delay:
+                        if tokens < 1.0:
+                            due = (1.0 - tokens) / rate
+                            if due > rule.max_wait:
+                                return self._refuse(idx, rule, REJECT, 0.0, first)
+                            if due > delay:
+                                delay = due
+                            late = True
                     elif tokens < 1.0:
-                        wait = (1.0 - tokens) / rate
-                        return self._refuse(idx, rule, WAIT if rule.action is LimitAction.QUEUE else REJECT,
-                                            wait, first)
+                        return self._refuse(idx, rule, WAIT if rule.queue else REJECT, (1.0 - tokens) / rate, first)
                     tokens -= 1.0
                 conc = rule.concurrency is not None and idx not in holds
-                if conc and active >= (rule.concurrency or 0):
-                    return self._refuse(idx, rule, REJECT if rule.action is LimitAction.REJECT else WAIT,
+                if conc and i_unpack(buf, off + _AT_ACTIVE)[0] >= (rule.concurrency or 0):
+                    return self._refuse(idx, rule, WAIT if rule.queue or rule.delay else REJECT,
                                         CONCURRENCY_POLL, first)
-                plan.append((idx, tokens, conc, late))
+                plan.append((off, rule, tokens, conc, late))
             held: list[int] = []
-            for idx, tokens, conc, late in plan:
-                off = idx * _SLOT
-                row = list(_HEAD.unpack_from(buf, off))
-                row[1], row[2], row[3] = tokens, now, now
-                row[_ALLOWED] += 1
+            q_unpack, q_pack = _Q.unpack_from, _Q.pack_into
+            col = table.column
+            counts = self.counts
+            if not counts and plan:
+                self._flush_soon()
+            for off, rule, tokens, conc, late in plan:
+                if rule.rate is not None:
+                    _TSU.pack_into(buf, off + _AT_TOKENS, tokens, now, now)
+                else:
+                    _TS.pack_into(buf, off + _AT_TOKENS + 8, now, now)  # stamp (unused), used
+                key = (off, q_unpack(buf, off)[0])
+                counts[key] = counts.get(key, 0) + 1  # allowed (added to the table by flush())
                 if late and first:
-                    row[_QUEUED] += 1  # delayed
+                    at = off + 56
+                    q_pack(buf, at, q_unpack(buf, at)[0] + 1)  # queued (delayed)
                 if conc:
-                    row[4] += 1
-                    mine = _H.unpack_from(buf, off + table.column)[0]
-                    _H.pack_into(buf, off + table.column, min(0xFFFF, mine + 1))
-                    held.append(idx)
-                _HEAD.pack_into(buf, off, *row)
+                    _I.pack_into(buf, off + _AT_ACTIVE, i_unpack(buf, off + _AT_ACTIVE)[0] + 1)
+                    mine = _H.unpack_from(buf, off + col)[0]
+                    _H.pack_into(buf, off + col, min(0xFFFF, mine + 1))
+                    held.append(off // _SLOT)
             return Verdict(GO, None, 0.0, delay, tuple(held))
         finally:
-            table.unlock()
+            if table.shared:
+                table.unlock()
 
     def _refuse(self, idx: int, rule: Rule, outcome: int, retry_in: float, first: bool) -> Verdict:
         """(lock held) Count a refusal: rejected at once, or queued on a statement's first wait."""
@@ -274,10 +318,8 @@ class Limiter:
 
     def _bump(self, idx: int, field: int) -> None:
         buf = self.table.buf
-        off = idx * _SLOT
-        head = list(_HEAD.unpack_from(buf, off))
-        head[field] += 1
-        _HEAD.pack_into(buf, off, *head)
+        at = idx * _SLOT + _AT[field]
+        _Q.pack_into(buf, at, _Q.unpack_from(buf, at)[0] + 1)
 
     def give_up(self, rule: Rule, label: bytes) -> None:
         """A queued statement waited max_wait in vain: count it rejected."""
@@ -295,28 +337,57 @@ class Limiter:
         table = self.table
         buf = table.buf
         col = table.column
-        table.lock()
+        i_unpack, i_pack, h_unpack, h_pack = _I.unpack_from, _I.pack_into, _H.unpack_from, _H.pack_into
+        if table.shared:
+            table.lock()
         try:
             for idx in held:
                 off = idx * _SLOT
-                head = list(_HEAD.unpack_from(buf, off))
-                head[4] = max(0, head[4] - 1)
-                _HEAD.pack_into(buf, off, *head)
-                mine = _H.unpack_from(buf, off + col)[0]
-                _H.pack_into(buf, off + col, max(0, mine - 1))
+                active = i_unpack(buf, off + _AT_ACTIVE)[0]
+                i_pack(buf, off + _AT_ACTIVE, active - 1 if active > 0 else 0)
+                mine = h_unpack(buf, off + col)[0]
+                h_pack(buf, off + col, mine - 1 if mine > 0 else 0)
         finally:
-            table.unlock()
-        ev = self._released
-        self._released = asyncio.Event()
-        ev.set()
+            if table.shared:
+                table.unlock()
+        if self.waiters:
+            ev = self._released
+            self._released = asyncio.Event()
+            ev.set()
 
     async def pause(self, seconds: float) -> None:
         """Wait `seconds`, or less when a session of this worker gives back a concurrency unit."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._released.wait(), max(0.0, seconds))
+        self.waiters += 1
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._released.wait(), max(0.0, seconds))
+        finally:
+            self.waiters -= 1
+
+    def _flush_soon(self) -> None:
+        with contextlib.suppress(RuntimeError):  # no event loop (a direct caller): the next rows() flushes
+            asyncio.get_running_loop().call_later(FLUSH_EVERY, self.flush)
+
+    def flush(self) -> None:
+        """Add this worker's allowed counts to the shared table (slots recycled meanwhile are skipped)."""
+        counts = self.counts
+        if not counts:
+            return
+        self.counts = {}
+        table = self.table
+        buf = table.buf
+        table.lock()
+        try:
+            for (off, h), n in counts.items():
+                if _Q.unpack_from(buf, off)[0] == h:
+                    at = off + _AT[_ALLOWED]
+                    _Q.pack_into(buf, at, _Q.unpack_from(buf, at)[0] + n)
+        finally:
+            table.unlock()
 
     def rows(self) -> list[dict[str, object]]:
         """SHOW LIMITS: one row per (configured limit, key value) seen."""
+        self.flush()
         kinds = {r.name: r.key.value for r in self.rules}
         out: list[dict[str, object]] = []
         for name, value, allowed, rejected, queued, active in self.table.rows():

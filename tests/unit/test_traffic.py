@@ -67,6 +67,7 @@ def test_two_workers_share_one_bucket_and_a_restart_frees_its_units(tmp_path: Pa
     v2 = w0.decide(want, (), True)  # the third token
     assert v2.outcome == GO
     assert w1.decide(want, (), True).outcome == REJECT  # concurrency (worker 0 holds it)
+    w0.flush()  # (a worker adds its allowed counts to the table every FLUSH_EVERY, and when it stops)
     LimitTable(path, 0)  # worker 0 restarted: what it held is given back
     assert w1.decide(want, (), True).outcome == REJECT  # now: no token left (burst 3 spent)
     rows = w1.rows()
