@@ -63,7 +63,7 @@ def _value(session: ClientSession, key: LimitKey, plan: Plan) -> str | None:
 def _wants(session: ClientSession, st: TrafficState, limiter: Limiter, plan: Plan) -> list[tuple[Rule, bytes]]:
     """(rule, label) of every limit the statement counts against. The session's own keys (user, database,
     client address, tenant) are built once per session, limits generation and tenant."""
-    tenant = session.attrs.get("tenant") if LimitKey.TENANT in limiter.by_key else None
+    tenant = session.attrs.get("tenant") if limiter.has_tenant else None
     if st.wants_for != (limiter.generation, tenant):
         out: list[tuple[Rule, bytes]] = []
         for key, rules in limiter.by_key.items():
@@ -73,9 +73,9 @@ def _wants(session: ClientSession, st: TrafficState, limiter: Limiter, plan: Pla
             for rule in rules:
                 out.append((rule, label_of(rule, value)))
         st.wants, st.wants_for = out, (limiter.generation, tenant)
-    by_fp = limiter.by_key.get(LimitKey.FINGERPRINT)
+    by_fp = limiter.by_fingerprint
     info = plan.info
-    if by_fp is None or info is None or not info.fingerprint:
+    if not by_fp or info is None or not info.fingerprint:
         return st.wants
     return st.wants + [(rule, label_of(rule, info.fingerprint)) for rule in by_fp]
 
@@ -139,7 +139,8 @@ def gate(session: ClientSession, plan: Plan) -> bool:
     st.limiter = limiter
     v = limiter.decide(wants, st.held, True)
     if v.outcome == GO:
-        st.held += v.held
+        if v.held:
+            st.held += v.held
         if v.delay <= 0:
             st.admitted = plan
             return False

@@ -87,6 +87,9 @@ class Verdict:
     held: tuple[int, ...] = ()
 
 
+_GO = Verdict(GO)
+
+
 def _hash(label: bytes) -> int:
     h = int.from_bytes(hashlib.blake2b(label, digest_size=8).digest(), "little")
     return h or 1  # 0 marks an empty slot
@@ -224,6 +227,8 @@ class Limiter:
         self.table = table
         self.rules: tuple[Rule, ...] = ()
         self.by_key: dict[LimitKey, tuple[Rule, ...]] = {}
+        self.has_tenant = False
+        self.by_fingerprint: tuple[Rule, ...] = ()
         self._released = asyncio.Event()
         self.waiters = 0  # tasks of this worker in pause()
         self.counts: dict[tuple[int, int], int] = {}  # (slot offset, slot hash) -> allowed, not yet in the table
@@ -237,6 +242,8 @@ class Limiter:
         for r in self.rules:
             by.setdefault(r.key, []).append(r)
         self.by_key = {k: tuple(v) for k, v in by.items()}
+        self.has_tenant = LimitKey.TENANT in self.by_key
+        self.by_fingerprint = self.by_key.get(LimitKey.FINGERPRINT, ())
 
     def decide(self, wants: list[tuple[Rule, bytes]], holds: tuple[int, ...], first: bool) -> Verdict:
         """One statement's verdict over every limit that applies to it (all or nothing).
@@ -303,6 +310,8 @@ class Limiter:
                     mine = _H.unpack_from(buf, off + col)[0]
                     _H.pack_into(buf, off + col, min(0xFFFF, mine + 1))
                     held.append(off // _SLOT)
+            if not held and not delay:
+                return _GO  # (the common case: nothing to hold, no delay)
             return Verdict(GO, None, 0.0, delay, tuple(held))
         finally:
             if table.shared:
