@@ -216,3 +216,42 @@ def test_breakers_off_by_default(proxy_factory: ProxyFactory) -> None:
     with urllib.request.urlopen(proxy.admin_url + "/metrics", timeout=5) as resp:
         text = resp.read().decode()
     assert "heliosproxy_node_breaker_state" not in text and "heliosproxy_limit_statements" not in text
+
+
+def test_statement_timeouts_against_a_hung_server_trip_the_breaker(
+    proxy_factory: ProxyFactory, cluster_factory: Callable[..., PgCluster]
+) -> None:
+    pg = cluster_factory(standbys=0)
+    # Health checks far apart (they play no part here); two idle server connections ready in the pool.
+    proxy = proxy_factory({"health": {"interval": "60s", "timeout": "1s"},
+                           "circuit_breaker": {"failures": 2, "window": "20s", "open_for": "60s"},
+                           "pool": {"query_timeout": "700ms", "min_size": 2, "connect_timeout": "5s"}},
+                          cluster=pg)
+    a, b, c = (psycopg.connect(proxy.dsn(), autocommit=True) for _ in range(3))
+    try:
+        for conn in (a, b, c):
+            conn.execute("SELECT 1")  # (the pool exists from the first statement on; min_size fills it)
+        deadline = time.monotonic() + 10
+        while _metric(proxy, "heliosproxy_server_connections", node="primary", state="idle") < 2:
+            assert time.monotonic() < deadline, proxy.output()[-3000:]
+            time.sleep(0.1)
+        with _hung(pg.primary):
+            for victim in (a, b):  # sent on a pooled connection; the server never answers
+                try:
+                    victim.execute("SELECT 1")
+                    raise AssertionError("a hung server answered")
+                except psycopg.OperationalError as exc:
+                    assert "query timeout" in str(exc)
+            _wait_breaker(proxy, "primary", "open", timeout=5)
+            t0 = time.monotonic()
+            try:
+                c.execute("SELECT 1")
+                raise AssertionError("a statement ran against an open breaker")
+            except psycopg.OperationalError as exc:
+                assert exc.sqlstate == "08006"
+            assert time.monotonic() - t0 < 0.5  # not query_timeout
+        assert "circuit breaker open after 2 failures within 20s (last: query timeout without a reply" in (
+            proxy.output())
+    finally:
+        for conn in (a, b, c):
+            conn.close()
