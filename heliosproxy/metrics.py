@@ -57,6 +57,11 @@
 | heliosproxy_database_client_logins_total | counter | database | client logins |
 | heliosproxy_pool_clients | gauge | database, user, state (active, waiting) | SHOW POOLS' cl_active, cl_waiting |
 | heliosproxy_pool_maxwait_seconds | gauge | database, user | SHOW POOLS' maxwait: the oldest waiting client |
+| heliosproxy_node_breaker_state | gauge | node, state (closed, open, half_open) | 1 for the breaker's state |
+| heliosproxy_node_breaker_opened_total | counter | node | times the node's circuit breaker opened |
+| heliosproxy_node_breaker_rejected_total | counter | node | statements refused (08006) by it |
+| heliosproxy_limit_statements_total | counter | limit, key, value, result | allowed/rejected/queued (worker 0) |
+| heliosproxy_limit_active | gauge | limit, key, value | sessions with a statement running |
 """
 
 from __future__ import annotations
@@ -284,6 +289,7 @@ class ProxyCollector(Collector):
             if n.timeline is not None:
                 tl.add_metric([n.name], n.timeline)
         yield from (up, st, role, wt, dis, lagb, lags, tl)
+        yield from self._traffic(ctx)
 
         hc = CounterMetricFamily(p + "health_checks", "Health checks run", labels=["result"])
         if self.health is not None:
@@ -377,6 +383,35 @@ class ProxyCollector(Collector):
             ev.add_metric(["n_plus_one"], len(a.n_plus_one))
             ev.add_metric(["burst"], len(a.bursts))
             yield ev
+        """Circuit breakers per node and rate-limit counters per (limit, key value); nothing when off."""
+        p = PREFIX
+        br = ctx.breakers
+        if br is not None:
+            st = GaugeMetricFamily(p + "node_breaker_state", "1 for the node's circuit breaker state",
+                                   labels=["node", "state"])
+            op = CounterMetricFamily(p + "node_breaker_opened", "Times the node's circuit breaker opened",
+                                     labels=["node"])
+            ff = CounterMetricFamily(p + "node_breaker_rejected", "Statements refused with 08006 while the node's"
+                                     " breaker was not closed", labels=["node"])
+            for n in list(ctx.registry.nodes.values()):
+                for state in ("closed", "open", "half_open"):
+                    st.add_metric([n.name, state], 1 if n.breaker == state else 0)
+                b = br.breakers.get(n.name)
+                op.add_metric([n.name], b.opened if b is not None else 0)
+                ff.add_metric([n.name], br.fast_fails.get(n.name, 0))
+            yield from (st, op, ff)
+        lim = ctx.limits
+        if lim is not None and ctx.worker_id == 0:  # one shared table: worker 0 reports it for all
+            ls = CounterMetricFamily(p + "limit_statements", "Statements per limit and key value",
+                                     labels=["limit", "key", "value", "result"])
+            la = GaugeMetricFamily(p + "limit_active", "Sessions of the key value with a statement running",
+                                   labels=["limit", "key", "value"])
+            for r in lim.rows():
+                lv = [str(r["name"]), str(r["key"]), str(r["value"])]
+                for result in ("allowed", "rejected", "queued"):
+                    ls.add_metric([*lv, result], r[result])
+                la.add_metric(lv, r["active"])
+            yield from (ls, la)
 
     def _pgbouncer(self, ctx: Any) -> Iterator[Metric]:
         """The per-database counters and per-(database, user) client counts SHOW STATS/POOLS show."""

@@ -36,6 +36,7 @@ from heliosproxy.session.context import ProxyContext
 from heliosproxy.session.pgcompat import Janitor
 from heliosproxy.sql.classify import Classifier
 from heliosproxy.traffic.control import TrafficControl
+from heliosproxy.traffic.gates import GateControl
 from heliosproxy.workers import WorkerLink, supervise
 
 log = logging.getLogger("heliosproxy.server")
@@ -84,6 +85,10 @@ class Server:
         self.admin_http = AdminHttp(self, self.metrics)
         self.extras.extend([self.health, self.failover, self.metrics, self.reads, Janitor(self.ctx)])
         self.traffic = TrafficControl(self.ctx, link)  # mirror and analytics (issue 15)
+        # Rate limits (one table for all workers, in the supervisor's run directory) and circuit breakers.
+        self.gates = GateControl(self.ctx, self.health, link.rundir if link is not None else None, worker_id,
+                                  link.shared_lock if link is not None else None)
+        self.extras.append(self.gates)
         self.extras.append(self.traffic)
         if worker_id == 0:
             # One HTTP admin for the process group (workers share the client port, not this one).

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import signal
@@ -34,10 +35,11 @@ _IB = struct.Struct("!IB")
 class WorkerLink:
     """This worker's end of the inter-worker channel (cancel forwarding and snapshots)."""
 
-    def __init__(self, rundir: Path, worker_id: int, workers: int):
+    def __init__(self, rundir: Path, worker_id: int, workers: int, shared_lock: Any = None):
         self.rundir = rundir
         self.worker_id = worker_id
         self.workers = workers
+        self.shared_lock = shared_lock  # process-shared lock made before the fork (rate limit table)
         self.on_cancel: Callable[[int, int], bool] | None = None
         self.snapshot: Callable[[], dict[str, Any]] | None = None
         self.on_close_idle: Callable[[str], int] | None = None  # close idle connections to a database
@@ -209,6 +211,7 @@ def supervise(config: Config, run_worker: Callable[[Config, int, WorkerLink], in
     """Fork `config.workers` processes and keep them running; forward SIGTERM/SIGINT/SIGHUP to all."""
     n = config.workers
     rundir = Path(tempfile.mkdtemp(prefix="heliosproxy-"))
+    shared_lock = multiprocessing.get_context("fork").Lock()  # inherited by every worker (traffic/limits.py)
     children: dict[int, int] = {}  # pid -> worker id
     stopping = False
 
@@ -219,7 +222,7 @@ def supervise(config: Config, run_worker: Callable[[Config, int, WorkerLink], in
                 signal.signal(s, signal.SIG_DFL)
             code = 1
             try:
-                code = run_worker(config, worker, WorkerLink(rundir, worker, n))
+                code = run_worker(config, worker, WorkerLink(rundir, worker, n, shared_lock))
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()

@@ -70,6 +70,7 @@ def node_view(node: Node, primary: str | None, active: int) -> dict[str, Any]:
         "active_connections": active,
         "last_check_age_s": None if not node.last_check else round(time.monotonic() - node.last_check, 3),
         "last_error": node.last_error,
+        "breaker": node.breaker,  # circuit breaker: closed | open | half_open
     }
 
 

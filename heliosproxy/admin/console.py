@@ -47,7 +47,7 @@ HELP = (
     ("SHOW MEM", "object counts and memory"),
     ("SHOW FDS", "file descriptors of listeners, clients and servers"),
     ("SHOW STATE", "active, paused, suspended"),
-    ("SHOW NODES", "nodes: role, state, lag, timeline, write target"),
+    ("SHOW NODES", "nodes: role, state, lag, timeline, write target, circuit breaker"),
     ("SHOW NODE_STATS", "query, error and byte counters per (node, route)"),
     ("SHOW PLUGINS", "loaded plugins and their call counters"),
     ("SHOW CONFIG", "the running configuration (secrets masked)"),
@@ -55,6 +55,7 @@ HELP = (
     ("SHOW VERSION", "the proxy version"),
     ("SHOW MIRROR", "mirroring to the shadow node: counters, then recent mismatches and errors"),
     ("SHOW ANALYTICS", "per-statement calls, errors, time (total, mean, p50, p99), rows, bytes"),
+    ("SHOW LIMITS", "rate limits and quotas per key value: allowed, rejected, queued (all workers)"),
     ("RELOAD", "re-read the config file (a bad file keeps the running config)"),
     ("PAUSE [db]", "hold new statements (of db, or all); returns once no server connection is in use"),
     ("RESUME [db]", "undo PAUSE, KILL or SUSPEND"),
@@ -132,6 +133,7 @@ _NODE_COLS = (
     "active_connections",
     "last_check_age_s",
     "last_error",
+    "breaker",
 )
 _NODE_STATS_COLS = (
     "node",
@@ -255,6 +257,7 @@ class AdminConsole:
             "HELP": self.show_help,
             "MIRROR": self.show_mirror,  # issue 15 §4
             "ANALYTICS": self.show_analytics,  # issue 15 §5
+            "LIMITS": self.show_limits,
         }
 
     def _ctx(self) -> Any:
@@ -437,6 +440,12 @@ class AdminConsole:
             return _table(traffic.MIRROR_COLUMNS, traffic.mirror_rows(await tc.mirror_view()))
         view = await tc.analytics_view()
         return _table(traffic_analytics.FINGERPRINT_COLUMNS, view["fingerprints"])
+
+    def show_limits(self) -> bytes:
+        limiter = self.server.ctx.limits
+        rows = limiter.rows() if limiter is not None else []
+        return pgb.table((("name", pgb.TEXT), ("key", pgb.TEXT), ("value", pgb.TEXT), ("allowed", pgb.INT8),
+                          ("rejected", pgb.INT8), ("queued", pgb.INT8)), rows)
 
     def show_version(self) -> bytes:
         return pgb.table((("version", pgb.TEXT),), [{"version": VERSION}])

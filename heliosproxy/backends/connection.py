@@ -65,6 +65,7 @@ class BackendConnection(asyncio.Protocol):
         # close it when that client is done instead of pooling it.
         self.poisoned = False
         self.doomed = False  # an error arrived while nobody owned it: never hand it out again
+        self.dropped_in_use = False  # the server side closed it while a client held it (circuit breakers)
         self.on_lost: Callable[[BackendConnection], None] | None = None
         self._buf = bytearray()
         self._waiter: asyncio.Future[None] | None = None
@@ -87,6 +88,7 @@ class BackendConnection(asyncio.Protocol):
             self.doomed = True  # idle in the pool and the server sent an error (it is ending the session)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.dropped_in_use = not self.closed and self.owner is not None  # not closed by the proxy
         self.closed = True
         self._lost_exc = exc or ConnectionResetError("backend closed the connection")
         w = self._waiter

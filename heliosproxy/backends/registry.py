@@ -36,6 +36,7 @@ class Node:
     # standby; wal_lsn_sent is when the sampling query was sent (monotonic), wal_lsn_tli its timeline.
     wal_lsn: int | None = None
     wal_lsn_sent: float = 0.0
+    breaker: str = "closed"  # circuit breaker (routing/breaker.py): closed | open | half_open
 
     @property
     def name(self) -> str:
@@ -85,7 +86,11 @@ class Registry:
         return [
             n
             for n in self.nodes.values()
-            if n.name != self.primary and n.role is Role.STANDBY and n.usable and n.state is not NodeState.LAGGING
+            if n.name != self.primary
+            and n.role is Role.STANDBY
+            and n.usable
+            and n.state is not NodeState.LAGGING
+            and n.breaker == "closed"
         ]
 
     def primary_node(self) -> Node | None:

@@ -20,11 +20,13 @@ from heliosproxy.config.schema import (
     AuthMethod,
     AuthUserConfig,
     BranchConfig,
+    BreakerConfig,
     BurstConfig,
     Config,
     DatabaseConfig,
     FailoverConfig,
     HealthConfig,
+    LimitConfig,
     LogConfig,
     MirrorConfig,
     NodeConfig,
@@ -91,6 +93,7 @@ _NONEMPTY: frozenset[tuple[type, str]] = frozenset(
         (AuthUserConfig, "name"),
         (AuthConfig, "auth_query"),
         (AuthConfig, "auth_dbname"),
+        (LimitConfig, "name"),
     }
 )
 
@@ -165,6 +168,14 @@ _RANGES: dict[tuple[type, str], tuple[float, bool, float | None]] = {
     (Config, "max_login_connections"): (1, True, None),
     (Config, "max_login_connections_per_ip"): (1, True, None),
     (Config, "max_client_buffer"): (65536, True, None),
+    # issue 15: limits and circuit_breaker
+    (LimitConfig, "rate"): (0, False, None),
+    (LimitConfig, "burst"): (1, True, None),
+    (LimitConfig, "concurrency"): (1, True, None),
+    (LimitConfig, "max_wait"): (0, True, None),
+    (BreakerConfig, "failures"): (1, True, None),
+    (BreakerConfig, "window"): (0, False, None),
+    (BreakerConfig, "open_for"): (0, False, None),
 }
 
 # --- issue 15 §4, §5: mirror and analytics ---
@@ -616,6 +627,8 @@ class _Parser:
                     raise _Bad(f"expected an integer or auto, got {_describe(raw)}")
                 raise _Bad(f"expected an integer, got {_describe(raw)}")
             return raw
+        if owner is LimitConfig and name == "rate" and (isinstance(raw, bool) or not isinstance(raw, int | float)):
+            raise _Bad(f"expected a number of statements per second, got {_describe(raw)}")
         if tp is float:
             return _duration(raw, 1e-3 if name.endswith("_ms") else 1.0)
         if tp is str:
@@ -761,12 +774,28 @@ class _Parser:
         self.check_tls(config, top)
         _check_traffic(self, config)
 
+        self.check_limits(config)
+
         if config.pool.min_size > config.pool.size:
             self.fail(
                 self.line_of("pool.min_size"),
                 "pool.min_size",
                 f"must be <= pool.size ({config.pool.size}), got {config.pool.min_size}",
             )
+
+    def check_limits(self, config: Config) -> None:
+        """limits: (issue 15 §2): unique names; each limits something; burst goes with rate."""
+        names: dict[str, int] = {}
+        for i, lim in enumerate(config.limits):
+            key = f"limits[{i}]"
+            if lim.name in names:
+                self.fail(self.line_of(f"{key}.name"), f"{key}.name",
+                          f"duplicate limit name {lim.name!r} (limits[{names[lim.name]}])")
+            names[lim.name] = i
+            if lim.rate is None and lim.concurrency is None:
+                self.fail(self.line_of(key), key, "needs rate or concurrency (or both)")
+            if lim.burst is not None and lim.rate is None:
+                self.fail(self.line_of(f"{key}.burst"), f"{key}.burst", "needs rate (burst is the bucket of rate)")
 
     def check_secrets(self, config: Config) -> None:
         """Hashed secrets (SCRAM verifiers, md5 hashes), auth_user and health.password fit together."""

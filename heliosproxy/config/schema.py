@@ -126,6 +126,46 @@ class ServerTlsConfig:
 # --- end of issue 12 block ---
 
 
+# --- traffic control: rate limits and circuit breakers (issue 15 §2, §3) ---
+class LimitKey(str, Enum):
+    USER = "user"
+    DATABASE = "database"
+    CLIENT_ADDR = "client_addr"
+    TENANT = "tenant"  # SET helios.tenant = ... (or a plugin-set attribute "tenant")
+    FINGERPRINT = "fingerprint"  # the statement's normalized-text fingerprint
+
+
+class LimitAction(str, Enum):
+    REJECT = "reject"  # ERROR 53400 at once
+    QUEUE = "queue"  # wait for a token / slot up to max_wait, then 53400
+    DELAY = "delay"  # hold the statement until its (borrowed) token is due, up to max_wait
+
+
+@dataclass(frozen=True, slots=True)
+class LimitConfig:
+    """One entry of `limits:`: a token bucket and/or a concurrency cap per value of `key`."""
+
+    name: str
+    key: LimitKey
+    rate: float | None = None  # statements per second (token refill); None = no rate limit
+    burst: int | None = None  # bucket size; None = max(1, rate)
+    concurrency: int | None = None  # sessions of one key value with a statement running; None = no cap
+    action: LimitAction = LimitAction.REJECT
+    max_wait: float = 1.0  # queue/delay: the longest a statement is held before 53400
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerConfig:
+    """`circuit_breaker:` per node: open after `failures` connection-class failures within `window`."""
+
+    failures: int = 3
+    window: float = 10.0
+    open_for: float = 8.0
+
+
+# --- end of issue 15 traffic block ---
+
+
 @dataclass(frozen=True, slots=True)
 class UserConfig:
     name: str
@@ -406,6 +446,8 @@ class Config:
     max_client_buffer: int = 1024 * 1024  # what the proxy holds for one client before it stops reading it
     mirror: MirrorConfig | None = None  # issue 15 §4
     analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)  # issue 15 §5
+    limits: tuple[LimitConfig, ...] = ()  # rate limits and quotas (issue 15 §2); () = off
+    circuit_breaker: BreakerConfig | None = None  # per-node circuit breakers (issue 15 §3); null = off
     source: str = "<memory>"  # the file this came from, for messages
     # Scalar values as written in the file, by key path ("pool.acquire_timeout" -> "15s"), for SHOW CONFIG.
     written: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)

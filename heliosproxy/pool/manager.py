@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 from heliosproxy.backends.credentials import CredentialStore
 from heliosproxy.backends.tls import node_tls
@@ -22,6 +23,7 @@ class PoolManager:
         self.caps: dict[tuple[str, str], ConnCap] = {}  # ("db"|"user", name) -> shared limit
         self._fills: set[asyncio.Task[None]] = set()
         self.retired: list[Pool] = []  # retired pools that may still hold active connections
+        self.failure_hooks: list[Callable[[str, str | None, str], None]] = []  # every pool's (circuit breakers)
 
     def db_config(self, database: str) -> DatabaseConfig | None:
         """The `databases:` entry of a client database name (or of the server database it maps to)."""
@@ -65,6 +67,7 @@ class PoolManager:
         creds = self.credentials
         pool = Pool(key, nc.host, nc.port, lambda: creds.for_server(user), size, mode, pc)
         pool.tls = node_tls(self.config, nc)
+        pool.failure_hooks = self.failure_hooks
         if d is not None:
             if d.min_pool_size is not None:
                 pool.min_size = d.min_pool_size

@@ -134,6 +134,9 @@ class Pool:
         self.caps: list[ConnCap] = []
         self._reserve_timer: asyncio.TimerHandle | None = None
         self.checking = 0  # connections running server_check_query or a transaction-mode reset
+        # Told of connection-class failures against this pool's node (circuit breakers): (node, sqlstate
+        # or None for a socket error or timeout, reason). One list shared by every pool (PoolManager).
+        self.failure_hooks: list[Callable[[str, str | None, str], None]] = []
 
     # ------------------------------------------------------------------ counts
     @property
@@ -357,11 +360,15 @@ class Pool:
             )
         except BackendAuthError as exc:
             self.connect_errors += 1
+            for hook in self.failure_hooks:
+                hook(self.key.node, exc.sqlstate, f"cannot log in: {exc.message}")
             raise BackendUnavailable(
                 f"cannot log in to node {self.key.node}: {exc.message}", sqlstate=exc.sqlstate
             ) from None
         except (OSError, TimeoutError) as exc:
             self.connect_errors += 1
+            for hook in self.failure_hooks:
+                hook(self.key.node, None, f"cannot connect: {exc or 'timeout'}")
             raise BackendUnavailable(
                 f"cannot connect to node {self.key.node} ({self.host}:{self.port}): "
                 f"{str(exc) or f'connect timeout (server_connect_timeout {self.cfg.connect_timeout:g}s)'}"
@@ -374,6 +381,9 @@ class Pool:
         return conn
 
     def _lost(self, conn: BackendConnection) -> None:
+        if conn.dropped_in_use:
+            for hook in self.failure_hooks:
+                hook(self.key.node, None, "server connection lost while in use")
         if conn in self.idle:
             self.idle.remove(conn)
         self._slot_freed()

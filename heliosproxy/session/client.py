@@ -28,7 +28,7 @@ from heliosproxy.protocol.scan import ERROR_SEEN, ReplyScanner
 from heliosproxy.routing.consistency import SessionReads, error_sqlstate
 from heliosproxy.routing.decide import decide
 from heliosproxy.routing.router import Target
-from heliosproxy.session import adminproto, admission, flow, pgcompat, pidmap, replay, tls
+from heliosproxy.session import adminproto, admission, flow, pgcompat, pidmap, replay, tls, traffic
 from heliosproxy.session.context import ProxyContext, QueryStat
 from heliosproxy.session.prepared import Statement, server_name
 from heliosproxy.session.relay import (
@@ -265,6 +265,7 @@ class ClientSession(asyncio.Protocol):
         # Reads what the client is sent while analytics or mirroring is on (heliosproxy/traffic, issue 15).
         self.tap: ReplyMeter | None = ctx.analytics.new_meter(self) if ctx.analytics is not None else None
         self.replay = replay.new(self)  # issue 16: failover.replay recorder (session/replay.py); None when off
+        self.traffic: traffic.TrafficState | None = None  # rate limits / breakers (session/traffic.py)
 
     # ================================================================== asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -323,6 +324,8 @@ class ClientSession(asyncio.Protocol):
         ctx = self.ctx
         ctx.clients.discard(self)
         admission.release(self)
+        if self.traffic is not None:
+            traffic.closed(self)
         ctx.cancel_keys.pop((self.pid, self.key), None)
         if self._login_timer is not None:
             self._login_timer.cancel()
@@ -1540,6 +1543,8 @@ class ClientSession(asyncio.Protocol):
     # ================================================================== dispatch to a backend
     def _dispatch(self, plan: Plan) -> None:
         """Send a plan on the bound backend, or get one (synchronously when the pool has an idle one)."""
+        if self.ctx.gates and traffic.gate(self, plan):
+            return  # refused (53400, 08006) or held back by a rate limit
         if self.hold is not None:
             self._release_hold()  # another request follows: no rerun may reorder them
         conn = self.backend
@@ -1666,6 +1671,8 @@ class ClientSession(asyncio.Protocol):
             self.skip_to_sync = True  # like a server after an error: nothing more until the Sync
         if plan.batch is not None:
             self._unrecord(plan.batch)
+        if self.traffic is not None and not self.pending:
+            traffic.settle(self)
         self._write(body)
         if plan.info is not None:
             self._record(plan.info, 0.0, True)
@@ -2037,6 +2044,8 @@ class ClientSession(asyncio.Protocol):
         conn.tx_status = status
         if self.pending:
             self.pending -= 1
+        if self.traffic is not None and not self.pending:
+            traffic.settle(self)
         fl = self.inflight.popleft() if self.inflight else None
         if fl is not None and fl.info is not None and fl.info.effects:
             if fl.info.effects & _FORGETS and (fl.error is None or fl.info.statements > 1):

@@ -13,12 +13,14 @@ from heliosproxy.backends.registry import Registry
 from heliosproxy.config.schema import Config
 from heliosproxy.plugins.manager import PluginManager
 from heliosproxy.pool.manager import PoolManager
+from heliosproxy.routing.breaker import Breakers
 from heliosproxy.routing.consistency import ReadPlanner
 from heliosproxy.routing.router import Router
 from heliosproxy.session.admission import LoginGate
 from heliosproxy.session.pgcompat import StatsBook
 from heliosproxy.sql.classify import Classifier
 from heliosproxy.traffic.analytics import Analytics
+from heliosproxy.traffic.limits import Limiter
 from heliosproxy.traffic.mirror import Mirror
 
 if TYPE_CHECKING:
@@ -90,6 +92,10 @@ class ProxyContext:
     reads_retried: int = 0
     commits_resolved: int = 0
     sessions_moved: int = 0
+    # issue 15: rate limits and circuit breakers (session/traffic.py gates statements when `gates`)
+    limits: Limiter | None = None
+    breakers: Breakers | None = None
+    gates: bool = False
     _pid_counter: int = 0
 
     def remember_statement(self, server_name: str) -> None:

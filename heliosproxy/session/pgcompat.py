@@ -259,6 +259,10 @@ class Janitor:
             busy = c.pending > 0 or bool(c.expect)
             if busy and c.backend is not None:
                 if p.query_timeout > 0 and now - compat.request_time > p.query_timeout:
+                    breakers = self.ctx.breakers
+                    if breakers is not None and c.inflight and c.scanner.bytes_seen == c.inflight[0].start_bytes:
+                        # Not a byte from the server since the statement went out: an unresponsive server.
+                        breakers.failure(c.backend.node, "query timeout without a reply from the server")
                     _timeout(c, QUERY_TIMEOUT)
             elif c.backend is not None and c.tx_status != codes.TX_IDLE:
                 idle_since = max(compat.request_time, compat.last_reply)
