@@ -47,7 +47,7 @@ HELP = (
     ("SHOW NODES", "nodes: role, state, lag, timeline, write target"),
     ("SHOW NODE_STATS", "query, error and byte counters per (node, route)"),
     ("SHOW PLUGINS", "loaded plugins and their call counters"),
-    ("SHOW CONFIG", "the running configuration (secrets masked)"),
+    ("SHOW CONFIG", "the running configuration, values as written in the file (secrets masked)"),
     ("SHOW QUERIES", "top statements by total time"),
     ("SHOW VERSION", "the proxy version"),
     ("RELOAD", "re-read the config file (a bad file keeps the running config)"),
