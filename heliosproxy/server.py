@@ -284,7 +284,7 @@ class Server:
         ):
             ctx.classifier = Classifier(new.routing.classify_cache_size, new.routing.write_functions)
         if new.log != old.log:
-            setup_logging(new.log)
+            setup_logging(new.log, self.worker_id if self.link is not None else None)  # workers keep `worker`
         for extra in self.extras:
             if hasattr(extra, "configure"):
                 extra.configure(new)

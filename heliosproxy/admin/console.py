@@ -50,7 +50,7 @@ HELP = (
     ("SHOW NODES", "nodes: role, state, lag, timeline, write target, circuit breaker"),
     ("SHOW NODE_STATS", "query, error and byte counters per (node, route)"),
     ("SHOW PLUGINS", "loaded plugins and their call counters"),
-    ("SHOW CONFIG", "the running configuration (secrets masked)"),
+    ("SHOW CONFIG", "the running configuration, values as written in the file (secrets masked)"),
     ("SHOW QUERIES", "top statements by total time"),
     ("SHOW VERSION", "the proxy version"),
     ("SHOW MIRROR", "mirroring to the shadow node: counters, then recent mismatches and errors"),

@@ -69,6 +69,15 @@ def _split(addr: Any) -> tuple[str | None, int | None]:
     return None, None
 
 
+def _tls(transport: Any) -> str:
+    """PgBouncer's `tls` column: protocol/cipher of a TLS connection ('' in clear)."""
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if ssl_object is None:
+        return ""
+    cipher = ssl_object.cipher()
+    return f"{ssl_object.version()}/{cipher[0]}" if cipher else str(ssl_object.version() or "")
+
+
 # ---------------------------------------------------------------------- SHOW CLIENTS / SERVERS / SOCKETS
 SOCKET_COLS: tuple[Col, ...] = (
     ("type", TEXT), ("user", TEXT), ("database", TEXT), ("replication", TEXT), ("state", TEXT),
@@ -108,7 +117,8 @@ def client_rows(ctx: Any) -> list[dict[str, Any]]:
             "connect_time": _wall_ts(c.connected_at), "request_time": _ts(c.compat.request_time),
             "wait": int(wait), "wait_us": int((wait - int(wait)) * 1_000_000), "close_needed": 0,
             "ptr": c.client_id or f"c-{id(c):x}", "link": f"s{b.pid}" if b is not None else None,
-            "remote_pid": 0, "tls": "", "application_name": c.app_name, "prepared_statements": len(c.statements),
+            "remote_pid": 0, "tls": _tls(t), "application_name": c.app_name,
+            "prepared_statements": len(c.statements),
             "id": c.pid, "client_id": c.client_id, "node": b.node if b is not None else None,
             "pinned": c.pinned, "pool_mode": "statement" if c.compat.statement_mode else c.mode.value,
             "queries": c.query_count, "_wait_start": since,
@@ -131,7 +141,7 @@ def server_rows(ctx: Any) -> list[dict[str, Any]]:
                     "state": state, "addr": conn.host, "port": conn.port, "local_addr": laddr, "local_port": lport,
                     "connect_time": _ts(conn.created_at), "request_time": _ts(conn.last_used),
                     "wait": 0, "wait_us": 0, "close_needed": 1 if pool.retired else 0,
-                    "ptr": f"s{conn.pid}", "link": cid, "remote_pid": conn.pid, "tls": "",
+                    "ptr": f"s{conn.pid}", "link": cid, "remote_pid": conn.pid, "tls": _tls(t),
                     "application_name": getattr(owner, "app_name", "") if owner is not None else "",
                     "prepared_statements": len(conn.prepared), "id": conn.pid,
                     "node": pool.key.node, "tx_status": chr(conn.tx_status), "client_id": cid,

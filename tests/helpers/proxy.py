@@ -163,7 +163,12 @@ class ProxyProcess:
                     f"--- output ---\n{self.output()}"
                 )
             if wait_for_tcp(self.host, self.port, timeout=0.1):
-                return self
+                # with workers, another worker may listen before worker 0 (the HTTP admin) has started
+                workers = self.config.get("workers", 1)
+                if self.admin_port is None or workers == 1 or wait_for_tcp(
+                    "127.0.0.1", self.admin_port, timeout=max(0.1, deadline - time.monotonic())
+                ):
+                    return self
             if time.monotonic() > deadline:
                 out = self.output()
                 self.stop()

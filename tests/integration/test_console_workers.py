@@ -3,6 +3,7 @@ every command (PAUSE, KILL_CLIENT, RELOAD, SHUTDOWN...) acts on all of them, whi
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import threading
@@ -283,3 +284,19 @@ def test_http_actions_reach_every_worker(cluster: PgCluster, proxy_factory: Prox
     assert post("/api/reload") == 200
     _wait(lambda: proxy.output().count("reload: reloaded") >= 2)
     assert "(via another worker) reload: reloaded" in proxy.output()
+
+
+def test_json_log_lines_keep_their_worker_after_a_reload(cluster: PgCluster, proxy_factory: ProxyFactory) -> None:
+    """A RELOAD that changes `log:` sets logging up again: each worker's lines still carry `worker`."""
+    proxy = proxy_factory({**CONFIG, "log": {"format": "json"}})
+    with _admin(proxy) as adm:
+        proxy.rewrite_config({**proxy.config, "log": {"format": "json", "level": "debug"}})
+        adm.execute("RELOAD")
+        _wait(lambda: sum(1 for ln in proxy.output().splitlines() if '"outcome": "ok"' in ln) >= 2)
+        conns = _clients_on_both_workers(proxy, adm, n=2)
+        for c in conns:
+            c.close()
+    mark = max(i for i, ln in enumerate(proxy.output().splitlines()) if '"outcome": "ok"' in ln)
+    after = [json.loads(ln) for ln in proxy.output().splitlines()[mark + 1:] if ln.startswith("{")]
+    assert after and all("worker" in r for r in after), [r for r in after if "worker" not in r][:3]
+    assert {r["worker"] for r in after if r["event"] == "client_connected"} == {0, 1}

@@ -237,3 +237,19 @@ def test_certificates_reread_on_reload_existing_connections_keep_theirs(
     proxy.signal(signal.SIGHUP)
     proxy.wait_output("tls: cannot load tls.cert")
     assert _psycopg(_dsn(proxy, host="localhost", sslmode="verify-full", sslrootcert=str(new_ca.ca_path)))[0]
+
+
+def test_show_clients_tls_column(proxy_factory: ProxyFactory, pki: Pki) -> None:
+    """SHOW CLIENTS' `tls` (PgBouncer's column) names the protocol and cipher of a TLS client; '' in clear."""
+    proxy = proxy_factory({"routing": {"read_write_split": False}, "admin": {"users": ["app"]}},
+                          tls={"mode": "allow", "cert": str(pki.server_cert), "key": str(pki.server_key)})
+    with psycopg.connect(_dsn(proxy, host="localhost", sslmode="verify-full", sslrootcert=str(pki.ca.ca_path),
+                              application_name="secure"), autocommit=True), \
+            psycopg.connect(_dsn(proxy, sslmode="disable", application_name="clear"), autocommit=True), \
+            psycopg.connect(_dsn(proxy, sslmode="disable", dbname="pgbouncer"), autocommit=True,
+                            prepare_threshold=None) as adm:
+        cur = adm.execute("SHOW CLIENTS")
+        cols = [d.name for d in cur.description or []]
+        rows = {r[cols.index("application_name")]: r[cols.index("tls")] for r in cur.fetchall()}
+    assert rows["secure"].startswith("TLSv1.") and "/" in rows["secure"], rows
+    assert rows["clear"] == ""
