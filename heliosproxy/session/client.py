@@ -1691,7 +1691,8 @@ class ClientSession(asyncio.Protocol):
             self.compat.db.server_assignment_count += 1
         self.scanner.reset()
         self.slow = self._listening
-        self.relay.reset()
+        if self.relay.buf or self.relay.mute:
+            self.relay.reset()
         self._just_bound = True
         self._fresh = None
         conn.attach(self)
