@@ -31,6 +31,7 @@ from heliosproxy.routing.consistency import ReadPlanner
 from heliosproxy.routing.router import Router
 from heliosproxy.session.context import ProxyContext
 from heliosproxy.session.pgcompat import Janitor
+from heliosproxy.session.resultcache import CacheService
 from heliosproxy.sql.classify import Classifier
 from heliosproxy.workers import WorkerLink, supervise
 
@@ -79,6 +80,8 @@ class Server:
         self.metrics = ProxyCollector(self, self.failover, self.health)
         self.admin_http = AdminHttp(self, self.metrics)
         self.extras.extend([self.health, self.failover, self.metrics, self.reads, Janitor(self.ctx)])
+        self.cache_service = CacheService(self.ctx, worker_id)  # result cache (cache:), SHOW CACHE
+        self.extras.append(self.cache_service)
         if worker_id == 0:
             # One HTTP admin for the process group (workers share the client port, not this one).
             self.extras.append(self.admin_http)

@@ -46,6 +46,8 @@ HELP = (
     ("SHOW CONFIG", "the running configuration (secrets masked)"),
     ("SHOW QUERIES", "top statements by total time"),
     ("SHOW VERSION", "the proxy version"),
+    ("SHOW CACHE", "result cache: entries, bytes, hits, misses, evictions, invalidations, WAL reader"),
+    ("CACHE CLEAR [table]", "drop cached results (of one table) in every worker"),
     ("RELOAD", "re-read the config file (a bad file keeps the running config)"),
     ("PAUSE [db]", "hold new statements (of db, or all); returns once no server connection is in use"),
     ("RESUME [db]", "undo PAUSE, KILL or SUSPEND"),
@@ -101,6 +103,7 @@ class AdminConsole:
             "WAIT_CLOSE": self._wait_close,
             "SHUTDOWN": self._shutdown,
             "SET": lambda _a, _s: messages.command_complete("SET"),  # drivers' startup SETs: accepted, ignored
+            "CACHE": lambda a, _s: self.server.cache_service.clear(a),  # CACHE CLEAR [table] (result cache)
         }
         self.suspended = False
         self._waiting = False  # execute() may answer with an awaitable (PAUSE, WAIT_CLOSE)
@@ -134,6 +137,7 @@ class AdminConsole:
             "QUERIES": self.show_queries,
             "VERSION": self.show_version,
             "HELP": self.show_help,
+            "CACHE": lambda: self.server.cache_service.show(),  # result cache state and counters
         }
 
     async def start(self) -> None:

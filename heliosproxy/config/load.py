@@ -19,6 +19,10 @@ from heliosproxy.config.schema import (
     AuthMethod,
     AuthUserConfig,
     BranchConfig,
+    CacheConfig,
+    CacheInvalidation,
+    CacheRule,
+    CacheWalUser,
     Config,
     DatabaseConfig,
     FailoverConfig,
@@ -149,6 +153,18 @@ _RANGES: dict[tuple[type, str], tuple[float, bool, float | None]] = {
     (Config, "max_login_connections_per_ip"): (1, True, None),
     (Config, "max_client_buffer"): (65536, True, None),
 }
+
+# ---- result cache (issue 15 part 1)
+_SIZE_FIELDS = _SIZE_FIELDS | {(CacheConfig, "max_memory"), (CacheConfig, "max_result")}
+_NONEMPTY = _NONEMPTY | {(CacheWalUser, "name"), (CacheConfig, "wal_database")}
+_RANGES.update(
+    {
+        (CacheConfig, "max_memory"): (1, True, None),
+        (CacheConfig, "max_result"): (1, True, None),
+        (CacheConfig, "default_ttl"): (0, False, None),
+        (CacheRule, "ttl"): (0, False, None),
+    }
+)
 
 _DURATION_UNITS: dict[str, float] = {
     "us": 1e-6,
@@ -694,6 +710,7 @@ class _Parser:
             self.fail(self.line_of(key) or top, key, "needs admin.token (the token /metrics will ask for)")
 
         self.check_tls(config, top)
+        self.check_cache(config, top)
 
         if config.pool.min_size > config.pool.size:
             self.fail(
@@ -701,6 +718,19 @@ class _Parser:
                 "pool.min_size",
                 f"must be <= pool.size ({config.pool.size}), got {config.pool.min_size}",
             )
+
+    def check_cache(self, config: Config, top: int) -> None:
+        """cache: rules name tables; invalidation: wal needs wal_user."""
+        cache = config.cache
+        for i, rule in enumerate(cache.rules):
+            key = f"cache.rules[{i}].tables"
+            if not rule.tables or any(not t.strip() for t in rule.tables):
+                self.fail(self.line_of(key) or self.line_of(f"cache.rules[{i}]") or top, key,
+                          "a rule needs a non-empty list of table names")
+        if cache.invalidation is CacheInvalidation.WAL and cache.wal_user is None:
+            key = "cache.invalidation"
+            self.fail(self.line_of(key) or top, key,
+                      "wal needs cache.wal_user: {name, password} (a user with the REPLICATION attribute)")
 
     def check_secrets(self, config: Config) -> None:
         """Hashed secrets (SCRAM verifiers, md5 hashes), auth_user and health.password fit together."""

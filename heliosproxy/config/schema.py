@@ -306,6 +306,40 @@ class LogConfig:
     connections: bool = True  # false: no client_connected / client_closed lines
 
 
+# ---- result cache (issue 15 part 1): heliosproxy/cache/
+class CacheInvalidation(str, Enum):
+    PROXY = "proxy"  # writes that pass through the proxy drop what they touch
+    WAL = "wal"  # ... and writes seen in the primary's WAL (a logical replication slot)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheRule:
+    """Statements whose every table is listed here are cached for `ttl` (None: cache.default_ttl)."""
+
+    tables: tuple[str, ...]
+    ttl: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CacheWalUser:
+    """The user (with the REPLICATION attribute) the WAL reader logs in to the primary as."""
+
+    name: str
+    password: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    enabled: bool = False
+    max_memory: int = 256 * 1024 * 1024  # bytes of cached answers (and keys) per worker
+    max_result: int = 1024 * 1024  # a larger answer is not cached
+    default_ttl: float = 60.0
+    rules: tuple[CacheRule, ...] = ()
+    invalidation: CacheInvalidation = CacheInvalidation.PROXY
+    wal_user: CacheWalUser | None = None
+    wal_database: str = "postgres"  # the database the slot decodes (writes to other databases are not seen)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     nodes: tuple[NodeConfig, ...]
@@ -332,6 +366,7 @@ class Config:
     max_login_connections: int = 100  # clients still logging in, in total (not max_client_connections)
     max_login_connections_per_ip: int = 20  # clients still logging in, per source address
     max_client_buffer: int = 1024 * 1024  # what the proxy holds for one client before it stops reading it
+    cache: CacheConfig = field(default_factory=CacheConfig)  # result cache (heliosproxy/cache/)
     source: str = "<memory>"  # the file this came from, for messages
 
     def user(self, name: str) -> UserConfig | None:

@@ -27,7 +27,7 @@ from heliosproxy.protocol.encodings import python_codec
 from heliosproxy.protocol.scan import ERROR_SEEN, ReplyScanner
 from heliosproxy.routing.consistency import SessionReads, error_sqlstate
 from heliosproxy.routing.router import Target
-from heliosproxy.session import adminproto, admission, flow, pgcompat, tls
+from heliosproxy.session import adminproto, admission, flow, pgcompat, resultcache, tls
 from heliosproxy.session.context import ProxyContext, QueryStat
 from heliosproxy.session.prepared import Statement, server_name
 from heliosproxy.sql.classify import (
@@ -295,6 +295,8 @@ class ClientSession(asyncio.Protocol):
         self.db_route = DatabaseRoute.AUTO  # databases: ALIAS route
         self.hold: bytearray | None = None  # an auto-routed standby read's reply, held until its ReadyForQuery
         self.hold_plan: Plan | None = None
+        self.cache_rec: resultcache.Capture | None = None  # result cache: the reply being captured
+        self.cache_dirty: set[int] = set()  # result cache: table slots written, dropped at ReadyForQuery
 
     # ================================================================== asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -452,6 +454,8 @@ class ClientSession(asyncio.Protocol):
             self.ctx.counters.bytes_out += len(data)
             self.compat.sent(len(data))
             self.transport.write(data)
+            if self.cache_rec is not None:
+                self.cache_rec.add(data)
 
     def _fatal(self, sqlstate: str, message: str, detail: str | None = None, event: str = "client_fatal") -> None:
         log.log(logging.WARNING if event == "auth_failed" else logging.INFO,
@@ -1020,8 +1024,10 @@ class ClientSession(asyncio.Protocol):
                             return
                         info = ctx.classifier.classify(sql)
                         qctx = self._query_ctx(sql, info)
+        if ctx.cache is not None and resultcache.on_query(self, msg, info, hints):
+            return  # answered from the result cache; a miss to be cached runs on the primary:
         try:
-            target = self._route(info, hints, qctx, info.read_only)
+            target = self._route(info, hints, qctx, info.read_only and self.cache_rec is None)
         except HeliosError as exc:
             self._answer_error(exc.sqlstate, exc.message)
             return
@@ -1383,8 +1389,10 @@ class ClientSession(asyncio.Protocol):
             read_only = all(t != codes.F_EXECUTE for t, _m, _d in batch)
             if self.backend is None and not self.pending and rename and self._local_batch(batch, sync):
                 return
+        if ctx.cache is not None and resultcache.on_batch(self, batch, info, hints, sync):
+            return  # answered from the result cache; a miss to be cached runs on the primary:
         try:
-            target = self._route(info, hints, qctx, read_only) if info is not None else None
+            target = self._route(info, hints, qctx, read_only and self.cache_rec is None) if info is not None else None
         except HeliosError as exc:
             self._batch_error(batch, exc.sqlstate, exc.message, sync)
             return
@@ -1893,6 +1901,8 @@ class ClientSession(asyncio.Protocol):
                 self._slow_feed(conn, data)
                 return
             statuses = self.scanner.feed(data)
+            if statuses and self.cache_dirty:
+                resultcache.before_ready(self, len(statuses), statuses[-1])
             self._write(data)
             for status in statuses:
                 if status & ERROR_SEEN:
@@ -2005,6 +2015,8 @@ class ClientSession(asyncio.Protocol):
                     self.ctx.remember_statement(head.data.decode())
         if pos:
             del rbuf[:pos]
+        if readies and self.cache_dirty:
+            resultcache.before_ready(self, len(readies), readies[-1])
         if out:
             data_out = b"".join(out)
             self.scanner.bytes_seen += len(data_out)
@@ -2026,6 +2038,8 @@ class ClientSession(asyncio.Protocol):
         if self.pending:
             self.pending -= 1
         fl = self.inflight.popleft() if self.inflight else None
+        if self.cache_rec is not None:
+            resultcache.finish(self, fl, conn, status)
         if fl is not None and fl.info is not None and fl.info.effects & _STATE_EFFECTS and fl.error is None:
             self._settle(fl.info, conn)
         if status == codes.TX_IDLE and self._committed is not None:

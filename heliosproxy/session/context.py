@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from heliosproxy.backends.registry import Registry
+from heliosproxy.cache import ResultCache
 from heliosproxy.config.schema import Config
 from heliosproxy.plugins.manager import PluginManager
 from heliosproxy.pool.manager import PoolManager
@@ -76,6 +77,7 @@ class ProxyContext:
     disabled_databases: set[str] = field(default_factory=set)  # DISABLE db: new clients refused
     logins: LoginGate = field(default_factory=LoginGate)  # login slots (session/admission.py)
     tls_context: ssl.SSLContext | None = None  # TLS to clients (tls:), rebuilt on every reload
+    cache: ResultCache | None = None  # result cache (cache.enabled); None costs the data path one check
     _pid_counter: int = 0
 
     def remember_statement(self, server_name: str) -> None:
