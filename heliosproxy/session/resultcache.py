@@ -270,10 +270,15 @@ def finish(s: ClientSession, fl: Inflight | None, conn: BackendConnection, statu
 
 
 def _answer_body(data: bytes) -> bytes | None:
-    """The messages before the final ReadyForQuery, if all are of kinds a cache may replay."""
+    """The messages before the final ReadyForQuery, if all are of kinds a cache may replay.
+
+    ParameterStatus messages are left out: a cacheable statement changes no setting, so they come
+    from the proxy applying the client's own settings to the server it got (the client has them)."""
     pos = 0
     n = len(data)
     completes = 0
+    keep: list[bytes] = []
+    start = 0
     while pos < n:
         if n - pos < 5:
             return None
@@ -282,10 +287,16 @@ def _answer_body(data: bytes) -> bytes | None:
         if end > n:
             return None
         if t == codes.B_READY_FOR_QUERY:
-            return data[:pos] if end == n and completes == 1 else None
-        if t not in _ANSWER_TYPES:
+            if end != n or completes != 1:
+                return None
+            keep.append(data[start:pos])
+            return b"".join(keep) if len(keep) > 1 else keep[0]
+        if t == codes.B_PARAMETER_STATUS:
+            keep.append(data[start:pos])
+            start = end
+        elif t not in _ANSWER_TYPES:
             return None
-        if t == codes.B_COMMAND_COMPLETE:
+        elif t == codes.B_COMMAND_COMPLETE:
             completes += 1
         pos = end
     return None

@@ -141,6 +141,47 @@ def test_psycopg_binary_and_asyncpg_get_the_servers_rows(items: PgCluster, proxy
     assert _n(s2, "hits") - _n(s1, "hits") >= 2
 
 
+def test_settings_and_role_are_in_the_key(items: PgCluster, proxy_factory: ProxyFactory) -> None:
+    items.sql(items.primary, "DROP SCHEMA IF EXISTS ct_a CASCADE; DROP SCHEMA IF EXISTS ct_b CASCADE;"
+              " CREATE SCHEMA ct_a AUTHORIZATION app; CREATE SCHEMA ct_b AUTHORIZATION app;"
+              " CREATE TABLE ct_a.ct_sp AS SELECT 'in a'::text AS v;"
+              " CREATE TABLE ct_b.ct_sp AS SELECT 'in b'::text AS v;"
+              " ALTER TABLE ct_a.ct_sp OWNER TO app; ALTER TABLE ct_b.ct_sp OWNER TO app;"
+              " DO $$BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'ct_role') THEN"
+              " CREATE ROLE ct_role; END IF; END$$; GRANT ct_role TO app;", db="app")
+    items.wait_replay()
+    proxy = proxy_factory(_cache(rules=[{"tables": ["ct_items", "ct_sp"]}]))
+    at = "SELECT at, at::text FROM ct_items WHERE id = 1"
+    with _connect(proxy) as utc, _connect(proxy) as tokyo:
+        utc.execute("SET TimeZone = 'UTC'")
+        tokyo.execute("SET TimeZone = 'Asia/Tokyo'")
+        u = [utc.execute(at).fetchone() for _ in range(2)]
+        t = [tokyo.execute(at).fetchone() for _ in range(2)]
+        assert u[0] == u[1] and t[0] == t[1]
+        assert u[0] is not None and t[0] is not None
+        assert u[0][1].endswith("+00") and t[0][1].endswith("+09")
+        text = "SELECT at::text FROM ct_items WHERE id = 1"
+        iso = [utc.execute(text).fetchone() for _ in range(2)]
+        utc.execute("SET DateStyle = 'SQL, DMY'")
+        row = utc.execute(text).fetchone()
+        assert iso[0] == iso[1] and row is not None and "/" in row[0]  # not the ISO answer cached before
+        utc.execute("SET DateStyle = 'ISO, MDY'")
+        sp = "SELECT v FROM ct_sp"
+        utc.execute("SET search_path = ct_a")
+        tokyo.execute("SET search_path = ct_b")
+        for _ in range(2):
+            assert utc.execute(sp).fetchone() == ("in a",)
+            assert tokyo.execute(sp).fetchone() == ("in b",)
+        who = "/*helios:cache=30s*/ SELECT current_user"
+        for _ in range(2):
+            assert utc.execute(who).fetchone() == ("app",)
+        tokyo.execute("SET ROLE ct_role")
+        for _ in range(2):
+            assert tokyo.execute(who).fetchone() == ("ct_role",)
+    stats = cache_stats(proxy)
+    assert _n(stats, "hits") == 7, repr(stats)  # the second run of each (session, statement)
+
+
 # ---------------------------------------------------------------------------------- invalidation
 
 
