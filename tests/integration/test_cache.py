@@ -193,6 +193,16 @@ def test_write_then_read_through_the_proxy_is_never_stale(
     stale = 0
     with _connect(proxy) as writer:
         readers = [_connect(proxy) for _ in range(4)]
+        opened = readers
+        if workers > 1:  # make sure readers sit on the other worker too (its id is in the proxy's PIDs)
+            worker_of = lambda c: (c.info.backend_pid >> 24) & 0x3F  # noqa: E731
+            deadline = time.monotonic() + 30
+            while {worker_of(r) for r in readers} != {0, 1} or worker_of(writer) not in (0, 1):
+                assert time.monotonic() < deadline, "all connections landed on one worker"
+                readers.append(_connect(proxy))
+            opened = list(readers)
+            readers = [r for r in readers if worker_of(r) != worker_of(writer)][:2] + [
+                r for r in readers if worker_of(r) == worker_of(writer)][:2]
         try:
             for i in range(200):
                 value = 1000 + i
@@ -203,7 +213,7 @@ def test_write_then_read_through_the_proxy_is_never_stale(
                     stale += 1
                 r.execute("SELECT v FROM ct_other WHERE id = 1")  # a hit, if the read above was stored
         finally:
-            for r in readers:
+            for r in opened:
                 r.close()
     assert stale == 0
     stats = cache_stats(proxy)
