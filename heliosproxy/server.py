@@ -148,6 +148,7 @@ class Server:
             "plugins": self.plugins.stats(),
             "pgb_clients": pgb_clients,
             "pgb_pools": pgbouncer.pool_rows(ctx, pgb_clients),
+            "cache": self.cache_service.row(),  # SHOW CACHE (result cache)
         }
 
     async def serve(self) -> int:

@@ -77,7 +77,7 @@ def _cell(value: Any) -> str | None:
     return str(value)
 
 
-_AGGREGATED = frozenset({"CLIENTS", "POOLS", "QUERIES"})
+_AGGREGATED = frozenset({"CLIENTS", "POOLS", "QUERIES", "CACHE"})
 
 
 def _table(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> bytes:
@@ -165,6 +165,8 @@ class AdminConsole:
     async def _show_all_workers(self, link: Any, item: str) -> bytes:
         """SHOW over every worker's snapshot, with a `worker` column."""
         snaps: list[dict[str, Any]] = await link.gather()
+        if item == "CACHE":  # result cache: one row per worker
+            return bytes(self.server.cache_service.show_workers([(s.get("worker"), s.get("cache")) for s in snaps]))
         if item == "CLIENTS":
             rows = [{**c, "worker": s.get("worker")} for s in snaps for c in s.get("pgb_clients", [])]
             return pgb.table(pgb.SOCKET_COLS + pgb.CLIENT_EXTRA + pgb.WORKER, rows)

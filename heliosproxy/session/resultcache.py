@@ -362,6 +362,15 @@ class CacheService:
     # ------------------------------------------------------------------ console
     def show(self) -> bytes:
         """SHOW CACHE: one row of this worker's cache state and counters."""
+        return messages.result_set(SHOW_CACHE_COLUMNS, [self.row()])
+
+    @staticmethod
+    def show_workers(rows: list[tuple[Any, list[str | None]]]) -> bytes:
+        """SHOW CACHE over every worker (multi-worker mode): one row each, with a `worker` column."""
+        return messages.result_set((*SHOW_CACHE_COLUMNS, "worker"), [[*r, str(w)] for w, r in rows if r])
+
+    def row(self) -> list[str | None]:
+        """This worker's SHOW CACHE row (also in its snapshot for the other workers)."""
         cache = self.ctx.cache
         cc = self.ctx.config.cache
         st = cache.stats if cache is not None else CacheStats()
@@ -385,7 +394,7 @@ class CacheService:
             None if wal is None else str(wal.commits),
             None if wal is None else wal.last_error,
         ]
-        return messages.result_set(SHOW_CACHE_COLUMNS, [row])
+        return row
 
     def clear(self, args: list[str]) -> bytes:
         """CACHE CLEAR [table]: every worker's entries (of that table) stop being served."""
