@@ -62,6 +62,9 @@ class ResultCache:
         self._exact: dict[str, float | None] = {}
         self._bare: dict[str, float | None] = {}
         self._rules: tuple[tuple[frozenset[str], float], ...] = ()
+        # tables of a statement -> (the rule's ttl or None, system tables read?, their slots): statements
+        # repeat, so the policy and the slots are worked out once per table list.
+        self._policy: dict[tuple[str, ...], tuple[float | None, bool, tuple[int, ...]]] = {}
         self.configure(config)
 
     # ------------------------------------------------------------------ policy
@@ -72,6 +75,7 @@ class ResultCache:
             (frozenset(t.strip() for t in r.tables), config.default_ttl if r.ttl is None else r.ttl)
             for r in config.rules
         )
+        self._policy = {}
         self._shrink(config.max_memory)
 
     def ttl_for(self, tables: tuple[str, ...], hint: str | None) -> float | None:
@@ -80,23 +84,37 @@ class ResultCache:
         hint: the value of a `/*helios:cache=...*/` hint (`skip`, or a duration such as `30s`). Without
         one, the first rule listing every table the statement reads decides (a rule's unqualified
         name matches the table in any schema)."""
-        for t in tables:
-            if t.startswith(_SYSTEM_SCHEMAS) or _bare(t).startswith("pg_"):
-                return None
+        policy = self._policy.get(tables)
+        if policy is None:
+            policy = self._work_out(tables)
+        if policy[1]:
+            return None
         if hint is not None:
             return _hint_ttl(hint)
-        if not tables:
-            return None
-        for names, ttl in self._rules:
-            if all(t in names or _bare(t) in names for t in tables):
-                return ttl
-        return None
+        return policy[0]
+
+    def _work_out(self, tables: tuple[str, ...]) -> tuple[float | None, bool, tuple[int, ...]]:
+        system = any(t.startswith(_SYSTEM_SCHEMAS) or _bare(t).startswith("pg_") for t in tables)
+        rule: float | None = None
+        if tables:
+            for names, ttl in self._rules:
+                if all(t in names or _bare(t) in names for t in tables):
+                    rule = ttl
+                    break
+        slots = (GLOBAL_SLOT, *sorted({table_slot(t) for t in tables}))
+        if len(self._policy) >= 10_000:
+            self._policy.clear()
+        policy = self._policy[tables] = (rule, system, slots)
+        return policy
 
     # ------------------------------------------------------------------ entries
     def stamp(self, tables: tuple[str, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """The slots of these tables (and the global one) and their values now: taken before a miss is
         sent, so that a write committed while it runs makes what it brings back invalid."""
-        slots = (GLOBAL_SLOT, *sorted({table_slot(t) for t in tables}))
+        policy = self._policy.get(tables)
+        if policy is None:
+            policy = self._work_out(tables)
+        slots = policy[2]
         return slots, self.gens.stamp(slots)
 
     def get(self, key: bytes) -> bytes | None:

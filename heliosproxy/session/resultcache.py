@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import logging
 import struct
+import weakref
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Final
 
@@ -135,6 +136,18 @@ def _key(s: ClientSession, request: list[bytes]) -> bytes:
     """A digest of everything that can change the answer: database, user, the client's settings
     (role, search_path, TimeZone, DateStyle, IntervalStyle, extra_float_digits, bytea_output,
     client_encoding, ...) and the request's own bytes (text, parameters, formats)."""
+    base = _BASES.get(s)
+    if base is None or base[0] != s.settings or base[1] != s.database or base[2] != s.user:
+        base = _BASES[s] = (dict(s.settings), s.database, s.user, _base_hash(s))
+    h = base[3].copy()
+    for p in request:
+        h.update(_I.pack(len(p)))
+        h.update(p)
+    digest: bytes = h.digest()
+    return digest
+
+
+def _base_hash(s: ClientSession) -> Any:
     h = hashlib.blake2b(digest_size=24)
     parts = [s.database.encode(), s.user.encode()]
     for name in sorted(s.settings):
@@ -143,11 +156,14 @@ def _key(s: ClientSession, request: list[bytes]) -> bytes:
             continue
         parts.append(low.encode() + b"=" + s.settings[name].encode("utf-8", "surrogatepass"))
     parts.append(b"--")
-    parts.extend(request)
     for p in parts:
         h.update(_I.pack(len(p)))
         h.update(p)
-    return h.digest()
+    return h
+
+
+# Per session: (settings, database, user) when its key prefix was hashed, and that hash (copied per key).
+_BASES: weakref.WeakKeyDictionary[Any, tuple[dict[str, str], str, str, Any]] = weakref.WeakKeyDictionary()
 
 
 def _start(s: ClientSession, cache: ResultCache, info: StatementInfo, hints: Hints | None,
