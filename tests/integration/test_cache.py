@@ -379,3 +379,25 @@ def test_wal_invalidation_sees_direct_writes(cluster_factory: Callable[..., PgCl
           f" max {delays[-1] * 1000:.1f} ms")
     assert delays[-1] < 2.0
     assert int(cache_stats(proxy)["wal_commits"]) >= 20
+
+
+def test_session_pooling(items: PgCluster, proxy_factory: ProxyFactory) -> None:
+    """Session mode: simple queries and Bind/Execute of prepared statements are answered from the cache; a Parse
+    always reaches the server (it keeps the statement)."""
+    proxy = proxy_factory({**_cache(), "pool": {"mode": "session"}})
+    q = "SELECT id, name FROM ct_items WHERE id < 4 ORDER BY id"
+    with _connect(proxy) as conn:
+        rows = [conn.execute(q).fetchall() for _ in range(3)]  # no parameters: psycopg sends a simple Query
+    assert rows[0] == rows[1] == rows[2] == [(1, "item 1"), (2, "item 2"), (3, "item 3")]
+    assert _n(cache_stats(proxy), "hits") == 2
+
+    async def with_asyncpg() -> list[list[tuple[Any, ...]]]:
+        conn = await asyncpg.connect(proxy.dsn())
+        try:
+            stmt = await conn.prepare("SELECT id, name FROM ct_items WHERE id < $1 ORDER BY id")
+            return [[tuple(r) for r in await stmt.fetch(4)] for _ in range(3)]
+        finally:
+            await conn.close()
+
+    assert asyncio.run(with_asyncpg()) == [rows[0]] * 3
+    assert _n(cache_stats(proxy), "hits") >= 4
