@@ -104,3 +104,24 @@ def test_classifier_flags_volatile_and_time_functions() -> None:
         assert classify_uncached(sql).volatile, sql
     for sql in ("SELECT count(*), lower(name) FROM t", "SELECT to_char(at, 'YYYY') FROM t", "SELECT 1"):
         assert not classify_uncached(sql).volatile, sql
+
+
+def test_cache_config_is_checked() -> None:
+    import pytest
+
+    from heliosproxy.config.load import parse_config
+    from heliosproxy.errors import ConfigError
+
+    base = "nodes: [{name: p, host: 127.0.0.1, port: 5432, role: primary}]\n"
+    cfg = parse_config(base + "cache: {enabled: true, max_memory: 8MiB, rules: [{tables: [t], ttl: 2s}]}\n", "c.yaml")
+    assert cfg.cache.enabled and cfg.cache.max_memory == 8 * 1024 * 1024 and cfg.cache.rules[0].ttl == 2.0
+    assert not parse_config(base, "c.yaml").cache.enabled  # off by default
+    for bad, words in (
+        ("cache: {invalidation: wal}\n", "wal needs cache.wal_user"),
+        ("cache: {invalidation: binlog}\n", "'binlog' is not one of proxy, wal"),
+        ("cache: {rules: [{tables: []}]}\n", "non-empty list of table names"),
+        ("cache: {default_ttl: 0s}\n", "must be > 0"),
+    ):
+        with pytest.raises(ConfigError) as exc:
+            parse_config(base + bad, "c.yaml")
+        assert words in str(exc.value), str(exc.value)
