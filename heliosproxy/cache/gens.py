@@ -23,10 +23,8 @@ GLOBAL_SLOT: Final = 0  # bumped by writes whose tables are unknown (DDL, functi
 
 
 def table_slot(name: str) -> int:
-    """The slot of a table: its unqualified name as PostgreSQL stores it (`s.t`, `"t"` -> t)."""
-    last = name.rsplit(".", 1)[-1]
-    if last.startswith('"') and last.endswith('"') and len(last) > 1:
-        last = last[1:-1].replace('""', '"')
+    """The slot of a table: its last name part (`s.t` -> t; parts unquoted, as the classifier joins them)."""
+    last = name.rsplit(".", 1)[-1]  # as the classifier joins names: unquoted parts (a dot in a name collides)
     return 1 + zlib.crc32(last.encode("utf-8", "surrogatepass")) % (SLOTS - 1)
 
 

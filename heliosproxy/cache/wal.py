@@ -36,19 +36,27 @@ _STATUS_EVERY: Final = 5.0  # seconds between standby status updates (wal_sender
 
 
 def parse_table(line: str) -> str | None:
-    """`table public.t: INSERT: ...` (test_decoding) -> `public.t`; other lines -> None."""
+    """`table public."My T": INSERT: ...` (test_decoding) -> `public.My T` (parts unquoted and joined by
+    dots, as the classifier names tables); other lines -> None."""
     if not line.startswith("table "):
         return None
     rest = line[6:]
+    out: list[str] = []
     i = 0
     n = len(rest)
     in_quote = False
-    while i < n:  # find the ": " that ends the (possibly quoted) qualified name
+    while i < n:  # up to the ":" that ends the (possibly quoted) qualified name
         c = rest[i]
         if c == '"':
+            if in_quote and rest.startswith('""', i):
+                out.append('"')
+                i += 2
+                continue
             in_quote = not in_quote
         elif c == ":" and not in_quote:
-            return rest[:i]
+            return "".join(out)
+        else:
+            out.append(c)
         i += 1
     return None
 
@@ -92,6 +100,7 @@ class WalReader:
         self.config = config
 
     async def _run(self) -> None:
+        failures = 0
         while True:
             try:
                 await self._stream()
@@ -103,8 +112,10 @@ class WalReader:
                 log.warning("cache WAL reader: %s (retrying)", self.last_error)
             if self.connected:
                 self.connected = False
+                failures = 0
+            failures += 1
             self.on_write({GLOBAL_SLOT})
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)))  # 1 s, 2 s, ... 30 s between attempts
 
     async def _stream(self) -> None:
         cfg = self.config

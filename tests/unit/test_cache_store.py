@@ -6,6 +6,7 @@ import os
 import time
 
 from heliosproxy.cache import GLOBAL_SLOT, ResultCache, shared_generations, table_slot
+from heliosproxy.cache.wal import parse_table
 from heliosproxy.config.schema import CacheConfig, CacheRule
 from heliosproxy.session.resultcache import write_slots
 from heliosproxy.sql.classify import classify_uncached
@@ -34,8 +35,16 @@ def test_every_bump_is_a_new_value() -> None:
     assert len(seen) == 1000
 
 
-def test_table_slots_ignore_schema_and_quotes() -> None:
-    assert table_slot("public.t") == table_slot("t") == table_slot('s."t"')
+def test_table_slots_ignore_the_schema() -> None:
+    assert table_slot("public.t") == table_slot("t") == table_slot("s.t")
+    # WAL lines name tables as test_decoding quotes them; statements as the classifier joins them
+    for line, stmt in (('table public."My T": INSERT: id[integer]:1', "My T"),
+                       ("table s.t: DELETE: (no-tuple-data)", "t"),
+                       ('table public."a.b": UPDATE: x', "a.b"),
+                       ('table public."x""y": TRUNCATE: (no-flags)', 'x"y')):
+        name = parse_table(line)
+        assert name is not None and table_slot(name) == table_slot(classify_uncached(
+            f'SELECT * FROM "{stmt.replace(chr(34), chr(34) * 2)}"').tables[0]), line
     assert table_slot("t") != GLOBAL_SLOT
 
 
