@@ -353,7 +353,7 @@ def _poll(fn: Callable[[], bool], timeout: float) -> float:
 
 def test_wal_invalidation_sees_direct_writes(cluster_factory: Callable[..., PgCluster],
                                              proxy_factory: ProxyFactory) -> None:
-    pg = cluster_factory(standbys=0, settings={"wal_level": "logical"})
+    pg = cluster_factory(standbys=0, settings={"wal_level": "logical", "synchronous_commit": "on"})
     pw = "rep-" + uuid.uuid4().hex[:8]
     pg.sql(pg.primary, f"CREATE ROLE cache_rep LOGIN REPLICATION PASSWORD '{pw}'")
     direct_dsn = pg.dsn(pg.primary, dbname="app")
@@ -377,7 +377,7 @@ def test_wal_invalidation_sees_direct_writes(cluster_factory: Callable[..., PgCl
     delays.sort()
     print(f"\nWAL invalidation delay over {len(delays)} direct writes: median {delays[len(delays) // 2] * 1000:.1f} ms,"
           f" max {delays[-1] * 1000:.1f} ms")
-    assert delays[-1] < 2.0
+    assert delays[-1] < 1.0  # (a few ms measured; generous for a loaded machine)
     assert int(cache_stats(proxy)["wal_commits"]) >= 20
 
 
