@@ -137,9 +137,10 @@ def _key(s: ClientSession, request: list[bytes]) -> bytes:
     (role, search_path, TimeZone, DateStyle, IntervalStyle, extra_float_digits, bytea_output,
     client_encoding, ...) and the request's own bytes (text, parameters, formats)."""
     base = _BASES.get(s)
-    if base is None or base[0] != s.settings or base[1] != s.database or base[2] != s.user:
-        base = _BASES[s] = (dict(s.settings), s.database, s.user, _base_hash(s))
-    h = base[3].copy()
+    primary = s.ctx.registry.primary or ""
+    if base is None or base[0] != s.settings or base[1] != s.database or base[2] != s.user or base[3] != primary:
+        base = _BASES[s] = (dict(s.settings), s.database, s.user, primary, _base_hash(s, primary))
+    h = base[4].copy()
     for p in request:
         h.update(_I.pack(len(p)))
         h.update(p)
@@ -147,9 +148,11 @@ def _key(s: ClientSession, request: list[bytes]) -> bytes:
     return digest
 
 
-def _base_hash(s: ClientSession) -> Any:
+def _base_hash(s: ClientSession, primary: str) -> Any:
     h = hashlib.blake2b(digest_size=24)
-    parts = [s.database.encode(), s.user.encode()]
+    # The primary's name too: after a failover, answers stored from the old primary (which may hold
+    # writes the new one never got) are not found any more.
+    parts = [s.database.encode(), s.user.encode(), primary.encode()]
     for name in sorted(s.settings):
         low = name.lower()
         if low in _NEUTRAL or low.startswith(_NEUTRAL_PREFIXES):
@@ -162,8 +165,8 @@ def _base_hash(s: ClientSession) -> Any:
     return h
 
 
-# Per session: (settings, database, user) when its key prefix was hashed, and that hash (copied per key).
-_BASES: weakref.WeakKeyDictionary[Any, tuple[dict[str, str], str, str, Any]] = weakref.WeakKeyDictionary()
+# Per session: (settings, database, user, primary) when its key prefix was hashed, and that hash (copied per key).
+_BASES: weakref.WeakKeyDictionary[Any, tuple[dict[str, str], str, str, str, Any]] = weakref.WeakKeyDictionary()
 
 
 def _start(s: ClientSession, cache: ResultCache, info: StatementInfo, hints: Hints | None,
