@@ -365,7 +365,8 @@ def test_wal_invalidation_sees_direct_writes(cluster_factory: Callable[..., PgCl
                           cluster=pg)
     _poll(lambda: cache_stats(proxy)["wal_state"] == "streaming", 15)
     delays: list[float] = []
-    with _connect(proxy) as conn, psycopg.connect(direct_dsn, autocommit=True) as direct:
+    # (never prepared: psycopg would switch to a prepared statement after 5 runs, another request and key)
+    with _connect(proxy, prepare_threshold=None) as conn, psycopg.connect(direct_dsn, autocommit=True) as direct:
         q = "SELECT v FROM wt WHERE id = 1"
         for i in range(1, 21):
             assert conn.execute(q).fetchone() == (i - 1,)
