@@ -37,21 +37,26 @@ REPO_ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(BENCH_DIR))
 
+import cache_bench  # noqa: E402
 import pgbouncer as pgb  # noqa: E402
 
 USER, PASSWORD, DBNAME = "app", "apppass", "app"
 ALL_TARGETS = (
     "direct", "pgbouncer", "heliosproxy", "heliosproxy-rw", "heliosproxy-rw-eventual", "heliosproxy-wasm",
-    "heliosproxy-2w", "pgbouncer-tls", "heliosproxy-tls", "heliosproxy-anomaly",
+    "heliosproxy-2w", "pgbouncer-tls", "heliosproxy-tls", "heliosproxy-anomaly", "heliosproxy-cache",
 )
 ALL_MODES = ("simple", "extended", "prepared")
 CONNECT_TARGETS = ("direct", "pgbouncer", "heliosproxy", "pgbouncer-tls", "heliosproxy-tls")
 PROXY_TARGETS = (
     "heliosproxy", "heliosproxy-rw", "heliosproxy-rw-eventual", "heliosproxy-wasm", "heliosproxy-2w", "heliosproxy-tls",
     "heliosproxy-anomaly",
+    "heliosproxy-cache",
 )
 # The anomaly row: the four anomaly-detection plugins loaded (issue 15 part 6), as shipped (sqli_guard reports).
 ANOMALY_PLUGINS = ("sqli_guard", "rate_spike", "novel_query", "auth_burst")
+# heliosproxy-cache: the result cache on, with a rule covering pgbench's tables (pgbench -S reads random
+# rows: mostly misses, so the row shows what the cache costs when it does not help).
+CACHE_CONFIG: dict[str, Any] = {"enabled": True, "rules": [{"tables": ["pgbench_accounts"], "ttl": "60s"}]}
 # The TLS row: clients use TLS (pgbench with PGSSLMODE=require) to PgBouncer and to HeliosProxy.
 TLS_TARGETS = ("pgbouncer-tls", "heliosproxy-tls")
 NOOP_PLUGIN = REPO_ROOT / "plugins" / "build"
@@ -367,6 +372,27 @@ class WireClient:
         self.sock.close()
 
 
+def cache_hit_row(nodes: Sequence[dict[str, Any]], direct_port: int, proxies: list[Any]) -> dict[str, Any]:
+    """bench/cache_bench.py against a proxy with the result cache on (started here, closed by the caller)."""
+    from tests.helpers.proxy import ProxyProcess
+
+    cfg = proxy_config(nodes)
+    cfg["cache"] = dict(CACHE_CONFIG)
+    cfg.pop("listen")
+    proxy = ProxyProcess(cfg)
+    proxies.append(proxy)
+
+    def connect(port: int) -> WireClient:
+        c = WireClient(port)
+        c.login()
+        return c
+
+    try:
+        return cache_bench.measure(proxy.port, direct_port, connect)
+    except Exception as exc:
+        return {"error": repr(exc)}
+
+
 def raise_nofile(needed: int) -> tuple[int, int]:
     """Raise this process's RLIMIT_NOFILE soft limit (children inherit it); the new (soft, hard)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -524,6 +550,7 @@ class Plan:
     scale: int = 10
     extra: dict[str, Any] = field(default_factory=dict)
     baseline: Path | None = None  # target heliosproxy-base runs the package of this checkout
+    cache_row: bool = True
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Plan:
@@ -546,6 +573,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Plan:
     ap.add_argument("--idle-clients", type=int, help="idle SCRAM clients for the RSS row (default 5000; --quick 1000)")
     ap.add_argument("--no-connect", action="store_true", help="skip the pgbench -C rows")
     ap.add_argument("--no-rss", action="store_true", help="skip the idle-client RSS row")
+    ap.add_argument("--no-cache-row", action="store_true", help="skip the result cache hit vs server round trip row")
+    ap.add_argument("--cache-only", action="store_true",
+                    help="only the result cache row (no pgbench cells, RSS or hook rows)")
     ap.add_argument("--profile", action="store_true",
                     help="after the cells, py-spy the heliosproxy target at 16 clients per mode (needs py-spy)")
     a = ap.parse_args(argv)
@@ -572,10 +602,15 @@ def parse_args(argv: Sequence[str] | None = None) -> Plan:
     if rounds < 1 or seconds < 1:
         ap.error("--rounds and --seconds must be >= 1")
     idle = a.idle_clients if a.idle_clients is not None else (1000 if a.quick else 5000)
-    return Plan(targets=targets, modes=modes, clients=clients, seconds=seconds, rounds=rounds,
+    plan = Plan(targets=targets, modes=modes, clients=clients, seconds=seconds, rounds=rounds,
                 connect=not a.no_connect, rss=not a.no_rss, idle_clients=idle, profile=a.profile,
                 sampling_rate=a.sampling_rate, scale=a.scale, extra={"quick": a.quick},
-                baseline=a.baseline.resolve() if a.baseline else None)
+                baseline=a.baseline.resolve() if a.baseline else None,
+                cache_row=not a.no_cache_row)
+    if a.cache_only:
+        plan.targets, plan.modes, plan.connect, plan.rss, plan.cache_row = ["heliosproxy"], [], False, False, True
+        plan.extra["no_hook"] = True
+    return plan
 
 
 def _median(values: Sequence[float | None]) -> float | None:
@@ -768,6 +803,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if rw:  # -rw: routing.consistency session (the default); -rw-eventual: the old behaviour
                     cfg["routing"]["consistency"] = "eventual" if name.endswith("-eventual") else "session"
                 cfg.pop("listen")  # ProxyProcess picks a free port
+                if name == "heliosproxy-cache":
+                    cfg["cache"] = dict(CACHE_CONFIG)
                 if name == "heliosproxy-tls":
                     assert tls_files is not None
                     cfg["tls"] = {"mode": "require", "cert": str(tls_files[0]), "key": str(tls_files[1])}
@@ -807,6 +844,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if plan.profile and "heliosproxy" in targets:
                 print("profiling heliosproxy under load (py-spy) ...", flush=True)
                 profile = profile_cells(targets["heliosproxy"], plan.modes, 16, plan.seconds, RESULTS_DIR)
+            cache_row = None
+            if plan.cache_row and any(t.startswith("heliosproxy") for t in plan.targets):
+                print("result cache: hit vs server round trip ...", flush=True)
+                cache_row = cache_hit_row(nodes, cluster.primary.port, proxies)
             for proxy in proxies:
                 proxy.close()
             proxies.clear()
@@ -820,8 +861,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if plan.rss and any(t.startswith("heliosproxy") for t in plan.targets):
                 print(f"idle clients: logging {plan.idle_clients} SCRAM clients in ...", flush=True)
                 rss = idle_rss(nodes, plan.idle_clients)
-        print("WASM hook cost (bench/hook_bench.py) ...", flush=True)
-        hook = wasm_hook()
+        hook = None
+        if not plan.extra.get("no_hook"):
+            print("WASM hook cost (bench/hook_bench.py) ...", flush=True)
+            hook = wasm_hook()
     finally:
         for proxy in proxies:
             proxy.close()
@@ -831,6 +874,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             b.stop()
         shutil.rmtree(plugin_tmp, ignore_errors=True)
     table = render_table(rows, plan.targets, connect_rows, rss, hook)
+    if cache_row is not None:
+        table += "\n\n" + "\n".join(cache_bench.render(cache_row))
     result = {
         "started": started.isoformat(timespec="seconds"),
         "finished": dt.datetime.now().isoformat(timespec="seconds"),
@@ -840,6 +885,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "connect": connect_rows,
         "idle_rss": rss,
         "wasm_hook_us": hook,
+        "cache": cache_row,
         "profile": profile,
         "table": table,
     }

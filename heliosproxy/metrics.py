@@ -62,6 +62,13 @@
 | heliosproxy_node_breaker_rejected_total | counter | node | statements refused (08006) by it |
 | heliosproxy_limit_statements_total | counter | limit, key, value, result | allowed/rejected/queued (worker 0) |
 | heliosproxy_limit_active | gauge | limit, key, value | sessions with a statement running |
+| heliosproxy_cache_hits_total | counter | | statements answered from the result cache |
+| heliosproxy_cache_misses_total | counter | | cacheable statements sent to a server |
+| heliosproxy_cache_stores_total | counter | | answers stored |
+| heliosproxy_cache_evictions_total | counter | | entries dropped to stay under cache.max_memory |
+| heliosproxy_cache_invalidations_total | counter | | entries dropped by writes (proxy or WAL) and CACHE CLEAR |
+| heliosproxy_cache_bytes | gauge | | bytes of cached answers |
+| heliosproxy_cache_entries | gauge | | cached answers |
 """
 
 from __future__ import annotations
@@ -442,6 +449,21 @@ class ProxyCollector(Collector):
             pc.add_metric([r["database"], r["user"], "waiting"], r["cl_waiting"])
             mw.add_metric([r["database"], r["user"]], r["maxwait"] + r["maxwait_us"] / 1e6)
         yield from (pc, mw)
+        yield from _cache_metrics(ctx.cache, p)
+
+
+def _cache_metrics(cache: Any, p: str) -> Iterator[Metric]:
+    """The result cache's counters (heliosproxy/cache/store.py CacheStats); nothing when it is off."""
+    if cache is None:
+        return
+    st = cache.stats
+    yield _counter(p + "cache_hits", "Statements answered from the result cache", st.hits)
+    yield _counter(p + "cache_misses", "Cacheable statements sent to a server", st.misses)
+    yield _counter(p + "cache_stores", "Answers stored in the result cache", st.stores)
+    yield _counter(p + "cache_evictions", "Entries dropped to stay under cache.max_memory", st.evictions)
+    yield _counter(p + "cache_invalidations", "Entries dropped by writes and CACHE CLEAR", st.invalidations)
+    yield GaugeMetricFamily(p + "cache_bytes", "Bytes of cached answers", value=st.bytes)
+    yield GaugeMetricFamily(p + "cache_entries", "Cached answers", value=len(cache))
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:

@@ -34,6 +34,7 @@ from heliosproxy.routing.router import Router
 from heliosproxy.session import pidmap
 from heliosproxy.session.context import ProxyContext
 from heliosproxy.session.pgcompat import Janitor
+from heliosproxy.session.resultcache import CacheService
 from heliosproxy.sql.classify import Classifier
 from heliosproxy.traffic.control import TrafficControl
 from heliosproxy.traffic.gates import GateControl
@@ -90,6 +91,8 @@ class Server:
                                   link.shared_lock if link is not None else None)
         self.extras.append(self.gates)
         self.extras.append(self.traffic)
+        self.cache_service = CacheService(self.ctx, worker_id)  # result cache (cache:), SHOW CACHE
+        self.extras.append(self.cache_service)
         if worker_id == 0:
             # One HTTP admin for the process group (workers share the client port, not this one).
             self.extras.append(self.admin_http)
@@ -160,6 +163,7 @@ class Server:
             "plugins": self.plugins.stats(),
             "pgb_clients": pgb_clients,
             "pgb_pools": pgbouncer.pool_rows(ctx, pgb_clients),
+            "cache": self.cache_service.row(),  # SHOW CACHE (result cache)
         }
 
     async def serve(self) -> int:

@@ -34,6 +34,9 @@ class ServerControl(Protocol):
     @property
     def last_reload_error(self) -> str | None: ...
 
+    @property
+    def cache_service(self) -> Any: ...  # heliosproxy.session.resultcache.CacheService (result cache)
+
     def reload(self, requested_by: str = "unknown") -> tuple[bool, str]: ...
 
     def request_shutdown(self, mode: str = "drain") -> None: ...

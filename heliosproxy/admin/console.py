@@ -56,6 +56,8 @@ HELP = (
     ("SHOW MIRROR", "mirroring to the shadow node: counters, then recent mismatches and errors"),
     ("SHOW ANALYTICS", "per-statement calls, errors, time (total, mean, p50, p99), rows, bytes"),
     ("SHOW LIMITS", "rate limits and quotas per key value: allowed, rejected, queued (all workers)"),
+    ("SHOW CACHE", "result cache: entries, bytes, hits, misses, evictions, invalidations, WAL reader"),
+    ("CACHE CLEAR [table]", "drop cached results (of one table) in every worker"),
     ("RELOAD", "re-read the config file (a bad file keeps the running config)"),
     ("PAUSE [db]", "hold new statements (of db, or all); returns once no server connection is in use"),
     ("RESUME [db]", "undo PAUSE, KILL or SUSPEND"),
@@ -195,6 +197,7 @@ class AdminConsole:
             "SHUTDOWN": self._shutdown,
             "SWITCHOVER": self._switchover,
             "SET": lambda _a, _s: messages.command_complete("SET"),  # drivers' startup SETs: accepted, ignored
+            "CACHE": lambda a, _s: self.server.cache_service.clear(a),  # CACHE CLEAR [table] (result cache)
         }
         self.suspended = False
         self._waiting = False  # execute() may answer with an awaitable (PAUSE, WAIT_CLOSE)
@@ -258,6 +261,7 @@ class AdminConsole:
             "MIRROR": self.show_mirror,  # issue 15 §4
             "ANALYTICS": self.show_analytics,  # issue 15 §5
             "LIMITS": self.show_limits,
+            "CACHE": lambda: self.server.cache_service.show(),  # result cache state and counters
         }
 
     def _ctx(self) -> Any:
@@ -283,6 +287,8 @@ class AdminConsole:
             verb = words[0].upper() if words else ""
             if verb == "SHOW" and len(words) == 2 and words[1].upper() in self.views:
                 return self._show_all_workers(link, words[1].upper())
+            if verb == "SHOW" and len(words) == 2 and words[1].upper() == "CACHE" and self.server.cache_service:
+                return self._show_cache_all(link)
             if verb == "SHOW" and len(words) == 2 and words[1].upper() in ("MIRROR", "ANALYTICS"):
                 return self._show_traffic(words[1].upper())
             if verb in _EVERYWHERE and ";" not in sql.strip().rstrip(";"):
@@ -369,6 +375,11 @@ class AdminConsole:
             return {"error": "bad request"}
         except HeliosError as exc:
             return {"error": exc.message, "sqlstate": exc.sqlstate}
+
+    async def _show_cache_all(self, link: Any) -> bytes:
+        """SHOW CACHE with workers: one row per worker (each has its own cache)."""
+        snaps: list[dict[str, Any]] = await link.gather()
+        return bytes(self.server.cache_service.show_workers([(s.get("worker"), s.get("cache")) for s in snaps]))
 
     def execute_local(self, sql: str, session: Any) -> Any:
         """Answer from this worker's state only (also used for extended-protocol admin queries)."""

@@ -22,6 +22,10 @@ from heliosproxy.config.schema import (
     BranchConfig,
     BreakerConfig,
     BurstConfig,
+    CacheConfig,
+    CacheInvalidation,
+    CacheRule,
+    CacheWalUser,
     Config,
     DatabaseConfig,
     FailoverConfig,
@@ -221,6 +225,18 @@ def _check_traffic(parser: _Parser, config: Config) -> None:
 
 
 # --- end of issue 15 block ---
+
+# ---- result cache (issue 15 part 1)
+_SIZE_FIELDS = _SIZE_FIELDS | {(CacheConfig, "max_memory"), (CacheConfig, "max_result")}
+_NONEMPTY = _NONEMPTY | {(CacheWalUser, "name"), (CacheConfig, "wal_database")}
+_RANGES.update(
+    {
+        (CacheConfig, "max_memory"): (1, True, None),
+        (CacheConfig, "max_result"): (1, True, None),
+        (CacheConfig, "default_ttl"): (0, False, None),
+        (CacheRule, "ttl"): (0, False, None),
+    }
+)
 
 _DURATION_UNITS: dict[str, float] = {
     "us": 1e-6,
@@ -775,6 +791,7 @@ class _Parser:
         _check_traffic(self, config)
 
         self.check_limits(config)
+        self.check_cache(config, top)
 
         if config.pool.min_size > config.pool.size:
             self.fail(
@@ -796,6 +813,18 @@ class _Parser:
                 self.fail(self.line_of(key), key, "needs rate or concurrency (or both)")
             if lim.burst is not None and lim.rate is None:
                 self.fail(self.line_of(f"{key}.burst"), f"{key}.burst", "needs rate (burst is the bucket of rate)")
+    def check_cache(self, config: Config, top: int) -> None:
+        """cache: rules name tables; invalidation: wal needs wal_user."""
+        cache = config.cache
+        for i, rule in enumerate(cache.rules):
+            key = f"cache.rules[{i}].tables"
+            if not rule.tables or any(not t.strip() for t in rule.tables):
+                self.fail(self.line_of(key) or self.line_of(f"cache.rules[{i}]") or top, key,
+                          "a rule needs a non-empty list of table names")
+        if cache.invalidation is CacheInvalidation.WAL and cache.wal_user is None:
+            key = "cache.invalidation"
+            self.fail(self.line_of(key) or top, key,
+                      "wal needs cache.wal_user: {name, password} (a user with the REPLICATION attribute)")
 
     def check_secrets(self, config: Config) -> None:
         """Hashed secrets (SCRAM verifiers, md5 hashes), auth_user and health.password fit together."""

@@ -416,6 +416,38 @@ class AnalyticsConfig:
 
 
 # --- end of issue 15 §4, §5 block ---
+# ---- result cache (issue 15 part 1): heliosproxy/cache/
+class CacheInvalidation(str, Enum):
+    PROXY = "proxy"  # writes that pass through the proxy drop what they touch
+    WAL = "wal"  # ... and writes seen in the primary's WAL (a logical replication slot)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheRule:
+    """Statements whose every table is listed here are cached for `ttl` (None: cache.default_ttl)."""
+
+    tables: tuple[str, ...]
+    ttl: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CacheWalUser:
+    """The user (with the REPLICATION attribute) the WAL reader logs in to the primary as."""
+
+    name: str
+    password: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    enabled: bool = False
+    max_memory: int = 256 * 1024 * 1024  # bytes of cached answers (and keys) per worker
+    max_result: int = 1024 * 1024  # a larger answer is not cached
+    default_ttl: float = 60.0
+    rules: tuple[CacheRule, ...] = ()
+    invalidation: CacheInvalidation = CacheInvalidation.PROXY
+    wal_user: CacheWalUser | None = None
+    wal_database: str = "postgres"  # the database the slot decodes (writes to other databases are not seen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,6 +480,7 @@ class Config:
     analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)  # issue 15 §5
     limits: tuple[LimitConfig, ...] = ()  # rate limits and quotas (issue 15 §2); () = off
     circuit_breaker: BreakerConfig | None = None  # per-node circuit breakers (issue 15 §3); null = off
+    cache: CacheConfig = field(default_factory=CacheConfig)  # result cache (heliosproxy/cache/)
     source: str = "<memory>"  # the file this came from, for messages
     # Scalar values as written in the file, by key path ("pool.acquire_timeout" -> "15s"), for SHOW CONFIG.
     written: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)

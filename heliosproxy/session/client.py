@@ -28,7 +28,7 @@ from heliosproxy.protocol.scan import ERROR_SEEN, ReplyScanner
 from heliosproxy.routing.consistency import SessionReads, error_sqlstate
 from heliosproxy.routing.decide import decide
 from heliosproxy.routing.router import Target
-from heliosproxy.session import adminproto, admission, flow, pgcompat, pidmap, replay, tls, traffic
+from heliosproxy.session import adminproto, admission, flow, pgcompat, pidmap, replay, resultcache, tls, traffic
 from heliosproxy.session.context import ProxyContext, QueryStat
 from heliosproxy.session.prepared import Statement, server_name
 from heliosproxy.session.relay import (
@@ -266,6 +266,8 @@ class ClientSession(asyncio.Protocol):
         self.tap: ReplyMeter | None = ctx.analytics.new_meter(self) if ctx.analytics is not None else None
         self.replay = replay.new(self)  # issue 16: failover.replay recorder (session/replay.py); None when off
         self.traffic: traffic.TrafficState | None = None  # rate limits / breakers (session/traffic.py)
+        self.cache_rec: resultcache.Capture | None = None  # result cache: the reply being captured
+        self.cache_dirty: set[int] = set()  # result cache: table slots written, dropped at ReadyForQuery
 
     # ================================================================== asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -435,6 +437,8 @@ class ClientSession(asyncio.Protocol):
             self.transport.write(data)
             if self.tap is not None:
                 self.tap.feed(data)
+            if self.cache_rec is not None:
+                self.cache_rec.add(data)
 
     def _fatal(self, sqlstate: str, message: str, detail: str | None = None, event: str = "client_fatal") -> None:
         log.log(logging.WARNING if event == "auth_failed" else logging.INFO,
@@ -1029,8 +1033,10 @@ class ClientSession(asyncio.Protocol):
                         qctx = self._query_ctx(sql, info)
         if info.signal is not None and pidmap.on_query(self, info.signal):
             return  # pg_cancel_backend/pg_terminate_backend of a PID the proxy issued
+        if ctx.cache is not None and resultcache.on_query(self, msg, info, hints):
+            return  # answered from the result cache; a miss to be cached runs on the primary:
         try:
-            target = self._route(info, hints, qctx, info.read_only)
+            target = self._route(info, hints, qctx, info.read_only and self.cache_rec is None)
         except HeliosError as exc:
             self._answer_error(exc.sqlstate, exc.message)
             return
@@ -1387,11 +1393,13 @@ class ClientSession(asyncio.Protocol):
                 and self._local_batch(batch, sync)
             ):
                 return
+        if ctx.cache is not None and resultcache.on_batch(self, batch, info, hints, sync):
+            return  # answered from the result cache; a miss to be cached runs on the primary:
         if not sync:
             # The rest of this pipeline goes to the same server, and may write: the primary.
             read_only = False
         try:
-            target = self._route(info, hints, qctx, read_only) if info is not None else None
+            target = self._route(info, hints, qctx, read_only and self.cache_rec is None) if info is not None else None
         except HeliosError as exc:
             self._batch_error(batch, exc.sqlstate, exc.message, sync, len(batch))
             return
@@ -1960,6 +1968,8 @@ class ClientSession(asyncio.Protocol):
                 self._slow_feed(conn, data)
                 return
             statuses = self.scanner.feed(data)
+            if statuses and self.cache_dirty:
+                resultcache.before_ready(self, len(statuses), statuses[-1])
             self._write(data if self.replay is None else self.replay.relayed(data))  # issue 16: checksum
             for status in statuses:
                 if status & ERROR_SEEN:
@@ -1984,6 +1994,8 @@ class ClientSession(asyncio.Protocol):
         if relay.fatal:
             relay.fatal = False
             self.scanner.fatal = True
+        if readies and self.cache_dirty:
+            resultcache.before_ready(self, len(readies), readies[-1])
         if out:
             data_out = b"".join(out)
             self.scanner.bytes_seen += len(data_out)
@@ -2048,6 +2060,8 @@ class ClientSession(asyncio.Protocol):
         if self.traffic is not None and not self.pending:
             traffic.settle(self)
         fl = self.inflight.popleft() if self.inflight else None
+        if self.cache_rec is not None:
+            resultcache.finish(self, fl, conn, status)
         if fl is not None and fl.info is not None and fl.info.effects:
             if fl.info.effects & _FORGETS and (fl.error is None or fl.info.statements > 1):
                 self._forget(fl.info, conn)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from heliosproxy.backends.registry import Registry
+from heliosproxy.cache import ResultCache
 from heliosproxy.config.schema import Config
 from heliosproxy.plugins.manager import PluginManager
 from heliosproxy.pool.manager import PoolManager
@@ -96,6 +97,7 @@ class ProxyContext:
     limits: Limiter | None = None
     breakers: Breakers | None = None
     gates: bool = False
+    cache: ResultCache | None = None  # result cache (cache.enabled); None costs the data path one check
     _pid_counter: int = 0
 
     def remember_statement(self, server_name: str) -> None:

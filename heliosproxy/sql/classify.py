@@ -133,6 +133,9 @@ class StatementInfo:
     ddl: bool = False  # a statement other than DML/queries/session commands (may change the catalog)
     # The whole string is one `SELECT pg_cancel_backend(..)` / `pg_terminate_backend(..)` call.
     signal: SignalCall | None = None
+    # Calls a volatile built-in, a time function (now(), CURRENT_TIMESTAMP, ...) or a stable one that
+    # reads the session, catalog or statistics: its answer may differ between two runs (result cache).
+    volatile: bool = False
 
 
 _ADVISORY_SESSION_LOCKS: Final = frozenset(
@@ -160,7 +163,15 @@ _EXECUTING: Final = frozenset(
 # Statement kinds whose temp RangeVar (relpersistence 't') means a temp relation is created.
 _CREATING: Final = frozenset({"CreateStmt", "CreateTableAsStmt", "ViewStmt", "CreateSeqStmt", "SelectStmt"})
 _WRITE_NODES: Final = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
-_SPECIAL_KEYS: Final = _WRITE_NODES | {"FuncCall", "SelectStmt", "CommonTableExpr"}
+_SPECIAL_KEYS: Final = _WRITE_NODES | {"FuncCall", "SelectStmt", "CommonTableExpr", "SQLValueFunction"}
+# CURRENT_DATE, CURRENT_TIME[STAMP], LOCALTIME[STAMP] (with or without a precision): the clock.
+_TIME_VALUE_OPS: Final = frozenset(
+    {
+        "SVFOP_CURRENT_DATE", "SVFOP_CURRENT_TIME", "SVFOP_CURRENT_TIME_N", "SVFOP_CURRENT_TIMESTAMP",
+        "SVFOP_CURRENT_TIMESTAMP_N", "SVFOP_LOCALTIME", "SVFOP_LOCALTIME_N", "SVFOP_LOCALTIMESTAMP",
+        "SVFOP_LOCALTIMESTAMP_N",
+    }
+)
 # GUCs flagged GUC_LIST_QUOTE in PostgreSQL: their list elements are identifier-quoted.
 _LIST_QUOTE_GUCS: Final = frozenset(
     {
@@ -243,6 +254,7 @@ class _Scan:
         "set_config",
         "temp",
         "unknown_call",
+        "volatile",
         "write_call",
     )
 
@@ -260,6 +272,7 @@ class _Scan:
         self.pg_temp = False  # something is named in a pg_temp schema
         self.unknown_call = False
         self.funcs: list[tuple[str | None, str, int]] = []
+        self.volatile = False
 
     def walk(self, root: Any, wf: _WriteFunctions) -> None:
         stack: list[Any] = [root]
@@ -302,6 +315,9 @@ class _Scan:
                 self.into = True
                 if _is_temp_rel(into.get("rel")):
                     self.temp = True
+        elif key == "SQLValueFunction":
+            if val.get("op") in _TIME_VALUE_OPS:
+                self.volatile = True
         elif key == "CommonTableExpr":
             name = val.get("ctename")
             if name:
@@ -316,6 +332,8 @@ class _Scan:
         if names[0].startswith("pg_temp"):
             self.pg_temp = True
         last = names[-1]
+        if last in _volatile_functions():
+            self.volatile = True
         if (len(names) > 1 and names[-2] != "pg_catalog") or last not in _builtin_functions():
             self.unknown_call = True
         if last == "set_config":
@@ -339,6 +357,13 @@ class _Scan:
 def _builtin_functions() -> frozenset[str]:
     """Names of PostgreSQL's built-in functions (shipped list, read once)."""
     text = (Path(__file__).with_name("pg_catalog_functions.txt")).read_text()
+    return frozenset(line for line in text.splitlines() if line and not line.startswith("#"))
+
+
+@functools.cache
+def _volatile_functions() -> frozenset[str]:
+    """Built-ins whose answer may change between runs (shipped list, read once)."""
+    text = (Path(__file__).with_name("pg_volatile_functions.txt")).read_text()
     return frozenset(line for line in text.splitlines() if line and not line.startswith("#"))
 
 
@@ -424,6 +449,7 @@ class _Builder:
         "tx",
         "tx_mark",
         "unknown_call",
+        "volatile",
     )
 
     def __init__(self) -> None:
@@ -441,9 +467,11 @@ class _Builder:
         self.tx_mark: int | None = None  # len(settings) at this string's BEGIN
         self.signal: SignalCall | None = None
         self.funcs: dict[tuple[str | None, str, int], None] = {}
+        self.volatile = False
 
     def absorb(self, scan: _Scan) -> None:
         self.ranges.extend(scan.ranges)
+        self.volatile = self.volatile or scan.volatile
         self.ctes |= scan.ctes
         for f in scan.funcs:
             self.funcs.setdefault(f, None)
@@ -635,6 +663,7 @@ def _explain(fields: dict[str, Any], b: _Builder, wf: _WriteFunctions) -> None:
         b.funcs.update(inner.funcs)
         b.effects |= inner.effects
         b.sensitive = b.sensitive or inner.sensitive
+        b.volatile = b.volatile or inner.volatile
 
 
 _PINNING: Final = Effect.TEMP_TABLE | Effect.HOLD_CURSOR | Effect.ADVISORY_LOCK | Effect.LISTEN | Effect.DIRTY
@@ -764,6 +793,7 @@ def _analyze(sql: str, normalized: str, wf: _WriteFunctions) -> tuple[StatementI
         functions=tuple(b.funcs),
         ddl=any(k not in _NOT_DDL for k in b.kinds),
         signal=b.signal if len(stmts) == 1 else None,
+        volatile=b.volatile,
     )
     return info, not b.sensitive and not b.settings
 

@@ -49,7 +49,11 @@ def test_defaults_and_quick_plan() -> None:
     assert full.targets == [
         "direct", "pgbouncer", "heliosproxy", "heliosproxy-rw", "heliosproxy-rw-eventual", "heliosproxy-wasm",
         "heliosproxy-2w", "pgbouncer-tls", "heliosproxy-tls", "heliosproxy-anomaly",
+        "heliosproxy-cache",
     ]
+    assert full.cache_row and not bench_run.parse_args(["--no-cache-row"]).cache_row
+    cache_only = bench_run.parse_args(["--cache-only"])
+    assert (cache_only.modes, cache_only.connect, cache_only.rss, cache_only.cache_row) == ([], False, False, True)
     assert full.modes == ["simple", "extended", "prepared"]
     assert (full.clients, full.seconds, full.rounds, full.idle_clients) == ([1, 16, 64], 10.0, 3, 5000)
     quick = bench_run.parse_args(["--quick"])

@@ -322,7 +322,8 @@ BAD_CASES: list[tuple[str, str, str]] = [
     (
         "unknown key without a close match",
         BASE + "zzzzz: 1\n",
-        "bad.yaml:10: zzzzz: unknown key (known keys: admin, analytics, auth, branches, circuit_breaker,"
+        "bad.yaml:10: zzzzz: unknown key (known keys: admin, analytics, auth, branches, cache,"
+        " circuit_breaker,"
         " client_login_timeout, databases, failover, health, limits, listen, listen_unix, log, max_client_buffer,"
         " max_client_connections, max_login_connections, max_login_connections_per_ip, max_message_size,"
         " mirror, nodes, plugins, pool, routing, server_tls, shutdown_timeout, tls, users, workers)",
@@ -330,7 +331,8 @@ BAD_CASES: list[tuple[str, str, str]] = [
     (
         "source is not a key",
         BASE + "source: x\n",
-        "bad.yaml:10: source: unknown key (known keys: admin, analytics, auth, branches, circuit_breaker,"
+        "bad.yaml:10: source: unknown key (known keys: admin, analytics, auth, branches, cache,"
+        " circuit_breaker,"
         " client_login_timeout, databases, failover, health, limits, listen, listen_unix, log, max_client_buffer,"
         " max_client_connections, max_login_connections, max_login_connections_per_ip, max_message_size,"
         " mirror, nodes, plugins, pool, routing, server_tls, shutdown_timeout, tls, users, workers)",
