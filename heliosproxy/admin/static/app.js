@@ -97,6 +97,11 @@ async function init() {
   $("forget").addEventListener("click", () => lock("Token forgotten."));
   $("reload").addEventListener("click", () =>
     action("Reload the configuration file now?", "/api/reload", (d) => d.message || "reloaded"));
+  $("switchover").addEventListener("click", () =>
+    action("Switch the primary over to a standby now? New statements pause until the standby is promoted; " +
+           "the old primary is fenced (disabled) until an operator re-enables it.", "/api/switchover",
+           (d) => "switched over: " + d.old_primary + " -> " + d.new_primary + " (pause " + d.pause_ms + " ms, " +
+                  d.replayed + " replayed)"));
   $("client-filter").addEventListener("input", () => renderClients(state.lastClients || [], state.lastClientsTotal));
   if (!state.tokenRequired) {
     state.token = "";
