@@ -809,8 +809,8 @@ class ClientSession(asyncio.Protocol):
             self.peer,
             self.user,
             self.database,
-            "admin" if self.admin else self.mode.value,
-            extra=client_fields(self, "client_connected", pool_mode="admin" if self.admin else self.mode.value),
+            mode := "admin" if self.admin else "statement" if self.compat.statement_mode else self.mode.value,
+            extra=client_fields(self, "client_connected", pool_mode=mode),
         )
         self._resume_reading()
         if self.buf:
