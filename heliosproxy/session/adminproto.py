@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import struct
 from typing import Any
 
@@ -92,7 +93,7 @@ def _split_rowdesc(body: bytes) -> tuple[bytes, bytes]:
     return b"", body
 
 
-def answer(session: Any, batch: list[tuple[int, bytes, Any]]) -> bytes:
+async def answer(session: Any, batch: list[tuple[int, bytes, Any]]) -> bytes:
     """What a server would answer to this batch, with the console as the server. Statements (named or not)
     live in `session.compat.admin_statements`; Describe runs only SHOW (it must not run a command)."""
     admin = session.ctx.admin
@@ -129,7 +130,12 @@ def answer(session: Any, batch: list[tuple[int, bytes, Any]]) -> bytes:
                     raise HeliosError('portal "" does not exist', sqlstate="34000")
                 if admin is None:
                     raise HeliosError("the admin console is not available", sqlstate="0A000")
-                rowdesc, rows = _split_rowdesc(admin.execute_local(portal_sql, session) or b"")
+                # execute(), not execute_local(): with workers a SHOW is merged from all of them and a
+                # command runs on all (an awaitable answer then).
+                res = admin.execute(portal_sql, session)
+                if inspect.isawaitable(res):
+                    res = await res
+                rowdesc, rows = _split_rowdesc(res or b"")
                 out.append(_to_formats(rows, _oids(rowdesc), formats) if rowdesc else rows)
             elif t == codes.F_CLOSE:
                 if dec[0] == ord("S"):

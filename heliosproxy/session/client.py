@@ -1546,7 +1546,16 @@ class ClientSession(asyncio.Protocol):
             self._write(body)
 
     def _admin_batch(self, batch: list[tuple[int, bytes, Any]]) -> None:
-        self._write(adminproto.answer(self, batch))
+        """Extended protocol on the console: answered once every worker's part is in (held messages wait)."""
+        self.stalled = Plan.deferred(None)
+        self._pause_reading()
+        self._spawn(self._admin_batch_async(batch))
+
+    async def _admin_batch_async(self, batch: list[tuple[int, bytes, Any]]) -> None:
+        body = await adminproto.answer(self, batch)
+        self.stalled = None
+        self._write(body)
+        self._continue()
 
     # ================================================================== dispatch to a backend
     def _dispatch(self, plan: Plan) -> None:

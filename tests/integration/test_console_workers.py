@@ -300,3 +300,27 @@ def test_json_log_lines_keep_their_worker_after_a_reload(cluster: PgCluster, pro
     after = [json.loads(ln) for ln in proxy.output().splitlines()[mark + 1:] if ln.startswith("{")]
     assert after and all("worker" in r for r in after), [r for r in after if "worker" not in r][:3]
     assert {r["worker"] for r in after if r["event"] == "client_connected"} == {0, 1}
+
+
+def test_extended_protocol_on_the_console_sees_every_worker(cluster: PgCluster, proxy_factory: ProxyFactory) -> None:
+    """Drivers that prepare (psycopg prepare=True here, asyncpg always) get the merged answer too."""
+    proxy = proxy_factory(CONFIG)
+    with _admin(proxy) as adm:
+        conns = _clients_on_both_workers(proxy, adm)
+        try:
+            for _attempt in range(4):  # whichever worker the console session lands on
+                with _admin(proxy) as a:
+                    cur = a.execute("SHOW CLIENTS", prepare=True)
+                    assert cur.description is not None
+                    names = [d.name for d in cur.description]
+                    rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+                    assert {r["worker"] for r in rows if r["database"] == "app"} == {0, 1}
+                    assert sum(1 for r in rows if r["database"] == "app") == len(conns)
+                    cur = a.execute("SHOW STATS", prepare=True)
+                    assert cur.description is not None
+                    names = [d.name for d in cur.description]
+                    stats = {r[names.index("database")]: dict(zip(names, r, strict=True)) for r in cur.fetchall()}
+                    assert stats["app"]["total_client_login_count"] == len(conns)
+        finally:
+            for c in conns:
+                c.close()
