@@ -83,6 +83,7 @@ _UNREADABLE = classify_uncached("\x00")  # text not valid in the client's encodi
 
 
 _NAMED = frozenset((codes.F_PARSE, codes.F_BIND, codes.F_DESCRIBE, codes.F_CLOSE))
+_PREPARES_ONLY = frozenset((codes.F_PARSE, codes.F_DESCRIBE, codes.F_CLOSE, codes.F_FLUSH))
 # A Bind of a statement no server has: makes a server fail at that point of a pipeline (Plan.inject).
 _FAIL_BIND = messages.msg(codes.F_BIND, b"\x00hp_no_such_statement\x00\x00\x00\x00\x00\x00\x00")
 
@@ -1849,6 +1850,22 @@ class ClientSession(asyncio.Protocol):
                 need_fix = True
             else:
                 fix.append(Expect(codes.F_QUERY))
+        if (
+            not plan.sync
+            and plan.batch is not None
+            and self.mode is PoolMode.TRANSACTION
+            and not self.pinned
+            and self.tx_status == codes.TX_IDLE
+            and not continues
+            and all(t in _PREPARES_ONLY for t, _m, _d in plan.batch)
+        ):
+            # Parse/Describe/Close then Flush (asyncpg prepares so): nothing runs, but the server's implicit
+            # transaction stays open until a Sync. A hidden Sync ends it, so that the execution that follows
+            # is routed on its own (another node, another database) like any request.
+            out.append(messages.SYNC)
+            fix.append(Expect(codes.F_SYNC, HIDE))
+            need_fix = True
+            self.unsynced = False
         rb = plan.info.readback if plan.info is not None else ()
         if rb:
             if plan.sync:
@@ -2014,6 +2031,18 @@ class ClientSession(asyncio.Protocol):
             self.scanner.reset()
         for status in readies:
             self._on_ready(conn, status)
+        stalled = self.stalled
+        if (
+            not readies
+            and stalled is not None
+            and (stalled.batch is not None or stalled.raw is not None)
+            and not self.pending
+            and not self.expect
+        ):
+            # A hidden request's ReadyForQuery was the last thing owed: what waited for it goes now.
+            plan = self.stalled
+            self.stalled = None
+            self._call_soon(self._resume_stalled, plan)
 
     # ------------------------------------------------------------------ relay.Host
     def refuses_parse(self, st: Statement) -> bool:
