@@ -1661,7 +1661,7 @@ class ClientSession(asyncio.Protocol):
                 self.inflight.append(Inflight(plan.info, plan.target, plan.qctx, self.scanner.bytes_seen))
             if plan.write:
                 self.last_write_at = time.monotonic()
-            conn.write(b"".join([m for _t, m, _d in plan.batch]))
+            conn.writelines([m for _t, m, _d in plan.batch])
             return
         out: list[bytes] = []
         fix: list[Expect] = []
@@ -2213,7 +2213,7 @@ class ClientSession(asyncio.Protocol):
         st.total_us += int(elapsed * 1_000_000)
         if error:
             st.errors += 1
-        self.ctx.counters.durations.append(elapsed)
+        self.ctx.counters.durations.observe(elapsed)
 
     def on_backend_lost(self, conn: BackendConnection, exc: Exception | None) -> None:
         """The bound server connection is gone.

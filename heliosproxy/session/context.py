@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from heliosproxy.backends.registry import Registry
 from heliosproxy.config.schema import Config
+from heliosproxy.histogram import DurationHistogram
 from heliosproxy.plugins.manager import PluginManager
 from heliosproxy.pool.manager import PoolManager
 from heliosproxy.routing.consistency import ReadPlanner
@@ -42,7 +43,7 @@ class Counters:
     bytes_in: int = 0
     bytes_out: int = 0
     queries: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (node, route, result) -> n
-    durations: list[float] = field(default_factory=list)  # seconds, drained by metrics
+    durations: DurationHistogram = field(default_factory=DurationHistogram)  # statement seconds, bucketed
 
 
 @dataclass(slots=True)
