@@ -143,11 +143,6 @@ class BackendConnection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.write(data)
 
-    def writelines(self, chunks: list[bytes]) -> None:
-        """Several messages in one send without joining them first (uvloop gathers them into one writev)."""
-        if self.transport is not None and not self.closed:
-            self.transport.writelines(chunks)
-
     def close(self) -> None:
         if self.transport is not None and not self.closed:
             with contextlib.suppress(Exception):  # closing anyway

@@ -1661,7 +1661,7 @@ class ClientSession(asyncio.Protocol):
                 self.inflight.append(Inflight(plan.info, plan.target, plan.qctx, self.scanner.bytes_seen))
             if plan.write:
                 self.last_write_at = time.monotonic()
-            conn.writelines([m for _t, m, _d in plan.batch])
+            conn.write(b"".join([m for _t, m, _d in plan.batch]))
             return
         out: list[bytes] = []
         fix: list[Expect] = []
