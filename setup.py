@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -30,6 +31,10 @@ def extensions() -> list[object]:
         return []  # the .py files only (a manifest left by an earlier build is harmless: no extension, no use)
     from mypyc.build import mypycify
 
+    # Extension modules linked by an earlier build (e.g. of a module no longer in HOT_MODULES) would
+    # otherwise be copied into the wheel next to the new ones: start from an empty build/lib.
+    for old in ROOT.glob("build/lib.*"):
+        shutil.rmtree(old)
     paths = _paths()
     MANIFEST.write_text(
         json.dumps({m: hashlib.sha256((ROOT / p).read_bytes()).hexdigest() for m, p in zip(HOT_MODULES, paths,
