@@ -1,4 +1,15 @@
 # HeliosProxy image: `docker compose up` builds it (see docker-compose.yml).
+# Build stage: a C compiler, so that `pip wheel .` compiles the hot modules with mypyc (setup.py).
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml setup.py README.md LICENSE ./
+COPY heliosproxy ./heliosproxy
+RUN pip wheel --no-deps -w /wheels .
+
+# Runtime stage: the compiled wheel, no compiler.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -6,10 +17,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-WORKDIR /src
-COPY pyproject.toml README.md LICENSE ./
-COPY heliosproxy ./heliosproxy
-RUN pip install .
+COPY --from=build /wheels /wheels
+RUN pip install /wheels/heliosproxy-*.whl && rm -rf /wheels
 
 # The default config; docker-compose.yml mounts config/docker.yaml over it.
 COPY config/docker.yaml /etc/heliosproxy/heliosproxy.yaml

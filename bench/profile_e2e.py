@@ -2,6 +2,11 @@
 
     .venv/bin/python bench/profile_e2e.py --old REV [--new REV] [--modes simple,extended]
         [--clients 16,64] [--seconds 8] [--rounds 3] [--spy]
+    .venv/bin/python bench/profile_e2e.py --tree pure=DIR --tree mypyc=DIR [...]   # built trees, no git
+
+`--tree NAME=DIR` (repeatable, instead of --old/--new) runs the `heliosproxy/` package found in
+DIR as is, e.g. copies of the source with compiled extension modules built next to it (see
+bench/compiled_bench.py); the rounds rotate the order of the trees.
 
 Starts its own PostgreSQL primary (tests/helpers/pgcluster.py), `pgbench -i -s 5`, then exports
 `heliosproxy/` of both revisions (git archive; the new one defaults to HEAD, i.e. committed code)
@@ -84,20 +89,26 @@ def top_self(raw: Path, n: int = 25) -> list[tuple[str, float]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--old", required=True)
+    ap.add_argument("--old")
     ap.add_argument("--new", default="HEAD")
     ap.add_argument("--modes", default="simple,extended")
     ap.add_argument("--clients", default="16,64")
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--spy", action="store_true")
+    ap.add_argument("--tree", action="append", default=[], metavar="NAME=DIR")
     a = ap.parse_args()
+    if not a.tree and not a.old:
+        ap.error("give --old REV or --tree NAME=DIR")
     modes = a.modes.split(",")
     clients = [int(c) for c in a.clients.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="helios-e2e-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        trees = {"old": export(a.old, tmp / "old"), "new": export(a.new, tmp / "new")}
+        if a.tree:
+            trees = {k: Path(v).resolve() for k, v in (t.split("=", 1) for t in a.tree)}
+        else:
+            trees = {"old": export(a.old, tmp / "old"), "new": export(a.new, tmp / "new")}
         with PgCluster(standbys=0, settings={"max_connections": "200"}) as cluster:
             env = benchrun.pgbench_env()
             subprocess.run(["pgbench", "-i", "-q", "-s", "5", "-h", "127.0.0.1", "-p", str(cluster.primary.port),
@@ -110,7 +121,10 @@ def main() -> None:
                 targets[name] = benchrun.Target(name, port, proc.pid)
             results: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
             for r in range(a.rounds):
-                order = ["old", "new"] if r % 2 == 0 else ["new", "old"]
+                names = list(trees)
+                order = names[r % len(names):] + names[:r % len(names)]
+                if r % 2:
+                    order.reverse()
                 for mode in modes:
                     for c in clients:
                         for name in order:
@@ -119,7 +133,7 @@ def main() -> None:
                             print(f"round {r + 1} {mode:8s} c={c:<3d} {name}: {res['tps']:8.0f} TPS "
                                   f"cpu {res['cpu_us_per_txn']:6.1f} us/tx (usr {res['cpu_user_us_per_txn']:5.1f})"
                                   f" failed {res['failed']}", flush=True)
-            print(f"\nmedians over {a.rounds} rounds (old = {a.old}, new = {a.new})")
+            print(f"\nmedians over {a.rounds} rounds ({', '.join(f'{k} = {v}' for k, v in trees.items())})")
             print(f"{'mode':9s}{'cl':>4s}  {'version':8s}{'TPS':>8s}{'cpu us/tx':>11s}{'usr':>7s}{'sys':>7s}")
             for (mode, c, name), runs in sorted(results.items()):
                 def med(k: str, runs: list[dict[str, Any]] = runs) -> float:
@@ -128,13 +142,14 @@ def main() -> None:
                       f"{med('cpu_user_us_per_txn'):7.1f}{med('cpu_sys_us_per_txn'):7.1f}")
             if a.spy:
                 raw = tmp / "spy.txt"
-                pid = targets["new"].pid
+                spied = "new" if "new" in targets else list(targets)[-1]
+                pid = targets[spied].pid
                 assert pid is not None
                 import threading
 
                 t = threading.Thread(target=spy, args=(pid, a.seconds - 2, raw))
                 t.start()
-                benchrun.run_pgbench(targets["new"], modes[0], clients[0], a.seconds)
+                benchrun.run_pgbench(targets[spied], modes[0], clients[0], a.seconds)
                 t.join()
                 if raw.exists():
                     print(f"\npy-spy self time, new, {modes[0]} c={clients[0]}:")

@@ -260,6 +260,17 @@ def p99_from_logs(log_dir: Path) -> float | None:
     return lat[min(len(lat) - 1, int(len(lat) * 0.99))] / 1000.0
 
 
+def standby_commits(cluster: Any) -> int:  # tests.helpers.pgcluster.PgCluster
+    """Transactions the first standby has committed in the bench database (pg_stat_database, flushed
+    by idle backends within about a second: waits that long first)."""
+    time.sleep(1.5)
+    node = cluster.standbys[0]
+    out = subprocess.run(["psql", "-X", "-At", "-h", "127.0.0.1", "-p", str(node.port), "-U", USER, "-d", DBNAME,
+                          "-c", "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"],
+                         env=pgbench_env(), capture_output=True, text=True, check=True)
+    return int(out.stdout.strip())
+
+
 def run_pgbench(target: Target, mode: str, clients: int, seconds: float, *, connect: bool = False,
                 sampling_rate: float = 1.0, during: Callable[[], None] | None = None) -> PgbenchResult:
     with tempfile.TemporaryDirectory(prefix="helios-bench-log-") as d:
@@ -821,13 +832,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for mode in plan.modes:
                     for clients in plan.clients:
                         for name in order:
+                            rw_cell = name.startswith("heliosproxy-rw")
+                            before = standby_commits(cluster) if rw_cell else 0
                             res = run_pgbench(targets[name], mode, clients, plan.seconds,
                                               sampling_rate=plan.sampling_rate).as_dict()
+                            if rw_cell:  # -S reads only: they should all run on the standby
+                                res["standby_share"] = (standby_commits(cluster) - before) / max(1, res["transactions"])
                             res["round"] = rnd
                             cells.setdefault((name, mode, clients), []).append(res)
                             done += 1
                             print(f"[{done}/{total}] round {rnd + 1} {mode:<8} c={clients:<3} {name:<17} "
                                   f"{res['tps']:9.0f} TPS  cpu {_fmt(res['cpu_us_per_txn'], '6.1f')} us/tx"
+                                  + (f"  on standby {res['standby_share']:.0%}" if "standby_share" in res else "")
                                   + (f"  FAILED {res['failed']}" if res["failed"] else ""), flush=True)
                 if plan.connect:
                     for name in order:

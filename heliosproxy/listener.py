@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 import stat
 
 from heliosproxy.logsetup import hostport
@@ -16,19 +15,14 @@ from heliosproxy.session.context import ProxyContext
 log = logging.getLogger("heliosproxy.listener")
 
 
-class _Session(ClientSession):
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        super().connection_made(transport)
+# ClientSession is used as is (no subclass: it may be a compiled class, see heliosproxy/_compiled.py).
+# Accepted TCP sockets get TCP_NODELAY from the event loop itself (uvloop and asyncio both set it).
 
 
 async def start_listener(ctx: ProxyContext, *, reuse_port: bool = False) -> asyncio.Server:
     cfg = ctx.config
     server = await asyncio.get_running_loop().create_server(
-        lambda: _Session(ctx),
+        lambda: ClientSession(ctx),
         cfg.listen_host,
         cfg.listen_port,
         reuse_port=reuse_port or None,
@@ -47,7 +41,7 @@ async def start_unix_listener(ctx: ProxyContext, path: str) -> asyncio.Server:
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(os.stat(path).st_mode):
             os.unlink(path)  # a socket left by an earlier run
-    server = await asyncio.get_running_loop().create_unix_server(lambda: _Session(ctx), path, backlog=4096)
+    server = await asyncio.get_running_loop().create_unix_server(lambda: ClientSession(ctx), path, backlog=4096)
     os.chmod(path, 0o777)  # like PostgreSQL's default unix_socket_permissions
     log.info("listening on %s", path)
     return server

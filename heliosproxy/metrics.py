@@ -73,9 +73,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import bisect
-import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -95,38 +92,11 @@ from heliosproxy import __version__
 from heliosproxy.admin.pgbouncer import pool_rows
 from heliosproxy.backends.registry import NodeState
 from heliosproxy.config.schema import Role
+from heliosproxy.histogram import DurationHistogram
 from heliosproxy.session import pgcompat
 
 PREFIX = "heliosproxy_"
-DURATION_BUCKETS: tuple[float, ...] = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-)
-
-
-class DurationHistogram:
-    """Cumulative bucket counts fed from drained samples (ctx.counters.durations)."""
-
-    def __init__(self, buckets: tuple[float, ...] = DURATION_BUCKETS):
-        self.bounds = list(buckets)
-        self.counts = [0] * (len(buckets) + 1)  # last = above the highest bound
-        self.sum = 0.0
-        self.count = 0
-
-    def add_all(self, samples: list[float]) -> None:
-        bounds, counts = self.bounds, self.counts
-        for s in samples:
-            counts[bisect.bisect_left(bounds, s)] += 1
-        self.sum += sum(samples)
-        self.count += len(samples)
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        out: list[tuple[str, float]] = []
-        acc = 0
-        for bound, n in zip(self.bounds, self.counts, strict=False):
-            acc += n
-            out.append((_fmt(bound), acc))
-        out.append(("+Inf", self.count))
-        return out
+# Statement durations are bucketed as they are recorded (heliosproxy/histogram.py, ctx.counters.durations).
 
 
 class _Families(Collector):
@@ -165,32 +135,20 @@ class ProxyCollector(Collector):
         self.server = server  # heliosproxy.server.Server (admin.ServerControl)
         self.failover = failover  # backends.failover.FailoverManager
         self.health = health  # backends.health.HealthMonitor
-        self.durations = DurationHistogram()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
-        self._task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle (a Server extra)
     async def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._drain_loop())
+        return None  # nothing runs in the background: durations are bucketed when recorded
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        return None
 
-    async def _drain_loop(self) -> None:
-        while True:  # keep the duration sample list short even if nobody scrapes
-            await asyncio.sleep(1.0)
-            self.drain()
-
-    def drain(self) -> None:
-        counters = self.server.ctx.counters
-        samples = counters.durations
-        if samples:
-            counters.durations = []
-            self.durations.add_all(samples)
+    @property
+    def durations(self) -> DurationHistogram:
+        """The statement-duration histogram, filled by the sessions as statements finish."""
+        return self.server.ctx.counters.durations  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------------ exposition
     def exposition(self, peers: list[tuple[int, bytes]] | None = None) -> tuple[bytes, str]:
@@ -202,7 +160,6 @@ class ProxyCollector(Collector):
         return merge_worker_expositions([(self.server.ctx.worker_id, own), *peers]), CONTENT_TYPE_LATEST
 
     def collect(self) -> Iterator[Metric]:
-        self.drain()
         server = self.server
         ctx = server.ctx
         c = ctx.counters

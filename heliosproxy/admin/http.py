@@ -469,7 +469,6 @@ class AdminHttp:
     def _stats(self) -> dict[str, Any]:
         """Process totals and the cumulative statement-duration histogram (the page derives rates and
         percentiles from two samples)."""
-        self.metrics.drain()
         d = self.metrics.durations
         totals = stats_view(self.server)[0]
         return {

@@ -136,9 +136,10 @@ class BackendConnection(asyncio.Protocol):
         out.append(data[pos:])
         return b"".join(out)
 
-    def detach(self) -> None:
+    def detach(self, now: float = 0.0) -> None:
+        """No owner any more; `now` is the caller's clock reading (time.monotonic), if it has one."""
         self.owner = None
-        self.last_used = time.monotonic()
+        self.last_used = now or time.monotonic()
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:

@@ -394,9 +394,9 @@ class Pool:
     def release(self, conn: BackendConnection, reusable: bool = True, reset: bool = True) -> None:
         """Give a connection back. Unknown or failed state → closed, never reused."""
         self.active.discard(conn)
-        conn.detach()
+        now = time.monotonic()  # one clock read per release
+        conn.detach(now)
         conn.pinned_by = None
-        now = time.monotonic()
         if (
             not reusable
             or conn.closed

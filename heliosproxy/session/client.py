@@ -2348,7 +2348,7 @@ class ClientSession(asyncio.Protocol):
         st.total_us += int(elapsed * 1_000_000)
         if error:
             st.errors += 1
-        self.ctx.counters.durations.append(elapsed)
+        self.ctx.counters.durations.observe(elapsed)
 
     def on_backend_lost(self, conn: BackendConnection, exc: Exception | None) -> None:
         """The bound server connection is gone.

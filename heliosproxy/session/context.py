@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from heliosproxy.backends.registry import Registry
 from heliosproxy.cache import ResultCache
 from heliosproxy.config.schema import Config
+from heliosproxy.histogram import DurationHistogram
 from heliosproxy.plugins.manager import PluginManager
 from heliosproxy.pool.manager import PoolManager
 from heliosproxy.routing.breaker import Breakers
@@ -47,7 +48,7 @@ class Counters:
     bytes_in: int = 0
     bytes_out: int = 0
     queries: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (node, route, result) -> n
-    durations: list[float] = field(default_factory=list)  # seconds, drained by metrics
+    durations: DurationHistogram = field(default_factory=DurationHistogram)  # statement seconds, bucketed
 
 
 @dataclass(slots=True)

@@ -52,7 +52,8 @@ def test_values_follow_counters_registry_and_reloads() -> None:
     ctx.counters.queries[("s", "standby", "ok")] = 5
     ctx.counters.queries[("p", "primary", "error")] = 2
     ctx.counters.bytes_in = 1234
-    ctx.counters.durations.extend([0.0002, 0.003, 0.003, 2.0])
+    for d in (0.0002, 0.003, 0.003, 2.0):
+        ctx.counters.durations.observe(d)
     node = ctx.registry.nodes["s"]
     node.state, node.lag_bytes, node.lag_ms = NodeState.LAGGING, 4096, 1500.0
     ctx.registry.nodes["p"].state = NodeState.DOWN
@@ -70,10 +71,11 @@ def test_values_follow_counters_registry_and_reloads() -> None:
     assert h[("heliosproxy_query_duration_seconds_bucket", (("le", "0.005"),))] == 3
     assert h[("heliosproxy_query_duration_seconds_bucket", (("le", "+Inf"),))] == 4
     assert abs(h[("heliosproxy_query_duration_seconds_sum", ())] - 2.0062) < 1e-9
-    assert ctx.counters.durations == []  # drained
+    # Bucketed when recorded: the counts are there before any scrape, nothing is kept per sample.
+    assert ctx.counters.durations.counts[:4] == [1, 0, 0, 2] and ctx.counters.durations.count == 4
 
     # Cumulative across scrapes.
-    ctx.counters.durations.append(0.02)
+    ctx.counters.durations.observe(0.02)
     h = _scrape(server)["heliosproxy_query_duration_seconds"]
     assert h[("heliosproxy_query_duration_seconds_count", ())] == 5
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -11,6 +12,9 @@ from pathlib import Path
 
 from tests.helpers import REPO_ROOT
 
+# These check packaging, not compilation: a pure build (HELIOS_NO_COMPILE=1) takes seconds, a mypyc one
+# minutes. The compiled build is what `make install` gives the suite (tests/unit/test_compiled.py checks it).
+_PURE = {**os.environ, "HELIOS_NO_COMPILE": "1"}
 # pip's own notes about this machine's package index settings are not the build's business.
 _PIP_NOISE = re.compile(r"^WARNING: Location '.*' is ignored.*$", re.MULTILINE)
 
@@ -29,7 +33,7 @@ def test_license_file_matches_the_declared_license() -> None:
 
 def test_wheel_builds_clean_with_license_and_dashboard(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path), str(REPO_ROOT)],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=300, env=_PURE)
     assert res.returncode == 0, res.stdout + res.stderr
     assert _build_warnings(res.stdout + res.stderr) == []
     (wheel,) = tmp_path.glob("heliosproxy-*.whl")
@@ -46,7 +50,8 @@ def test_editable_install_builds_clean(tmp_path: Path) -> None:
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=False)
     res = subprocess.run([sys.executable, "-m", "pip", "--python", str(env_dir / "bin" / "python"), "install",
-                          "--no-deps", "-e", str(REPO_ROOT)], capture_output=True, text=True, timeout=300)
+                          "--no-deps", "-e", str(REPO_ROOT)], capture_output=True, text=True, timeout=300,
+                         env=_PURE)
     assert res.returncode == 0, res.stdout + res.stderr
     assert _build_warnings(res.stdout + res.stderr) == []
     out = subprocess.run([str(env_dir / "bin" / "python"), "-c", "import heliosproxy; print(heliosproxy.__file__)"],
