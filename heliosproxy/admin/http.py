@@ -36,6 +36,7 @@ from heliosproxy.config.schema import Config, split_hostport
 from heliosproxy.logsetup import hostport
 from heliosproxy.metrics import ProxyCollector
 from heliosproxy.plugins.events import served
+from heliosproxy.traffic.analytics import percentile_ms
 
 log = logging.getLogger("heliosproxy.admin.http")
 
@@ -501,9 +502,20 @@ class AdminHttp:
             "clients": clients[:500],
             "clients_total": len(clients),
             "plugins": self.server.ctx.plugins.stats(),
-            "queries": queries_view(self.server, limit=20),
+            "queries": _with_p99(self.server.ctx.analytics, queries_view(self.server, limit=20)),
             "stats": self._stats(),
         }
+
+
+def _with_p99(analytics: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Top statements with their p99 (ms) when query analytics keeps each statement's histogram (else none)."""
+    if analytics is None:
+        return rows
+    for row in rows:
+        fs = analytics.stats.get(row["fingerprint"])
+        if fs is not None and fs.buckets:
+            row["p99_ms"] = percentile_ms(fs.buckets, 0.99)
+    return rows
 
 
 def _peer_events(answers: list[tuple[int, bytes]]) -> list[dict[str, Any]]:

@@ -163,3 +163,25 @@ def test_turned_on_and_off_by_reload(cluster: PgCluster, proxy_factory: ProxyFac
         admin.execute("RELOAD")
         conn.execute("SELECT 43")
         assert _api(proxy)["enabled"] is False
+
+
+def _overview(proxy: ProxyProcess) -> dict[str, Any]:
+    with urllib.request.urlopen(proxy.admin_url + "/api/overview", timeout=5) as r:
+        data: dict[str, Any] = json.loads(r.read())
+    return data
+
+
+def test_dashboard_top_statements_carry_p99_with_analytics(cluster: PgCluster, proxy_factory: ProxyFactory) -> None:
+    """The dashboard's top statements (GET /api/overview) get each statement's p99 from analytics."""
+    _setup(cluster)
+    for on in (False, True):
+        proxy = proxy_factory(FAST, analytics={"enabled": on})
+        with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+            for i in range(20):
+                conn.execute("SELECT pg_sleep(0.01), %s::int", (i,))
+        rows = [q for q in _overview(proxy)["queries"] if "pg_sleep" in q["query"]]
+        assert len(rows) == 1 and rows[0]["calls"] == 20
+        if on:
+            assert 10.0 <= rows[0]["p99_ms"] < 5000, rows[0]
+        else:
+            assert "p99_ms" not in rows[0]
