@@ -44,6 +44,7 @@ USER, PASSWORD, DBNAME = "app", "apppass", "app"
 ALL_TARGETS = (
     "direct", "pgbouncer", "heliosproxy", "heliosproxy-rw", "heliosproxy-rw-eventual", "heliosproxy-wasm",
     "heliosproxy-2w", "pgbouncer-tls", "heliosproxy-tls", "heliosproxy-anomaly", "heliosproxy-cache",
+    "heliosproxy-traffic",
 )
 ALL_MODES = ("simple", "extended", "prepared")
 CONNECT_TARGETS = ("direct", "pgbouncer", "heliosproxy", "pgbouncer-tls", "heliosproxy-tls")
@@ -51,12 +52,21 @@ PROXY_TARGETS = (
     "heliosproxy", "heliosproxy-rw", "heliosproxy-rw-eventual", "heliosproxy-wasm", "heliosproxy-2w", "heliosproxy-tls",
     "heliosproxy-anomaly",
     "heliosproxy-cache",
+    "heliosproxy-traffic",
 )
 # The anomaly row: the four anomaly-detection plugins loaded (issue 15 part 6), as shipped (sqli_guard reports).
 ANOMALY_PLUGINS = ("sqli_guard", "rate_spike", "novel_query", "auth_burst")
 # heliosproxy-cache: the result cache on, with a rule covering pgbench's tables (pgbench -S reads random
 # rows: mostly misses, so the row shows what the cache costs when it does not help).
 CACHE_CONFIG: dict[str, Any] = {"enabled": True, "rules": [{"tables": ["pgbench_accounts"], "ttl": "60s"}]}
+# heliosproxy-traffic: issue 15's traffic control on together (no statement is ever refused): query analytics,
+# a per-user rate limit far above pgbench's rate plus a concurrency cap above its clients, circuit breakers, and
+# mirroring of 10% of the reads to the standby, which this row configures as a shadow node.
+TRAFFIC_CONFIG: dict[str, Any] = {
+    "analytics": {"enabled": True},
+    "limits": [{"name": "bench", "key": "user", "rate": 10_000_000, "burst": 10_000_000, "concurrency": 1000}],
+    "circuit_breaker": {"failures": 3, "window": "10s", "open_for": "8s"},
+}
 # The TLS row: clients use TLS (pgbench with PGSSLMODE=require) to PgBouncer and to HeliosProxy.
 TLS_TARGETS = ("pgbouncer-tls", "heliosproxy-tls")
 NOOP_PLUGIN = REPO_ROOT / "plugins" / "build"
@@ -816,6 +826,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cfg.pop("listen")  # ProxyProcess picks a free port
                 if name == "heliosproxy-cache":
                     cfg["cache"] = dict(CACHE_CONFIG)
+                if name == "heliosproxy-traffic":
+                    cfg.update(TRAFFIC_CONFIG)
+                    shadow = next((n for n in cfg["nodes"] if n["role"] == "standby"), None)
+                    if shadow is not None:
+                        shadow["role"] = "shadow"
+                        cfg["mirror"] = {"node": shadow["name"], "sample": 0.1, "statements": "reads"}
                 if name == "heliosproxy-tls":
                     assert tls_files is not None
                     cfg["tls"] = {"mode": "require", "cert": str(tls_files[0]), "key": str(tls_files[1])}

@@ -49,7 +49,7 @@ def test_defaults_and_quick_plan() -> None:
     assert full.targets == [
         "direct", "pgbouncer", "heliosproxy", "heliosproxy-rw", "heliosproxy-rw-eventual", "heliosproxy-wasm",
         "heliosproxy-2w", "pgbouncer-tls", "heliosproxy-tls", "heliosproxy-anomaly",
-        "heliosproxy-cache",
+        "heliosproxy-cache", "heliosproxy-traffic",
     ]
     assert full.cache_row and not bench_run.parse_args(["--no-cache-row"]).cache_row
     cache_only = bench_run.parse_args(["--cache-only"])
