@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+from collections.abc import Coroutine
 from typing import Any
 
 from heliosproxy.admin import pgbouncer
@@ -41,6 +42,18 @@ from heliosproxy.traffic.gates import GateControl
 from heliosproxy.workers import WorkerLink, supervise
 
 log = logging.getLogger("heliosproxy.server")
+
+
+async def _bounded(name: str, stop: Coroutine[Any, Any, Any], timeout: float = 5.0) -> None:
+    """One stage of shutdown, given `timeout`: a stage that does not finish is logged and left behind (the
+    process is exiting), never waited for forever."""
+    task = asyncio.ensure_future(stop)
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        task.cancel()
+        log.warning("shutdown: stopping %s took over %gs; going on without it", name, timeout)
+    elif not task.cancelled() and task.exception() is not None:
+        log.warning("shutdown: stopping %s failed: %r", name, task.exception())
 
 
 class Server:
@@ -232,13 +245,12 @@ class Server:
             await asyncio.sleep(0.05)
         for client in list(ctx.clients):
             client.close()
-        for extra in reversed(self.extras):
-            with contextlib.suppress(Exception):
-                await extra.stop()
-        await self.plugins.stop()
-        await ctx.pools.stop()
+        stages: list[tuple[str, Any]] = [(type(extra).__name__, extra.stop) for extra in reversed(self.extras)]
+        stages += [("plugins", self.plugins.stop), ("pools", ctx.pools.stop)]
         if self.link is not None:
-            await self.link.stop()
+            stages.append(("worker link", self.link.stop))
+        for name, stop in stages:
+            await _bounded(name, stop())
         log.info("stopped")
 
     # ------------------------------------------------------------------ reload
