@@ -1571,7 +1571,11 @@ class ClientSession(asyncio.Protocol):
                 self.pending
                 and not self.slow
                 and plan.batch is not None
-                and ((self.mode is PoolMode.TRANSACTION and _names_in(plan.batch)) or plan.inject is not None)
+                and (
+                    (self.mode is PoolMode.TRANSACTION and _names_in(plan.batch))
+                    or plan.inject is not None
+                    or (not plan.sync and any(t != codes.F_FLUSH for t, _m, _d in plan.batch))
+                )
             ):
                 # Pipelined after replies we relay unparsed: statement renaming may need to filter
                 # replies, which is only safe from a message boundary. Send it once those are in.
@@ -1730,7 +1734,9 @@ class ClientSession(asyncio.Protocol):
         if self.replay is not None:
             self.replay.on_send(conn, plan)  # issue 16: record for a replay (session/replay.py)
         continues = self.unsynced  # the server already has the start of this pipeline
-        self.unsynced = plan.batch is not None and not plan.sync
+        flush_only = plan.batch is not None and all(t == codes.F_FLUSH for t, _m, _d in plan.batch)
+        if not flush_only:  # a lone Flush (psycopg sends one after its Sync) changes nothing on the server
+            self.unsynced = plan.batch is not None and not plan.sync
         if self._just_bound:
             self._just_bound = False
             self._fresh = plan
@@ -1771,7 +1777,7 @@ class ClientSession(asyncio.Protocol):
             and not self.ctx.plugins.has_post_query
             and (self.mode is PoolMode.SESSION or not _names_in(plan.batch))
             and not (plan.info is not None and plan.info.effects & _SEND_CAREFULLY)
-            and plan.sync  # unsynced: later messages may need their replies filtered (Plan.inject)
+            and (plan.sync or flush_only)  # unsynced: later replies may need filtering (Plan.inject)
         ):
             # Nothing to rename or filter: forward the batch as the client sent it, in one write.
             if plan.sync:
@@ -1857,7 +1863,10 @@ class ClientSession(asyncio.Protocol):
             and not self.pinned
             and self.tx_status == codes.TX_IDLE
             and not continues
+            and not self.pending  # nothing else owed: the relay switches to filtering at a message boundary
+            and not self.expect
             and all(t in _PREPARES_ONLY for t, _m, _d in plan.batch)
+            and any(t != codes.F_FLUSH for t, _m, _d in plan.batch)  # not a lone Flush (psycopg after Sync)
         ):
             # Parse/Describe/Close then Flush (asyncpg prepares so): nothing runs, but the server's implicit
             # transaction stays open until a Sync. A hidden Sync ends it, so that the execution that follows
@@ -1877,7 +1886,7 @@ class ClientSession(asyncio.Protocol):
                 need_fix = True
             else:
                 self._pin_for("set_config() before a Flush")
-        if need_fix or self.slow or self.ctx.plugins.has_post_query or not plan.sync:
+        if need_fix or self.slow or self.ctx.plugins.has_post_query or not (plan.sync or flush_only):
             if not self.slow:
                 self.slow = True
                 self.relay.reset()

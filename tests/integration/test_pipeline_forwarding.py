@@ -254,3 +254,10 @@ def test_parse_of_a_shared_statement_in_a_failed_transaction(proxy_factory: Prox
                      + extmsg.sync())
             got = raw.read_until_ready()
             assert [t for t, _ in got] == ["1", "2", "D", "C", "3", "Z"], got
+
+
+def test_repeated_psycopg_pipelines_never_hang(proxy: ProxyProcess, cluster: PgCluster) -> None:
+    """psycopg sends a lone Flush right after its Sync: it must not switch the relay mid-stream (this hung
+    about one run in five before)."""
+    for _ in range(15):
+        assert _psycopg_pipeline(proxy.dsn(), cluster)[0] == "UniqueViolation"
