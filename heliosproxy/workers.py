@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
 import multiprocessing
@@ -207,6 +208,16 @@ class WorkerLink:
         return out
 
 
+def _die_with(parent: int) -> None:
+    """In a worker: when the supervisor dies (even by SIGKILL), the kernel sends this worker SIGTERM, so that
+    no orphaned worker keeps serving the port with nobody supervising it (Linux prctl PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def supervise(config: Config, run_worker: Callable[[Config, int, WorkerLink], int]) -> int:
     """Fork `config.workers` processes and keep them running; forward SIGTERM/SIGINT/SIGHUP to all."""
     n = config.workers
@@ -214,12 +225,14 @@ def supervise(config: Config, run_worker: Callable[[Config, int, WorkerLink], in
     shared_lock = multiprocessing.get_context("fork").Lock()  # inherited by every worker (traffic/limits.py)
     children: dict[int, int] = {}  # pid -> worker id
     stopping = False
+    parent = os.getpid()
 
     def spawn(worker: int) -> None:
         pid = os.fork()
         if pid == 0:
             for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(s, signal.SIG_DFL)
+            _die_with(parent)
             code = 1
             try:
                 code = run_worker(config, worker, WorkerLink(rundir, worker, n, shared_lock))

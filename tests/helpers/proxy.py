@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import copy
 import json
 import os
@@ -149,7 +150,7 @@ class ProxyProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "heliosproxy", "run", "--config", str(self.config_path)],
                 cwd=self.cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT,
+                stderr=subprocess.STDOUT, start_new_session=True,  # its workers are killed with it
             )
         finally:
             log.close()
@@ -228,7 +229,7 @@ class ProxyProcess:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self._kill()
                 self.proc.wait()
         atexit.unregister(self._kill)
         return self.proc.returncode
@@ -244,7 +245,12 @@ class ProxyProcess:
             raise AssertionError("the proxy logged a traceback:\n" + self._final_output[-4000:])
 
     def _kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        """SIGKILL the proxy and every process of its session (workers a hung supervisor left)."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.proc.poll() is None:
             self.proc.kill()
 
     def __enter__(self) -> ProxyProcess:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -65,3 +68,28 @@ def test_two_workers_serve_cancel_and_drain(proxy_factory: ProxyFactory) -> None
             c.close()
     proxy.signal(signal.SIGTERM)
     assert proxy.wait(timeout=15) == 0
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_workers_exit_when_the_supervisor_is_killed(proxy_factory: ProxyFactory) -> None:
+    """SIGKILL of the supervisor leaves no orphaned worker serving the port (PR_SET_PDEATHSIG)."""
+    proxy = proxy_factory({"workers": 2})
+    assert proxy.proc is not None
+    pid = proxy.proc.pid
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    workers = [int(x) for x in out.split()]
+    assert len(workers) == 2, out
+    os.kill(pid, signal.SIGKILL)
+    proxy.proc.wait(10)
+    deadline = time.monotonic() + 15
+    alive = workers
+    while alive and time.monotonic() < deadline:
+        alive = [w for w in workers if _running(w)]
+        time.sleep(0.1)
+    assert alive == [], f"workers still running after the supervisor died: {alive}"
