@@ -1522,7 +1522,24 @@ class ClientSession(asyncio.Protocol):
         """Answer a batch about a statement a plugin answered from cache, as a server would."""
         res = st.cached
         assert res is not None
-        nparams = st.param_count()
+        rowdesc = messages.row_description(res.columns)
+        rows = messages.result_set(res.columns, res.rows)[len(rowdesc) :]
+        body = self.answer_locally(batch, [25] * st.param_count(), lambda _kind: rowdesc, rows)
+        if sync:
+            self._answer(body)
+        else:
+            self._write(body)
+
+    def answer_locally(
+        self,
+        batch: list[tuple[int, bytes, Any]],
+        param_oids: list[int],
+        rowdesc: Callable[[int], bytes],
+        result: bytes | None,
+    ) -> bytes:
+        """What a server answers to a batch about one statement the proxy answers itself (a plugin's cached
+        answer, a translated pg_cancel_backend): Parse/Bind/Describe/Execute/Close, up to an Execute whose
+        `result` is None (an error follows). `rowdesc(kind)` is the RowDescription for Describe 'S' or 'P'."""
         out: list[bytes] = []
         for t, _msg, dec in batch:
             if t == codes.F_PARSE:
@@ -1531,20 +1548,17 @@ class ClientSession(asyncio.Protocol):
                 out.append(messages.BIND_COMPLETE)
             elif t == codes.F_DESCRIBE:
                 if dec[0] == ord("S"):
-                    out.append(messages.parameter_description([25] * nparams))
-                out.append(messages.row_description(res.columns))
+                    out.append(messages.parameter_description(param_oids))
+                out.append(rowdesc(dec[0]))
             elif t == codes.F_EXECUTE:
-                rs = messages.result_set(res.columns, res.rows)
-                out.append(rs[len(messages.row_description(res.columns)) :])
+                if result is None:
+                    break
+                out.append(result)
             elif t == codes.F_CLOSE:
                 if dec[0] == ord("S") and dec[1]:
                     self.statements.pop(dec[1], None)
                 out.append(messages.CLOSE_COMPLETE)
-        body = b"".join(out)
-        if sync:
-            self._answer(body)
-        else:
-            self._write(body)
+        return b"".join(out)
 
     def _admin_batch(self, batch: list[tuple[int, bytes, Any]]) -> None:
         """Extended protocol on the console: answered once every worker's part is in (held messages wait)."""
@@ -2382,16 +2396,7 @@ class ClientSession(asyncio.Protocol):
             or self.unsynced
             or (self.stalled is not None and self.stalled.answer is None)
         )
-        self.unsynced = False
-        self.backend = None
-        pool = self.backend_pool
-        self.backend_pool = None
-        if pool is not None:
-            pool.release(conn, reusable=False)
-        self.expect.clear()
-        self.slow = False
-        self.relay.reset()
-        self.scanner.reset()
+        self.drop_server(conn)
         if self.phase != READY:
             return
         log.warning(
@@ -2413,6 +2418,20 @@ class ClientSession(asyncio.Protocol):
             plan = self.stalled
             self.stalled = None
             self._call_soon(self._resume_stalled, plan)
+
+    def drop_server(self, conn: BackendConnection) -> None:
+        """The bound server connection is lost: it goes back to its pool as unusable, and nothing owed by it
+        (expectations, a partial reply, an unsynced pipeline) is waited for any more."""
+        self.unsynced = False
+        self.backend = None
+        pool = self.backend_pool
+        self.backend_pool = None
+        if pool is not None:
+            pool.release(conn, reusable=False)
+        self.expect.clear()
+        self.slow = False
+        self.relay.reset()
+        self.scanner.reset()
 
     def _can_resend(self, plan: Plan) -> bool:
         return (

@@ -363,25 +363,11 @@ def on_batch(
         kind, value, warning = outcome
         if kind == "closed":
             return
-        out: list[bytes] = []
-        for t, _m, dec in batch:
-            if t == codes.F_PARSE:
-                out.append(messages.PARSE_COMPLETE)
-            elif t == codes.F_BIND:
-                out.append(messages.BIND_COMPLETE)
-            elif t == codes.F_DESCRIBE:
-                if dec[0] == ord("S"):
-                    out.append(messages.parameter_description(oids))
-                out.append(_row_description(call.column, fmt if dec[0] == ord("P") else 0))
-            elif t == codes.F_EXECUTE:
-                if kind == "error":
-                    break
-                out.append(_result(value, fmt, warning))
-            elif t == codes.F_CLOSE:
-                if dec[0] == ord("S") and dec[1]:
-                    session.statements.pop(dec[1], None)
-                out.append(messages.CLOSE_COMPLETE)
-        session._write(b"".join(out))
+        body = session.answer_locally(
+            batch, oids, lambda k: _row_description(call.column, fmt if k == ord("P") else 0),
+            None if kind == "error" else _result(value, fmt, warning),
+        )
+        session._write(body)
         if kind == "error":
             session._batch_error(batch, value[0], value[1], sync, 0)  # its Parse was answered: kept
         elif sync:

@@ -497,15 +497,7 @@ class Replay:
                     "failover.replay takes over", s.peer, conn.node)
         if s.hold is not None:
             s._release_hold()
-        s.backend = None
-        pool = s.backend_pool
-        s.backend_pool = None
-        if pool is not None:
-            pool.release(conn, reusable=False)
-        s.expect.clear()
-        s.slow = False
-        s.relay.reset()
-        s.scanner.reset()
+        s.drop_server(conn)
         s.pending = 0
         s.inflight.clear()
         if self.saved_framing is None:
@@ -536,6 +528,14 @@ class Replay:
 
     def _answer_end(self, tag: str, committed: bool) -> None:
         """Answer the client's COMMIT/ROLLBACK here: its transaction is over either way."""
+        self._end(messages.command_complete(tag), committed)
+
+    def _refuse_end(self) -> None:
+        """A COMMIT that did not commit: 40001, and the transaction is over."""
+        self.s.ctx.replays_failed += 1
+        self._end(messages.error_response("ERROR", SQLSTATE, MESSAGE), False)
+
+    def _end(self, answer: bytes, committed: bool) -> None:
         s = self.s
         if not committed and s._committed is not None:
             s.settings = s._committed
@@ -548,25 +548,7 @@ class Replay:
         self._type = self._left = 0
         self._hdr = b""
         self.saved_framing = None
-        s._write(messages.command_complete(tag) + messages.ready_for_query(codes.TX_IDLE))
-        self._release_input()
-
-    def _refuse_end(self) -> None:
-        """A COMMIT that did not commit: 40001, and the transaction is over."""
-        s = self.s
-        s.ctx.replays_failed += 1
-        if s._committed is not None:
-            s.settings = s._committed
-            s._set_codec()
-        s._committed = None
-        s._applied_base = None
-        s.tx_status = codes.TX_IDLE
-        self._reset()
-        self.idle = True
-        self._type = self._left = 0
-        self._hdr = b""
-        self.saved_framing = None
-        s._write(messages.error_response("ERROR", SQLSTATE, MESSAGE) + messages.ready_for_query(codes.TX_IDLE))
+        s._write(answer + messages.ready_for_query(codes.TX_IDLE))
         self._release_input()
 
     async def _resolve_commit(self, xid: str) -> None:
