@@ -1748,7 +1748,7 @@ class ClientSession(asyncio.Protocol):
         if self.replay is not None:
             self.replay.on_send(conn, plan)  # issue 16: record for a replay (session/replay.py)
         continues = self.unsynced  # the server already has the start of this pipeline
-        flush_only = plan.batch is not None and all(t == codes.F_FLUSH for t, _m, _d in plan.batch)
+        flush_only = not plan.sync and plan.batch is not None and all(t == codes.F_FLUSH for t, _m, _d in plan.batch)
         if not flush_only:  # a lone Flush (psycopg sends one after its Sync) changes nothing on the server
             self.unsynced = plan.batch is not None and not plan.sync
         if self._just_bound:
