@@ -1,7 +1,7 @@
 """End-to-end A/B of two proxy versions: pgbench -S through each, alternating, TPS and proxy CPU µs/tx.
 
     .venv/bin/python bench/profile_e2e.py --old REV [--new REV] [--modes simple,extended]
-        [--clients 16,64] [--seconds 8] [--rounds 3] [--spy]
+        [--clients 16,64] [--seconds 8] [--rounds 3] [--spy] [--perf]
     .venv/bin/python bench/profile_e2e.py --tree pure=DIR --tree mypyc=DIR [...]   # built trees, no git
 
 `--tree NAME=DIR` (repeatable, instead of --old/--new) runs the `heliosproxy/` package found in
@@ -13,7 +13,9 @@ Starts its own PostgreSQL primary (tests/helpers/pgcluster.py), `pgbench -i -s 5
 into a temp dir and runs each as `python -m heliosproxy run` from there (transaction pooling, size
 20, read/write split off), alternating A/B per round. CPU is utime+stime of the proxy process from
 /proc divided by pgbench's transactions. `--spy` records a py-spy profile of the new version at the
-first mode/client count and prints the top self-time frames (needs `pip install py-spy`).
+first mode/client count and prints the top self-time frames (needs `pip install py-spy`). `--perf`
+records the same run with Linux `perf` (C level: where the proxy's CPU goes by shared object and by
+symbol: the interpreter, uvloop, the compiled hot modules, the kernel) into bench/results/perf-*.txt.
 """
 
 from __future__ import annotations
@@ -72,6 +74,28 @@ def spy(pid: int, seconds: float, out: Path) -> None:
                     "--nonblocking", "--format", "raw", "--output", str(out)], capture_output=True, check=False)
 
 
+def perf_profile(target: Any, pid: int, mode: str, clients: int, seconds: float, tmp: Path) -> None:
+    """`perf record` of the proxy during one pgbench run; the shares by object and by symbol."""
+    data = tmp / "perf.data"
+    rec = subprocess.Popen(["perf", "record", "-q", "-F", "997", "-p", str(pid), "-o", str(data)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    res = benchrun.run_pgbench(target, mode, clients, seconds).as_dict()
+    rec.send_signal(2)
+    rec.wait(30)
+    out = BENCH_DIR / "results"
+    out.mkdir(exist_ok=True)
+    print(f"\nperf, {mode} c={clients}: {res['tps']:.0f} TPS, cpu {res['cpu_us_per_txn']:.1f} us/tx")
+    for key in ("dso", "dso,sym"):
+        rep = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children", "--sort", key,
+                              "--percent-limit", "0.7"], capture_output=True, text=True).stdout
+        name = out / f"perf-{mode}-{clients}-{key.replace(',', '-')}.txt"
+        name.write_text(rep)
+        lines = [ln for ln in rep.splitlines() if ln.strip() and not ln.startswith("#")]
+        print(f"-- by {key} (full: {name})")
+        for ln in lines[:40]:
+            print("  " + ln.strip())
+
+
 def top_self(raw: Path, n: int = 25) -> list[tuple[str, float]]:
     self_counts: Counter[str] = Counter()
     total = 0
@@ -96,6 +120,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--spy", action="store_true")
+    ap.add_argument("--perf", action="store_true")
     ap.add_argument("--tree", action="append", default=[], metavar="NAME=DIR")
     a = ap.parse_args()
     if not a.tree and not a.old:
@@ -156,6 +181,11 @@ def main() -> None:
                     for frame, pct in top_self(raw):
                         print(f"  {pct:5.1f}%  {frame}")
                     shutil.copy(raw, BENCH_DIR / "results" / "profile-e2e-new.txt")
+            if a.perf:
+                spied = "new" if "new" in targets else list(targets)[-1]
+                pid = targets[spied].pid
+                assert pid is not None
+                perf_profile(targets[spied], pid, modes[0], clients[0], a.seconds, tmp)
     finally:
         for p in procs:
             p.terminate()

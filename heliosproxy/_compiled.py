@@ -32,6 +32,8 @@ HOT_MODULES: tuple[str, ...] = (
     "heliosproxy.routing.consistency",
     "heliosproxy.routing.decide",
     "heliosproxy.metrics",
+    "heliosproxy.protocol.frontend",
+    "heliosproxy.session.rename",
     "heliosproxy.session.client",
 )
 MANIFEST = "_compiled.json"

@@ -24,11 +24,14 @@ from heliosproxy.pool.pool import Pool, PoolWait
 from heliosproxy.protocol import codes, messages
 from heliosproxy.protocol.auth import ClientAuth, Credential
 from heliosproxy.protocol.encodings import python_codec
+from heliosproxy.protocol.frontend import FAIL_BIND, STATEMENT, Msg, names_in
+from heliosproxy.protocol.frontend import decode as decode_msg
 from heliosproxy.protocol.scan import ERROR_SEEN, ReplyScanner
 from heliosproxy.routing.consistency import SessionReads, error_sqlstate
 from heliosproxy.routing.decide import decide
 from heliosproxy.routing.router import Target
 from heliosproxy.session import adminproto, admission, flow, pgcompat, pidmap, replay, resultcache, tls, traffic
+from heliosproxy.session import settings as settings_mod
 from heliosproxy.session.context import ProxyContext, QueryStat
 from heliosproxy.session.prepared import Statement, server_name
 from heliosproxy.session.relay import (
@@ -36,12 +39,10 @@ from heliosproxy.session.relay import (
     FATAL_SEVERITY,
     HIDE,
     HOLD,
-    PASS,
-    REPLACE,
-    SYNTH,
     Expect,
     ReplyRelay,
 )
+from heliosproxy.session.rename import Renamer
 from heliosproxy.sql.classify import (
     DATABASE_DDL,
     Effect,
@@ -72,35 +73,12 @@ _FORGETS = Effect.DISCARD | Effect.DEALLOCATE
 _STATE_EFFECTS = Effect.SET | Effect.RESET | Effect.DISCARD
 # Statements after which a ParameterStatus from the server is expected (the proxy models them).
 _REPORTING = _STATE_EFFECTS | Effect.SET_LOCAL
-# Settings RESET ALL leaves alone (GUC_NO_RESET_ALL in PostgreSQL).
-_NO_RESET_ALL = frozenset(
-    {"role", "session_authorization", "transaction_isolation", "transaction_read_only", "transaction_deferrable"}
-)
-_RESET = "\x00reset"  # in BackendConnection.applied: the server has its own default for this name
 _SEND_CAREFULLY = _FORGETS | Effect.READBACK
 _TEMP_SCHEMA = Effect.TEMP_TABLE | Effect.DIRTY
 _UNREADABLE = classify_uncached("\x00")  # text not valid in the client's encoding: a write, to the primary
 
 
-_NAMED = frozenset((codes.F_PARSE, codes.F_BIND, codes.F_DESCRIBE, codes.F_CLOSE))
 _PREPARES_ONLY = frozenset((codes.F_PARSE, codes.F_DESCRIBE, codes.F_CLOSE, codes.F_FLUSH))
-# A Bind of a statement no server has: makes a server fail at that point of a pipeline (Plan.inject).
-_FAIL_BIND = messages.msg(codes.F_BIND, b"\x00hp_no_such_statement\x00\x00\x00\x00\x00\x00\x00")
-
-
-def _names_in(batch: list[tuple[int, bytes, Any]]) -> bool:
-    """Does the batch refer to a named prepared statement (which transaction pooling renames)?"""
-    for t, _m, dec in batch:
-        if t in _NAMED:
-            if t == codes.F_PARSE:
-                if dec[0]:
-                    return True
-            elif t == codes.F_BIND:
-                if dec[1]:
-                    return True
-            elif dec[0] == 83 and dec[1]:  # 'S': a statement, not a portal
-                return True
-    return False
 
 
 _EXITS = frozenset((TxControl.COMMIT, TxControl.ROLLBACK, TxControl.ROLLBACK_TO, TxControl.PREPARE_TRANSACTION))
@@ -124,15 +102,6 @@ def _stale_plan(m: bytes) -> bool:
 def _busy_database(replies: list[bytes]) -> bool:
     """Do these replies end in 55006 (object in use: other sessions are using the database)?"""
     return any(m[0] == codes.B_ERROR and messages.parse_error_fields(m[5:]).get("C") == "55006" for m in replies)
-
-
-def _parse_msg(st: Statement) -> bytes:
-    """Parse of a client's statement under its proxy-wide name, with the client's own bytes."""
-    return messages.msg(codes.F_PARSE, messages.cstr(st.server) + st.raw + b"\x00" + st.tail)
-
-
-def _quote(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 class Inflight:
@@ -160,7 +129,7 @@ class Plan:
         self,
         target: Target | None,
         raw: bytes | None,
-        batch: list[tuple[int, bytes, Any]] | None,
+        batch: list[Msg] | None,
         info: StatementInfo | None,
         qctx: hooks.QueryContext | None,
         sync: bool,
@@ -168,7 +137,7 @@ class Plan:
     ):
         self.target = target  # None = primary, resolved at dispatch (may wait for one)
         self.raw = raw  # simple path: bytes to forward as they are
-        self.batch = batch  # extended path: (type, raw, decoded) items to rewrite per backend
+        self.batch = batch  # extended path: the messages to rewrite per backend
         self.info = info
         self.qctx = qctx
         self.sync = sync  # expects a ReadyForQuery
@@ -229,7 +198,7 @@ class ClientSession(asyncio.Protocol):
         self.expect: collections.deque[Expect] = collections.deque()
         self.slow = False
         self.relay = ReplyRelay(self, self.expect)  # the message-by-message relay while `slow`
-        self.batch: list[tuple[int, bytes, Any]] = []
+        self.batch: list[Msg] = []
         self.skip_to_sync = False  # an extended-protocol error was answered: ignore messages until Sync
         self.unsynced = False  # the bound server has extended messages of this client with no Sync after them
         self.statements: dict[str, Statement] = {}
@@ -944,11 +913,11 @@ class ClientSession(asyncio.Protocol):
                         if self.backend is not None and self.unsynced:
                             # The server has part of this pipeline (and failed where the proxy did): its
                             # ReadyForQuery ends the pipeline for the client.
-                            self._dispatch(Plan(None, None, [(t, msg, None)], None, None, True, False))
+                            self._dispatch(Plan(None, None, [Msg(t, msg)], None, None, True, False))
                         else:
                             self._answer(b"")
                 elif t == codes.F_SYNC or t == codes.F_FLUSH:
-                    self.batch.append((t, msg, None))
+                    self.batch.append(Msg(t, msg))
                     self._on_batch_end(t == codes.F_SYNC)
                 elif t == codes.F_FUNCTION_CALL:
                     self._dispatch(Plan(None, msg, None, None, None, True, True))
@@ -963,7 +932,7 @@ class ClientSession(asyncio.Protocol):
         batch = self.batch
         if (
             batch
-            and batch[-1][0] == codes.F_EXECUTE
+            and batch[-1].t == codes.F_EXECUTE
             and self.stalled is None
             and self.phase == READY
             and not self.skip_to_sync
@@ -1214,8 +1183,8 @@ class ClientSession(asyncio.Protocol):
             # Inside a transaction the server must fail it too, or a later COMMIT would commit.
             tag = "hp" + os.urandom(4).hex()
             sql = (
-                f"DO ${tag}$BEGIN RAISE EXCEPTION USING ERRCODE = {_quote(sqlstate)}, "
-                f"MESSAGE = {_quote(message)}; END${tag}$"
+                f"DO ${tag}$BEGIN RAISE EXCEPTION USING ERRCODE = {settings_mod.quote(sqlstate)}, "
+                f"MESSAGE = {settings_mod.quote(message)}; END${tag}$"
             )
             self._dispatch(Plan(None, messages.query(sql), None, None, None, True, False))
             return
@@ -1258,43 +1227,13 @@ class ClientSession(asyncio.Protocol):
 
     # ------------------------------------------------------------------ extended protocol
     def _on_extended(self, t: int, msg: bytes) -> None:
-        decoded: Any = None
         try:
-            if t == codes.F_PARSE:
-                end = msg.index(0, 5)
-                name = msg[5:end].decode(self._codec)
-                p2 = msg.index(0, end + 1) + 1
-                if len(msg) != p2 + 2 + 4 * _H.unpack_from(msg, p2)[0]:
-                    raise ValueError("bad parameter types")
-                raw = msg[end + 1 : p2 - 1]
-                try:
-                    decoded = (name, raw.decode(self._codec), msg[p2:], raw, True)
-                except UnicodeDecodeError:
-                    decoded = (name, raw.decode(self._codec, "replace"), msg[p2:], raw, False)
-            elif t == codes.F_BIND:
-                end = msg.index(0, 5)
-                portal = msg[5:end].decode(self._codec)
-                p2 = msg.index(0, end + 1) + 1
-                stmt = msg[end + 1 : p2 - 1].decode(self._codec)
-                messages.bind_result_formats(msg, p2)  # validates the rest of the Bind
-                decoded = (portal, stmt, p2)
-            elif t == codes.F_DESCRIBE or t == codes.F_CLOSE:
-                kind = msg[5]
-                if kind != 83 and kind != 80:  # 'S' statement, 'P' portal
-                    raise ValueError(f"invalid {'DESCRIBE' if t == codes.F_DESCRIBE else 'CLOSE'} message subtype")
-                if msg.index(0, 6) != len(msg) - 1:
-                    raise ValueError("trailing bytes")
-                decoded = (kind, msg[6:-1].decode(self._codec))
-            elif t == codes.F_EXECUTE:
-                end = msg.index(0, 5)
-                if end != len(msg) - 5:
-                    raise ValueError("truncated")
-                msg[5:end].decode(self._codec)  # a portal name must be text
+            m = decode_msg(t, msg, self._codec)
         except (ValueError, IndexError, UnicodeDecodeError, struct.error) as exc:
             log.warning("client %s user=%s: malformed %r message: %s", self.peer, self.user, chr(t), exc)
             self._violation("invalid frontend message format")
             return
-        self.batch.append((t, msg, decoded))
+        self.batch.append(m)
 
     def _on_batch_end(self, sync: bool, partial: bool = False) -> None:
         """The client sent Sync or Flush, or stopped sending mid-pipeline (`partial`): judge, route, dispatch."""
@@ -1316,23 +1255,24 @@ class ClientSession(asyncio.Protocol):
         hints: Hints | None = None
         qctx: hooks.QueryContext | None = None
         rename = self.mode is PoolMode.TRANSACTION
-        for i, (t, _msg, dec) in enumerate(batch):
+        for i, m in enumerate(batch):
+            t = m.t
             if t == codes.F_PARSE:
-                name, sql, tail, raw, readable = dec
+                name = m.name
                 if name and rename and name in self.statements:
-                    if self.tx_status == codes.TX_FAILED and not _exits_transaction(sql):
+                    if self.tx_status == codes.TX_FAILED and not _exits_transaction(m.sql):
                         # A server checks the aborted transaction first.
                         self._batch_error(batch, "25P02", ABORTED, sync, i)
                     else:
                         self._batch_error(batch, "42P05", f'prepared statement "{name}" already exists', sync, i)
                     return
-                judged = self._judge(name, sql, tail, raw, readable)
+                judged = self._judge(name, m.sql, m.tail, m.raw, m.readable)
                 if isinstance(judged, HeliosError):
                     self._batch_error(batch, judged.sqlstate, judged.message, sync, i)
                     return
                 st = judged
-                if st.raw is not raw:  # rewritten by a plugin
-                    batch[i] = (t, messages.msg(t, messages.cstr(name) + st.raw + b"\x00" + tail), dec)
+                if st.raw is not m.raw:  # rewritten by a plugin
+                    batch[i] = m.with_data(messages.msg(t, messages.cstr(name) + st.raw + b"\x00" + m.tail))
                 if name:
                     self.statements[name] = st
                 else:
@@ -1342,7 +1282,7 @@ class ClientSession(asyncio.Protocol):
                     return
                 self._track_effects(st.info)
             elif t == codes.F_BIND:
-                stmt_name = dec[1]
+                stmt_name = m.stmt
                 st2 = self.statements.get(stmt_name) if stmt_name else self.unnamed
                 if st2 is None:
                     read_only = False  # unknown to us: the server answers for it (26000)
@@ -1358,7 +1298,7 @@ class ClientSession(asyncio.Protocol):
                     self._batch_cached(batch, st2, sync)
                     return
                 if st2.info.signal is not None and pidmap.on_batch(
-                    self, batch, st2.info.signal, _msg, dec[2], st2.tail, sync, rename
+                    self, batch, st2.info.signal, m.data, m.at, st2.tail, sync, rename
                 ):
                     return  # pg_cancel_backend/pg_terminate_backend of a PID the proxy issued
                 any_stmt = True
@@ -1370,10 +1310,10 @@ class ClientSession(asyncio.Protocol):
                     hints = st2.hints
                 if want_ctx:
                     qctx = self._query_ctx(st2.sql, st2.info)
-            elif t == codes.F_CLOSE and rename and dec[0] == 83 and dec[1]:
-                self.statements.pop(dec[1], None)  # in order: a Parse of the same name may follow
-            elif t == codes.F_DESCRIBE and dec[0] == ord("S"):
-                st3 = self.statements.get(dec[1]) if dec[1] else self.unnamed
+            elif t == codes.F_CLOSE and rename and m.sub == STATEMENT and m.name:
+                self.statements.pop(m.name, None)  # in order: a Parse of the same name may follow
+            elif t == codes.F_DESCRIBE and m.sub == STATEMENT:
+                st3 = self.statements.get(m.name) if m.name else self.unnamed
                 if st3 is not None and st3.generation != plugins.generation:
                     again = self._rejudge(st3)
                     if isinstance(again, HeliosError):
@@ -1385,7 +1325,7 @@ class ClientSession(asyncio.Protocol):
                     return
         if not any_stmt:
             # Parse/Describe/Close only: nothing executes, any node that knows the statement will do.
-            read_only = all(t != codes.F_EXECUTE for t, _m, _d in batch)
+            read_only = all(m.t != codes.F_EXECUTE for m in batch)
             if (
                 self.backend is None
                 and not self.pending
@@ -1456,7 +1396,7 @@ class ClientSession(asyncio.Protocol):
                 self.unnamed = again
         return again
 
-    def _local_batch(self, batch: list[tuple[int, bytes, Any]], sync: bool) -> bool:
+    def _local_batch(self, batch: list[Msg], sync: bool) -> bool:
         """Answer Parse/Close of named statements without a backend when the server side is known.
 
         A Parse whose text every backend already accepted once (same text and types) needs no
@@ -1465,14 +1405,15 @@ class ClientSession(asyncio.Protocol):
         backend while holding none."""
         known = self.ctx.known_statements
         out: list[bytes] = []
-        for t, _msg, dec in batch:
-            if t == codes.F_PARSE and dec[0]:
-                st = self.statements.get(dec[0])
+        for m in batch:
+            t = m.t
+            if t == codes.F_PARSE and m.name:
+                st = self.statements.get(m.name)
                 if st is None or st.server not in known:
                     return False
                 out.append(messages.PARSE_COMPLETE)
-            elif t == codes.F_CLOSE and dec[0] == ord("S") and dec[1]:
-                self.statements.pop(dec[1], None)
+            elif t == codes.F_CLOSE and m.sub == STATEMENT and m.name:
+                self.statements.pop(m.name, None)
                 out.append(messages.CLOSE_COMPLETE)
             elif t != codes.F_SYNC and t != codes.F_FLUSH:
                 return False
@@ -1481,17 +1422,17 @@ class ClientSession(asyncio.Protocol):
         self._write(b"".join(out))
         return True
 
-    def _unrecord(self, batch: list[tuple[int, bytes, Any]]) -> None:
+    def _unrecord(self, batch: list[Msg]) -> None:
         """The client was answered with an error for this batch: the Parses it recorded made no statements."""
-        for t, _m, dec in batch:
-            if t == codes.F_PARSE and dec is not None:
-                if dec[0]:
-                    self.statements.pop(dec[0], None)
+        for m in batch:
+            if m.t == codes.F_PARSE:
+                if m.name:
+                    self.statements.pop(m.name, None)
                 else:
                     self.unnamed = None
 
     def _batch_error(
-        self, batch: list[tuple[int, bytes, Any]], sqlstate: str, message: str, sync: bool, at: int
+        self, batch: list[Msg], sqlstate: str, message: str, sync: bool, at: int
     ) -> None:
         """Answer a batch that must not run (its message `at` failed): the error, then (at Sync) ReadyForQuery."""
         self._unrecord(batch[:at])
@@ -1499,9 +1440,9 @@ class ClientSession(asyncio.Protocol):
         if self.backend is not None and self.unsynced:
             # The server runs the start of this pipeline: make it fail here too, so that it skips to
             # the Sync and rolls back as it would have; the client sees the proxy's error in its place.
-            items: list[tuple[int, bytes, Any]] = [(codes.F_BIND, _FAIL_BIND, ("", "", 0))]
+            items: list[Msg] = [Msg(codes.F_BIND, FAIL_BIND)]
             if sync:
-                items.append((codes.F_SYNC, messages.SYNC, None))
+                items.append(Msg(codes.F_SYNC, messages.SYNC))
             else:
                 self.skip_to_sync = True
             plan = Plan(None, None, items, None, None, sync, False)
@@ -1518,7 +1459,7 @@ class ClientSession(asyncio.Protocol):
             self._write(body)
         self.skip_to_sync = True
 
-    def _batch_cached(self, batch: list[tuple[int, bytes, Any]], st: Statement, sync: bool) -> None:
+    def _batch_cached(self, batch: list[Msg], st: Statement, sync: bool) -> None:
         """Answer a batch about a statement a plugin answered from cache, as a server would."""
         res = st.cached
         assert res is not None
@@ -1532,7 +1473,7 @@ class ClientSession(asyncio.Protocol):
 
     def answer_locally(
         self,
-        batch: list[tuple[int, bytes, Any]],
+        batch: list[Msg],
         param_oids: list[int],
         rowdesc: Callable[[int], bytes],
         result: bytes | None,
@@ -1541,32 +1482,33 @@ class ClientSession(asyncio.Protocol):
         answer, a translated pg_cancel_backend): Parse/Bind/Describe/Execute/Close, up to an Execute whose
         `result` is None (an error follows). `rowdesc(kind)` is the RowDescription for Describe 'S' or 'P'."""
         out: list[bytes] = []
-        for t, _msg, dec in batch:
+        for m in batch:
+            t = m.t
             if t == codes.F_PARSE:
                 out.append(messages.PARSE_COMPLETE)
             elif t == codes.F_BIND:
                 out.append(messages.BIND_COMPLETE)
             elif t == codes.F_DESCRIBE:
-                if dec[0] == ord("S"):
+                if m.sub == STATEMENT:
                     out.append(messages.parameter_description(param_oids))
-                out.append(rowdesc(dec[0]))
+                out.append(rowdesc(m.sub))
             elif t == codes.F_EXECUTE:
                 if result is None:
                     break
                 out.append(result)
             elif t == codes.F_CLOSE:
-                if dec[0] == ord("S") and dec[1]:
-                    self.statements.pop(dec[1], None)
+                if m.sub == STATEMENT and m.name:
+                    self.statements.pop(m.name, None)
                 out.append(messages.CLOSE_COMPLETE)
         return b"".join(out)
 
-    def _admin_batch(self, batch: list[tuple[int, bytes, Any]]) -> None:
+    def _admin_batch(self, batch: list[Msg]) -> None:
         """Extended protocol on the console: answered once every worker's part is in (held messages wait)."""
         self.stalled = Plan.deferred(None)
         self._pause_reading()
         self._spawn(self._admin_batch_async(batch))
 
-    async def _admin_batch_async(self, batch: list[tuple[int, bytes, Any]]) -> None:
+    async def _admin_batch_async(self, batch: list[Msg]) -> None:
         body = await adminproto.answer(self, batch)
         self.stalled = None
         self._write(body)
@@ -1586,9 +1528,9 @@ class ClientSession(asyncio.Protocol):
                 and not self.slow
                 and plan.batch is not None
                 and (
-                    (self.mode is PoolMode.TRANSACTION and _names_in(plan.batch))
+                    (self.mode is PoolMode.TRANSACTION and names_in(plan.batch))
                     or plan.inject is not None
-                    or (not plan.sync and any(t != codes.F_FLUSH for t, _m, _d in plan.batch))
+                    or (not plan.sync and any(m.t != codes.F_FLUSH for m in plan.batch))
                 )
             ):
                 # Pipelined after replies we relay unparsed: statement renaming may need to filter
@@ -1727,7 +1669,7 @@ class ClientSession(asyncio.Protocol):
             self.compat.db.server_assignment_count += 1
         self.scanner.reset()
         self.slow = self._listening
-        if self.relay.buf or self.relay.mute:
+        if self.relay.buf or self.relay.mute or self.relay.gating:
             self.relay.reset()
         self._just_bound = True
         self._fresh = None
@@ -1748,7 +1690,7 @@ class ClientSession(asyncio.Protocol):
         if self.replay is not None:
             self.replay.on_send(conn, plan)  # issue 16: record for a replay (session/replay.py)
         continues = self.unsynced  # the server already has the start of this pipeline
-        flush_only = not plan.sync and plan.batch is not None and all(t == codes.F_FLUSH for t, _m, _d in plan.batch)
+        flush_only = not plan.sync and plan.batch is not None and all(m.t == codes.F_FLUSH for m in plan.batch)
         if not flush_only:  # a lone Flush (psycopg sends one after its Sync) changes nothing on the server
             self.unsynced = plan.batch is not None and not plan.sync
         if self._just_bound:
@@ -1789,7 +1731,7 @@ class ClientSession(asyncio.Protocol):
             and self.settings == conn.applied
             and not self.slow
             and not self.ctx.plugins.has_post_query
-            and (self.mode is PoolMode.SESSION or not _names_in(plan.batch))
+            and (self.mode is PoolMode.SESSION or not names_in(plan.batch))
             and not (plan.info is not None and plan.info.effects & _SEND_CAREFULLY)
             and (plan.sync or flush_only)  # unsynced: later replies may need filtering (Plan.inject)
         ):
@@ -1799,7 +1741,7 @@ class ClientSession(asyncio.Protocol):
                 self.inflight.append(Inflight(plan.info, plan.target, plan.qctx, self.scanner.bytes_seen))
             if plan.write:
                 self.last_write_at = time.monotonic()
-            conn.write(b"".join([m for _t, m, _d in plan.batch]))
+            conn.write(b"".join([m.data for m in plan.batch]))
             return
         out: list[bytes] = []
         fix: list[Expect] = []
@@ -1811,57 +1753,11 @@ class ClientSession(asyncio.Protocol):
                 fix.append(Expect(codes.F_QUERY, HIDE))
                 need_fix = True
         if plan.batch is not None:
-            rename = self.mode is PoolMode.TRANSACTION
-            for t, msg, dec in plan.batch:
-                if plan.inject is not None and msg is _FAIL_BIND:
-                    out.append(msg)
-                    fix.append(Expect(t, REPLACE, plan.inject))
-                    need_fix = True
-                elif rename and t == codes.F_PARSE and dec[0]:
-                    st = self.statements.get(dec[0])
-                    if st is None:
-                        out.append(msg)
-                        fix.append(Expect(t))
-                        continue
-                    if st.server in conn.prepared:
-                        conn.prepared.move_to_end(st.server)
-                        synth = Expect(0, SYNTH, messages.PARSE_COMPLETE)
-                        synth.stmt = st  # refused instead if the server's transaction has failed by then
-                        fix.append(synth)
-                    else:
-                        out.append(_parse_msg(st))
-                        fix.append(Expect(t, PASS, st.server.encode(), client=st.name))
-                        self._remember(conn, st.server, out, fix)
-                    need_fix = True
-                elif rename and t == codes.F_BIND and dec[1]:
-                    st = self.statements.get(dec[1])
-                    if st is None:
-                        out.append(msg)  # the server reports the unknown statement itself
-                        fix.append(Expect(t))
-                        continue
-                    if self._ensure_prepared(conn, st, out, fix):
-                        need_fix = True  # its hidden Parse's answer must not reach the client
-                    portal = msg[5 : msg.index(0, 5) + 1]  # as the client sent it, NUL included
-                    out.append(messages.msg(codes.F_BIND, portal + messages.cstr(st.server) + msg[dec[2] :]))
-                    fix.append(Expect(t))
-                elif rename and t == codes.F_DESCRIBE and dec[0] == ord("S") and dec[1]:
-                    st = self.statements.get(dec[1])
-                    if st is None:
-                        out.append(msg)
-                        fix.append(Expect(t))
-                        continue
-                    if self._ensure_prepared(conn, st, out, fix):
-                        need_fix = True
-                    out.append(messages.msg(codes.F_DESCRIBE, b"S" + messages.cstr(st.server)))
-                    fix.append(Expect(t))
-                elif rename and t == codes.F_CLOSE and dec[0] == ord("S") and dec[1]:
-                    self.statements.pop(dec[1], None)
-                    fix.append(Expect(0, SYNTH, messages.CLOSE_COMPLETE))
-                    need_fix = True
-                else:
-                    out.append(msg)
-                    if t != codes.F_FLUSH:
-                        fix.append(Expect(t))
+            renamer = Renamer(
+                self.statements, conn.prepared, self.ctx.config.pool.prepared_statements_per_server, out, fix
+            )
+            renamer.batch(plan.batch, self.mode is PoolMode.TRANSACTION, plan.inject)
+            need_fix = need_fix or renamer.hidden
         elif plan.raw is not None:
             out.append(plan.raw)
             if plan.dbs:
@@ -1879,14 +1775,16 @@ class ClientSession(asyncio.Protocol):
             and not continues
             and not self.pending  # nothing else owed: the relay switches to filtering at a message boundary
             and not self.expect
-            and all(t in _PREPARES_ONLY for t, _m, _d in plan.batch)
-            and any(t != codes.F_FLUSH for t, _m, _d in plan.batch)  # not a lone Flush (psycopg after Sync)
+            and all(m.t in _PREPARES_ONLY for m in plan.batch)
+            and any(m.t != codes.F_FLUSH for m in plan.batch)  # not a lone Flush (psycopg after Sync)
         ):
             # Parse/Describe/Close then Flush (asyncpg prepares so): nothing runs, but the server's implicit
             # transaction stays open until a Sync. A hidden Sync ends it, so that the execution that follows
             # is routed on its own (another node, another database) like any request.
             out.append(messages.SYNC)
-            fix.append(Expect(codes.F_SYNC, HIDE))
+            gate = Expect(codes.F_SYNC, HIDE)
+            gate.gate = True  # the client's next request waits for it: routed on its own, not stalled
+            fix.append(gate)
             need_fix = True
             self.unsynced = False
         rb = plan.info.readback if plan.info is not None else ()
@@ -1894,7 +1792,7 @@ class ClientSession(asyncio.Protocol):
             if plan.sync:
                 # Read the settings back right after the statement, hidden, to record what it set.
                 out.append(
-                    messages.query("SELECT " + ", ".join(f"pg_catalog.current_setting({_quote(n)}, true)" for n in rb))
+                    messages.query(settings_mod.readback_sql(rb))
                 )
                 fix.append(Expect(codes.F_QUERY, HIDE, capture=lambda rows: self._adopt(rb, rows, conn)))
                 need_fix = True
@@ -1960,45 +1858,11 @@ class ClientSession(asyncio.Protocol):
             if st is not None and st.server == server:
                 del self.statements[client]
 
-    def _remember(self, conn: BackendConnection, name: str, out: list[bytes], fix: list[Expect]) -> None:
-        conn.prepared[name] = None
-        limit = self.ctx.config.pool.prepared_statements_per_server
-        while len(conn.prepared) > limit:
-            old, _ = conn.prepared.popitem(last=False)
-            out.append(messages.close_statement(old))
-            fix.append(Expect(codes.F_CLOSE, HIDE))
-
-    def _ensure_prepared(self, conn: BackendConnection, st: Statement, out: list[bytes], fix: list[Expect]) -> bool:
-        """Prepare the statement on this backend if it lacks it; True when hidden messages were added."""
-        if st.server in conn.prepared:
-            conn.prepared.move_to_end(st.server)
-            return False
-        out.append(_parse_msg(st))
-        fix.append(Expect(codes.F_PARSE, HIDE, st.server.encode()))
-        self._remember(conn, st.server, out, fix)
-        return True
-
     def _sync_settings_sql(self, conn: BackendConnection) -> str:
-        """One hidden statement that brings the server connection's settings to this session's.
-
-        set_config(name, NULL, false) is RESET; names and values are literals, never identifiers.
-        session_authorization goes first (it resets the role), the role right after it."""
-        applied = conn.applied
-        want = self.settings
-        calls: list[str] = [
-            f"pg_catalog.set_config({_quote(k)}, NULL, false)"
-            for k, v in applied.items()
-            if k not in want and v != _RESET
-        ]
-        changed = [k for k, v in want.items() if applied.get(k) != v]
-        auth_reset = "session_authorization" in applied and "session_authorization" not in want
-        if auth_reset or "session_authorization" in changed:
-            changed.sort(key=lambda k: (k != "session_authorization", k != "role"))
-            if "role" in want and "role" not in changed:
-                changed.insert(1 if "session_authorization" in changed else 0, "role")
-        calls.extend(f"pg_catalog.set_config({_quote(k)}, {_quote(want[k])}, false)" for k in changed)
-        conn.applied = dict(want)
-        return "SELECT " + ", ".join(calls) if calls else ""
+        """One hidden statement that brings the server connection's settings to this session's."""
+        sql = settings_mod.sync_sql(conn.applied, self.settings)
+        conn.applied = dict(self.settings)
+        return sql
 
     # ================================================================== backend → client
     def on_backend_data(self, conn: BackendConnection, data: bytes) -> None:
@@ -2198,13 +2062,8 @@ class ClientSession(asyncio.Protocol):
         if self._committed is None:
             self._committed = dict(self.settings)
             self._applied_base = dict(conn.applied)
-        settings = self.settings
-        applied = conn.applied
-        startup = self.startup_settings
         if effects & Effect.DISCARD:
-            settings.clear()
-            settings.update(startup)
-            applied.clear()
+            settings_mod.discard_all(self.settings, conn.applied, self.startup_settings)
             self.statements.clear()
             self.unnamed = None
             if self.pinned and not self._temp_schema:
@@ -2212,30 +2071,7 @@ class ClientSession(asyncio.Protocol):
                 # it made one, outlives DISCARD ALL: then it keeps that server, as direct).
                 self.pinned = False
                 log.debug("client %s unpinned (DISCARD ALL)", self.peer)
-        for name, value, is_local in changes:
-            if is_local or name.startswith("helios."):
-                continue
-            if name == "all" and value is None:
-                kept = {k: v for k, v in settings.items() if k in _NO_RESET_ALL}
-                settings.clear()
-                settings.update(startup)
-                settings.update(kept)
-                for k in list(applied):
-                    if k not in _NO_RESET_ALL:
-                        applied[k] = _RESET
-                continue
-            if value is None:  # RESET / SET ... TO DEFAULT: back to the startup value, as on a direct connection
-                if name in startup:
-                    settings[name] = startup[name]
-                else:
-                    settings.pop(name, None)
-                applied[name] = _RESET
-            else:
-                settings[name] = value
-                applied[name] = value
-            if name == "session_authorization":  # it also resets the role
-                settings.pop("role", None)
-                applied["role"] = _RESET
+        settings_mod.apply(self.settings, conn.applied, self.startup_settings, changes)
         self._set_codec()
 
     def _adopt(self, names: tuple[str, ...], rows: list[list[str | None]] | None, conn: BackendConnection) -> None:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from heliosproxy.backends.connection import QueryError
 from heliosproxy.errors import HeliosError
 from heliosproxy.protocol import codes, messages
+from heliosproxy.protocol.frontend import Msg
 from heliosproxy.sql.classify import SignalCall
 
 if TYPE_CHECKING:
@@ -316,7 +317,7 @@ def _bind_params(msg: bytes, pos: int) -> tuple[list[int | None], list[int]] | N
 
 def on_batch(
     session: ClientSession,
-    batch: list[tuple[int, bytes, Any]],
+    batch: list[Msg],
     call: SignalCall,
     bind: bytes,
     bind_pos: int,
@@ -329,11 +330,12 @@ def on_batch(
     Only a batch about that one statement is answered (Parse, Bind, Describe, Execute, Close,
     Sync); in session mode (no renaming) a batch that prepares a named statement goes to the server."""
     binds = 0
-    for t, _m, dec in batch:
+    for m in batch:
+        t = m.t
         if t == codes.F_BIND or t == codes.F_EXECUTE:
             binds += t == codes.F_BIND
         elif t == codes.F_PARSE:
-            if dec[0] and not rename:
+            if m.name and not rename:
                 return False
         elif t not in (codes.F_DESCRIBE, codes.F_CLOSE, codes.F_SYNC, codes.F_FLUSH):
             return False

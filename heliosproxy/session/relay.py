@@ -42,7 +42,7 @@ ABORTED = "current transaction is aborted, commands ignored until end of transac
 class Expect:
     """One request the server will answer, and what to do with its answer."""
 
-    __slots__ = ("action", "capture", "client", "data", "failed", "kind", "rows", "stmt")
+    __slots__ = ("action", "capture", "client", "data", "failed", "gate", "kind", "rows", "stmt")
 
     def __init__(
         self,
@@ -60,6 +60,9 @@ class Expect:
         self.rows: list[list[str | None]] = []
         self.failed = False
         self.stmt: Statement | None = None  # a synthesized ParseComplete: the client's statement
+        # A hidden Sync after a batch the client ended with Flush: what the client is sent before it is
+        # held until its ReadyForQuery, so that the client's next request finds the server free.
+        self.gate = False
 
 
 class Host(Protocol):
@@ -110,7 +113,8 @@ class ReplyRelay:
     arrive split anywhere; a message is acted on once complete. No sockets, no event loop."""
 
     __slots__ = (
-        "buf", "codec", "expect", "fatal", "held", "host", "listen_as", "listen_from", "mute", "params", "status",
+        "buf", "codec", "expect", "fatal", "gated", "gating", "held", "host", "listen_as", "listen_from", "mute",
+        "params", "status",
     )
 
     def __init__(self, host: Host, expect: collections.deque[Expect]):
@@ -125,11 +129,15 @@ class ReplyRelay:
         self.listen_as = 0  # ... are shown with this PID (0: unchanged)
         self.params = False  # a ParameterStatus was relayed (the session decides whether it pins)
         self.fatal = False  # a FATAL was relayed: the server is ending the session
+        self.gating = False  # output is held until a gate's ReadyForQuery (Expect.gate) ...
+        self.gated: list[bytes] = []  # ... here
 
     def reset(self) -> None:
         self.buf.clear()
         self.mute = False
         self.held = []
+        self.gating = False
+        self.gated = []
 
     @property
     def idle(self) -> bool:
@@ -226,8 +234,16 @@ class ReplyRelay:
                 expect.popleft()
                 if t == codes.B_PARSE_COMPLETE and head.data:
                     host.statement_prepared(head.data.decode())
+                elif head.gate and self.gating:
+                    out[:0] = self.gated  # held since an earlier feed: it goes first
+                    self.gated = []
+                    self.gating = False
         if pos:
             del buf[:pos]
+        if self.gating or (expect and expect[-1].gate):
+            self.gating = True
+            self.gated.extend(out)
+            return [], readies
         return out, readies
 
     def _skip_to_sync(self, head: Expect | None) -> None:

@@ -250,12 +250,12 @@ class Replay:
             texts.append(plan.raw)
             self.size += len(plan.raw)
         else:
-            for t, msg, dec in plan.batch:
-                self.size += len(msg)
-                if t == codes.F_PARSE:
-                    texts.append(msg)
-                elif t == codes.F_BIND and dec is not None:
-                    st = s.statements.get(dec[1]) if dec[1] else s.unnamed
+            for msg in plan.batch:
+                self.size += len(msg.data)
+                if msg.t == codes.F_PARSE:
+                    texts.append(msg.data)
+                elif msg.t == codes.F_BIND:
+                    st = s.statements.get(msg.stmt) if msg.stmt else s.unnamed
                     if st is not None:
                         texts.append(st.raw)
         info = plan.info

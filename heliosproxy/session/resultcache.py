@@ -22,6 +22,7 @@ from heliosproxy.cache.wal import WalReader
 from heliosproxy.config.schema import CacheInvalidation, Config, PoolMode
 from heliosproxy.errors import HeliosError
 from heliosproxy.protocol import codes, messages
+from heliosproxy.protocol.frontend import STATEMENT, Msg
 from heliosproxy.sql.classify import StatementInfo
 from heliosproxy.sql.hints import Hints
 
@@ -204,7 +205,7 @@ def on_query(s: ClientSession, msg: bytes, info: StatementInfo, hints: Hints | N
     return _start(s, cache, info, hints, [b"Q", msg])
 
 
-def on_batch(s: ClientSession, batch: list[tuple[int, bytes, Any]], info: StatementInfo | None,
+def on_batch(s: ClientSession, batch: list[Msg], info: StatementInfo | None,
              hints: Hints | None, sync: bool) -> bool:
     """An extended-protocol batch about to be routed: True when it was answered from the cache.
 
@@ -220,9 +221,11 @@ def on_batch(s: ClientSession, batch: list[tuple[int, bytes, Any]], info: Statem
     binds = executes = 0
     shape_ok = sync
     local_names = s.mode is not PoolMode.SESSION and not s.pinned
-    for t, m, dec in batch:
+    for msg in batch:
+        t = msg.t
+        m = msg.data
         if t == codes.F_BIND:
-            st = statements.get(dec[1]) if dec[1] else s.unnamed
+            st = statements.get(msg.stmt) if msg.stmt else s.unnamed
             if st is None:
                 shape_ok = False
                 continue
@@ -230,20 +233,20 @@ def on_batch(s: ClientSession, batch: list[tuple[int, bytes, Any]], info: Statem
             if not si.read_only or si.calls_unknown or si.parse_error:
                 s.cache_dirty |= write_slots(si)
             binds += 1
-            shape_ok = shape_ok and not dec[0]
-            request.append(b"B" + st.raw + b"\x00" + st.tail + b"\x00" + m[dec[2]:])
+            shape_ok = shape_ok and not msg.name
+            request.append(b"B" + st.raw + b"\x00" + st.tail + b"\x00" + m[msg.at :])
         elif t == codes.F_PARSE:
             shape_ok = shape_ok and local_names
-            request.append(b"P" + dec[3] + b"\x00" + dec[2])
+            request.append(b"P" + msg.raw + b"\x00" + msg.tail)
         elif t == codes.F_DESCRIBE:
-            if dec[0] == ord("S"):
-                st = statements.get(dec[1]) if dec[1] else s.unnamed
+            if msg.sub == STATEMENT:
+                st = statements.get(msg.name) if msg.name else s.unnamed
                 if st is None:
                     shape_ok = False
                 else:
                     request.append(b"DS" + st.raw + b"\x00" + st.tail)
             else:
-                shape_ok = shape_ok and not dec[1]
+                shape_ok = shape_ok and not msg.name
                 request.append(b"DP")
         elif t == codes.F_EXECUTE:
             executes += 1

@@ -16,6 +16,7 @@ from heliosproxy.config.schema import MirrorConfig, MirrorStatements
 from heliosproxy.errors import BackendAuthError, HeliosError
 from heliosproxy.pool.manager import PoolManager
 from heliosproxy.protocol import codes, messages
+from heliosproxy.protocol.frontend import Msg
 from heliosproxy.sql.classify import StatementInfo
 from heliosproxy.traffic.meter import ReplyMeter, Summary, summarize
 
@@ -164,30 +165,29 @@ class Mirror:
         if random.random() < self.cfg.sample and self.eligible(info):
             self._arm(session, info, msg)
 
-    def offer_batch(self, session: Any, info: StatementInfo, batch: list[tuple[int, bytes, Any]]) -> None:
+    def offer_batch(self, session: Any, info: StatementInfo, batch: list[Msg]) -> None:
         """An extended-protocol batch about to be sent: mirrored when it executes one statement once."""
         if random.random() >= self.cfg.sample or not self.eligible(info):
             return
-        bind: tuple[bytes, Any] | None = None
+        bind: Msg | None = None
         executes = 0
-        for t, m, dec in batch:
-            if t == codes.F_BIND:
+        for m in batch:
+            if m.t == codes.F_BIND:
                 if bind is not None:
                     return
-                bind = (m, dec)
-            elif t == codes.F_EXECUTE:
+                bind = m
+            elif m.t == codes.F_EXECUTE:
                 executes += 1
-                if m[-4:] != _EXECUTE_ALL:
+                if m.data[-4:] != _EXECUTE_ALL:
                     return  # a portal fetched in parts: not one comparable reply
-        if bind is None or executes != 1 or batch[-1][0] != codes.F_SYNC:
+        if bind is None or executes != 1 or batch[-1].t != codes.F_SYNC:
             return
-        m, dec = bind
-        st = session.statements.get(dec[1]) if dec[1] else session.unnamed
+        st = session.statements.get(bind.stmt) if bind.stmt else session.unnamed
         if st is None:
             return
         request = (
             messages.msg(codes.F_PARSE, b"\x00" + st.raw + b"\x00" + st.tail)
-            + messages.msg(codes.F_BIND, b"\x00\x00" + m[dec[2] :])
+            + messages.msg(codes.F_BIND, b"\x00\x00" + bind.data[bind.at :])
             + messages.msg(codes.F_EXECUTE, b"\x00" + _EXECUTE_ALL)
             + messages.SYNC
         )

@@ -244,3 +244,42 @@ def test_random_chunking_never_changes_the_output() -> None:
         got = b"".join(out)
         want = want or got
         assert got == want == BIND_OK + NOTICE + ROW + Z_IDLE + ERR + Z_IDLE
+
+
+def _gate() -> Expect:
+    e = Expect(codes.F_SYNC, HIDE)
+    e.gate = True
+    return e
+
+
+PARAMS = messages.parameter_description([23])
+ROWDESC = messages.row_description(["x"])
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 3, 7])
+def test_answers_before_a_hidden_sync_wait_for_its_ready_for_query(chunk: int | None) -> None:
+    """asyncpg's Parse/Describe/Flush gets a hidden Sync: the client sees the answers only once the server
+    is done with it, so its next request never finds the server still owing the hidden ReadyForQuery."""
+    r, _h = relay(Expect(codes.F_PARSE), Expect(codes.F_DESCRIBE), _gate())
+    before = PARSE_OK + PARAMS + ROWDESC
+    out, readies = feed_all(r, before, chunk)
+    assert out == b"" and readies == [] and r.gating
+    out, readies = feed_all(r, Z_IDLE, chunk)
+    assert out == before and readies == [] and not r.gating and r.idle
+
+
+def test_a_failed_batch_before_a_hidden_sync_is_shown_at_its_ready_for_query() -> None:
+    r, h = relay(Expect(codes.F_PARSE), Expect(codes.F_DESCRIBE), _gate())
+    out, _ = r.feed(ERR)
+    assert out == []
+    out2, readies = r.feed(Z_IDLE)
+    assert b"".join(out2) == ERR and readies == [] and r.idle
+    assert h.calls == [("reply_error", codes.F_PARSE)]
+
+
+def test_reset_drops_what_a_gate_held() -> None:
+    r, _h = relay(Expect(codes.F_PARSE), _gate())
+    r.feed(PARSE_OK)
+    assert r.gating
+    r.reset()
+    assert not r.gating and r.gated == []

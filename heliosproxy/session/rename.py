@@ -1,0 +1,123 @@
+"""Statement renaming, sans-IO: a client's batch in, the bytes for one server and what each reply means out."""
+
+from __future__ import annotations
+
+import collections
+from typing import TYPE_CHECKING
+
+from heliosproxy.protocol import codes, messages
+from heliosproxy.protocol.frontend import FAIL_BIND, STATEMENT, Msg
+from heliosproxy.session.relay import HIDE, PASS, REPLACE, SYNTH, Expect
+
+if TYPE_CHECKING:
+    from heliosproxy.session.prepared import Statement
+
+
+def parse_msg(st: Statement) -> bytes:
+    """Parse of a client's statement under its proxy-wide name, with the client's own bytes."""
+    return messages.msg(codes.F_PARSE, messages.cstr(st.server) + st.raw + b"\x00" + st.tail)
+
+
+class Renamer:
+    """Rewrites one batch for one server connection under transaction pooling.
+
+    A client's named statement lives on servers under a proxy-wide name (same text and types, same
+    name: `Statement.server`), prepared lazily on the server a Bind or Describe lands on, with an LRU
+    of at most `limit` per server (`prepared`, the server connection's own record). Output: `out`, the
+    messages to write, and `fix`, one `Expect` per reply the relay must pass, hide, synthesize or replace
+    (session/relay.py); `hidden` is True when some reply must not reach the client as the server sends it.
+    """
+
+    __slots__ = ("fix", "hidden", "limit", "out", "prepared", "statements")
+
+    def __init__(
+        self,
+        statements: dict[str, Statement],
+        prepared: collections.OrderedDict[str, None],
+        limit: int,
+        out: list[bytes],
+        fix: list[Expect],
+    ) -> None:
+        self.statements = statements
+        self.prepared = prepared
+        self.limit = limit
+        self.out = out
+        self.fix = fix
+        self.hidden = False
+
+    def batch(self, batch: list[Msg], rename: bool, inject: bytes | None) -> None:
+        """Add the batch: renamed when `rename` (transaction pooling), else as sent. `inject` replaces the
+        server's error to the proxy's FAIL_BIND (an error of the proxy's in mid-pipeline)."""
+        out = self.out
+        fix = self.fix
+        statements = self.statements
+        for m in batch:
+            t = m.t
+            if inject is not None and m.data is FAIL_BIND:
+                out.append(m.data)
+                fix.append(Expect(t, REPLACE, inject))
+                self.hidden = True
+            elif not rename or not m.names_statement():
+                out.append(m.data)
+                if t != codes.F_FLUSH:
+                    fix.append(Expect(t))
+            elif t == codes.F_PARSE:
+                st = statements.get(m.name)
+                if st is None:
+                    out.append(m.data)
+                    fix.append(Expect(t))
+                    continue
+                if st.server in self.prepared:
+                    self.prepared.move_to_end(st.server)
+                    synth = Expect(0, SYNTH, messages.PARSE_COMPLETE)
+                    synth.stmt = st  # refused instead if the server's transaction has failed by then
+                    fix.append(synth)
+                else:
+                    out.append(parse_msg(st))
+                    fix.append(Expect(t, PASS, st.server.encode(), client=st.name))
+                    self._remember(st.server)
+                self.hidden = True
+            elif t == codes.F_BIND:
+                st = statements.get(m.stmt)
+                if st is None:
+                    out.append(m.data)  # the server reports the unknown statement itself
+                    fix.append(Expect(t))
+                    continue
+                self.ensure(st)
+                data = m.data
+                portal = data[5 : data.index(0, 5) + 1]  # as the client sent it, NUL included
+                out.append(messages.msg(codes.F_BIND, portal + messages.cstr(st.server) + data[m.at :]))
+                fix.append(Expect(t))
+            elif t == codes.F_DESCRIBE:
+                st = statements.get(m.name)
+                if st is None:
+                    out.append(m.data)
+                    fix.append(Expect(t))
+                    continue
+                self.ensure(st)
+                out.append(messages.msg(codes.F_DESCRIBE, b"S" + messages.cstr(st.server)))
+                fix.append(Expect(t))
+            else:  # Close of a named statement: it stays on the server, shared; answered here
+                assert t == codes.F_CLOSE and m.sub == STATEMENT
+                statements.pop(m.name, None)
+                fix.append(Expect(0, SYNTH, messages.CLOSE_COMPLETE))
+                self.hidden = True
+
+    def ensure(self, st: Statement) -> None:
+        """Prepare the statement on this server if it lacks it, with a hidden Parse."""
+        if st.server in self.prepared:
+            self.prepared.move_to_end(st.server)
+            return
+        self.out.append(parse_msg(st))
+        self.fix.append(Expect(codes.F_PARSE, HIDE, st.server.encode()))
+        self._remember(st.server)
+        self.hidden = True
+
+    def _remember(self, name: str) -> None:
+        prepared = self.prepared
+        prepared[name] = None
+        while len(prepared) > self.limit:
+            old, _ = prepared.popitem(last=False)
+            self.out.append(messages.close_statement(old))
+            self.fix.append(Expect(codes.F_CLOSE, HIDE))
+            self.hidden = True
