@@ -77,7 +77,9 @@ def spy(pid: int, seconds: float, out: Path) -> None:
 def perf_profile(target: Any, pid: int, mode: str, clients: int, seconds: float, tmp: Path) -> None:
     """`perf record` of the proxy during one pgbench run; the shares by object and by symbol."""
     data = tmp / "perf.data"
-    rec = subprocess.Popen(["perf", "record", "-q", "-F", "997", "-p", str(pid), "-o", str(data)],
+    graph = ["--call-graph", "dwarf,16384"] if os.environ.get("PERF_CALLERS") else []
+    rec = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock:u", "-F", "997", *graph, "-p", str(pid),
+                            "-o", str(data)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     res = benchrun.run_pgbench(target, mode, clients, seconds).as_dict()
     rec.send_signal(2)
@@ -85,14 +87,19 @@ def perf_profile(target: Any, pid: int, mode: str, clients: int, seconds: float,
     out = BENCH_DIR / "results"
     out.mkdir(exist_ok=True)
     print(f"\nperf, {mode} c={clients}: {res['tps']:.0f} TPS, cpu {res['cpu_us_per_txn']:.1f} us/tx")
+    if graph:
+        rep = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children", "--sort", "sym",
+                              "-G", "--percent-limit", "1.5"], capture_output=True, text=True).stdout
+        (out / f"perf-{mode}-{clients}-callers.txt").write_text(rep)
+        print(f"callers: {out / f'perf-{mode}-{clients}-callers.txt'}")
     for key in ("dso", "dso,sym"):
         rep = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children", "--sort", key,
-                              "--percent-limit", "0.7"], capture_output=True, text=True).stdout
+                              "--percent-limit", "0.15"], capture_output=True, text=True).stdout
         name = out / f"perf-{mode}-{clients}-{key.replace(',', '-')}.txt"
         name.write_text(rep)
         lines = [ln for ln in rep.splitlines() if ln.strip() and not ln.startswith("#")]
         print(f"-- by {key} (full: {name})")
-        for ln in lines[:40]:
+        for ln in lines[:70]:
             print("  " + ln.strip())
 
 

@@ -35,6 +35,12 @@ HOT_MODULES: tuple[str, ...] = (
     "heliosproxy.protocol.frontend",
     "heliosproxy.session.rename",
     "heliosproxy.session.client",
+    "heliosproxy.session.context",
+    "heliosproxy.session.flow",
+    "heliosproxy.session.pgcompat",
+    "heliosproxy.histogram",
+    "heliosproxy.session.relay",
+    "heliosproxy.session.prepared",
 )
 MANIFEST = "_compiled.json"
 _PACKAGE_DIR = Path(__file__).resolve().parent

@@ -79,6 +79,7 @@ class Server:
             reads=self.reads,
             worker_id=worker_id,
         )
+        self.ctx.adopt(config)
         self.listener: asyncio.Server | None = None
         self.unix_listener: asyncio.Server | None = None
         self.shutdown_mode = "drain"  # SIGTERM/SIGINT; the console's SHUTDOWN picks PgBouncer's modes
@@ -290,7 +291,7 @@ class Server:
         old = self.config
         self.config = new
         ctx = self.ctx
-        ctx.config = new
+        ctx.adopt(new)
         ctx.registry.configure(new)
         ctx.pools.configure(new)
         ctx.router.configure(new)

@@ -9,7 +9,7 @@ import logging
 import struct
 import time
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import Final, Protocol, cast
 
 from heliosproxy.backends.tls import BackendTls, open_connection
 from heliosproxy.errors import BackendAuthError
@@ -25,8 +25,8 @@ from heliosproxy.protocol.auth import (
 )
 
 log = logging.getLogger("heliosproxy.backend")
-_I = struct.Struct("!I")
-_II = struct.Struct("!II")
+_I: Final = struct.Struct("!I")
+_II: Final = struct.Struct("!II")
 
 
 class BackendOwner(Protocol):

@@ -11,50 +11,48 @@ CANCEL_REQUEST: Final = 80877102
 MAX_STARTUP_PACKET: Final = 10_000
 
 # Frontend message types (as ints, compared against buf[i]).
-F_QUERY: Final = ord("Q")
-F_PARSE: Final = ord("P")
-F_BIND: Final = ord("B")
-F_DESCRIBE: Final = ord("D")
-F_EXECUTE: Final = ord("E")
-F_CLOSE: Final = ord("C")
-F_SYNC: Final = ord("S")
-F_FLUSH: Final = ord("H")
-F_FUNCTION_CALL: Final = ord("F")
-F_COPY_DATA: Final = ord("d")
-F_COPY_DONE: Final = ord("c")
-F_COPY_FAIL: Final = ord("f")
-F_TERMINATE: Final = ord("X")
-F_PASSWORD: Final = ord("p")  # PasswordMessage / SASLInitialResponse / SASLResponse
+F_QUERY: Final = 81  # 'Q'
+F_PARSE: Final = 80  # 'P'
+F_BIND: Final = 66  # 'B'
+F_DESCRIBE: Final = 68  # 'D'
+F_EXECUTE: Final = 69  # 'E'
+F_CLOSE: Final = 67  # 'C'
+F_SYNC: Final = 83  # 'S'
+F_FLUSH: Final = 72  # 'H'
+F_FUNCTION_CALL: Final = 70  # 'F'
+F_COPY_DATA: Final = 100  # 'd'
+F_COPY_DONE: Final = 99  # 'c'
+F_COPY_FAIL: Final = 102  # 'f'
+F_TERMINATE: Final = 88  # 'X'
+F_PASSWORD: Final = 112  # 'p': PasswordMessage / SASLInitialResponse / SASLResponse
 
-FRONTEND_TYPES: Final = frozenset(
-    ord(c) for c in "QPBDECSHFdcfXp"
-)
+FRONTEND_TYPES: Final = frozenset(ord(c) for c in "QPBDECSHFdcfXp")
 
 # Backend message types.
-B_AUTH: Final = ord("R")
-B_PARAMETER_STATUS: Final = ord("S")
-B_BACKEND_KEY_DATA: Final = ord("K")
-B_READY_FOR_QUERY: Final = ord("Z")
-B_ERROR: Final = ord("E")
-B_NOTICE: Final = ord("N")
-B_NOTIFICATION: Final = ord("A")
-B_PARSE_COMPLETE: Final = ord("1")
-B_BIND_COMPLETE: Final = ord("2")
-B_CLOSE_COMPLETE: Final = ord("3")
-B_ROW_DESCRIPTION: Final = ord("T")
-B_NO_DATA: Final = ord("n")
-B_PARAMETER_DESCRIPTION: Final = ord("t")
-B_DATA_ROW: Final = ord("D")
-B_COMMAND_COMPLETE: Final = ord("C")
-B_EMPTY_QUERY: Final = ord("I")
-B_PORTAL_SUSPENDED: Final = ord("s")
-B_COPY_IN: Final = ord("G")
-B_COPY_OUT: Final = ord("H")
-B_COPY_BOTH: Final = ord("W")
-B_COPY_DATA: Final = ord("d")
-B_COPY_DONE: Final = ord("c")
-B_FUNCTION_CALL_RESPONSE: Final = ord("V")
-B_NEGOTIATE_VERSION: Final = ord("v")
+B_AUTH: Final = 82  # 'R'
+B_PARAMETER_STATUS: Final = 83  # 'S'
+B_BACKEND_KEY_DATA: Final = 75  # 'K'
+B_READY_FOR_QUERY: Final = 90  # 'Z'
+B_ERROR: Final = 69  # 'E'
+B_NOTICE: Final = 78  # 'N'
+B_NOTIFICATION: Final = 65  # 'A'
+B_PARSE_COMPLETE: Final = 49  # '1'
+B_BIND_COMPLETE: Final = 50  # '2'
+B_CLOSE_COMPLETE: Final = 51  # '3'
+B_ROW_DESCRIPTION: Final = 84  # 'T'
+B_NO_DATA: Final = 110  # 'n'
+B_PARAMETER_DESCRIPTION: Final = 116  # 't'
+B_DATA_ROW: Final = 68  # 'D'
+B_COMMAND_COMPLETE: Final = 67  # 'C'
+B_EMPTY_QUERY: Final = 73  # 'I'
+B_PORTAL_SUSPENDED: Final = 115  # 's'
+B_COPY_IN: Final = 71  # 'G'
+B_COPY_OUT: Final = 72  # 'H'
+B_COPY_BOTH: Final = 87  # 'W'
+B_COPY_DATA: Final = 100  # 'd'
+B_COPY_DONE: Final = 99  # 'c'
+B_FUNCTION_CALL_RESPONSE: Final = 86  # 'V'
+B_NEGOTIATE_VERSION: Final = 118  # 'v'
 
 # Authentication request codes (body of 'R').
 AUTH_OK: Final = 0
@@ -65,6 +63,6 @@ AUTH_SASL_CONTINUE: Final = 11
 AUTH_SASL_FINAL: Final = 12
 
 # Transaction status in ReadyForQuery.
-TX_IDLE: Final = ord("I")
-TX_IN_BLOCK: Final = ord("T")
-TX_FAILED: Final = ord("E")
+TX_IDLE: Final = 73  # 'I'
+TX_IN_BLOCK: Final = 84  # 'T'
+TX_FAILED: Final = 69  # 'E'

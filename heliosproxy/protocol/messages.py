@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Sequence
+from typing import Final
 
 from heliosproxy.protocol import codes
 
-_I = struct.Struct("!I")
-_i = struct.Struct("!i")
-_H = struct.Struct("!H")
-_II = struct.Struct("!II")
+_I: Final = struct.Struct("!I")
+_i: Final = struct.Struct("!i")
+_H: Final = struct.Struct("!H")
+_II: Final = struct.Struct("!II")
 
 
 def msg(type_: int, body: bytes) -> bytes:
@@ -43,13 +44,13 @@ def ready_for_query(status: int) -> bytes:
     return b"Z\x00\x00\x00\x05" + bytes((status,))
 
 
-READY_IDLE = ready_for_query(codes.TX_IDLE)
-AUTH_OK_MSG = msg(codes.B_AUTH, _I.pack(codes.AUTH_OK))
-PARSE_COMPLETE = b"1\x00\x00\x00\x04"
-BIND_COMPLETE = b"2\x00\x00\x00\x04"
-CLOSE_COMPLETE = b"3\x00\x00\x00\x04"
-NO_DATA = b"n\x00\x00\x00\x04"
-EMPTY_QUERY = b"I\x00\x00\x00\x04"
+READY_IDLE: Final = ready_for_query(codes.TX_IDLE)
+AUTH_OK_MSG: Final = msg(codes.B_AUTH, _I.pack(codes.AUTH_OK))
+PARSE_COMPLETE: Final = b"1\x00\x00\x00\x04"
+BIND_COMPLETE: Final = b"2\x00\x00\x00\x04"
+CLOSE_COMPLETE: Final = b"3\x00\x00\x00\x04"
+NO_DATA: Final = b"n\x00\x00\x00\x04"
+EMPTY_QUERY: Final = b"I\x00\x00\x00\x04"
 
 
 def auth_request(code: int, payload: bytes = b"") -> bytes:
@@ -148,8 +149,8 @@ def close_statement(name: str) -> bytes:
     return msg(codes.F_CLOSE, b"S" + cstr(name))
 
 
-SYNC = b"S\x00\x00\x00\x04"
-TERMINATE = b"X\x00\x00\x00\x04"
+SYNC: Final = b"S\x00\x00\x00\x04"
+TERMINATE: Final = b"X\x00\x00\x00\x04"
 
 
 def read_cstr(data: bytes | bytearray | memoryview, pos: int) -> tuple[str, int]:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import struct
+from typing import Final
 
-_I = struct.Struct("!I")
-_Z = ord("Z")
-_E = ord("E")
-_S = ord("S")
+_I: Final = struct.Struct("!I")
+_Z: Final = 90  # 'Z'
+_E: Final = 69  # 'E'
+_S: Final = 83  # 'S'
 # The first field of a server's ErrorResponse is its severity: these end the session.
-_FATAL = frozenset((b"SFATAL", b"SPANIC"))
-ERROR_SEEN = 0x100  # or-ed into a status when an ErrorResponse came since the previous ReadyForQuery
+_FATAL: Final = frozenset((b"SFATAL", b"SPANIC"))
+ERROR_SEEN: Final = 0x100  # or-ed into a status when an ErrorResponse came since the previous ReadyForQuery
 
 
 class ReplyScanner:

@@ -10,7 +10,7 @@ import os
 import struct
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from heliosproxy.backends.connection import BackendConnection, QueryError, send_cancel
 from heliosproxy.config.schema import AuthMethod, DatabaseRoute, PoolMode
@@ -59,29 +59,37 @@ log = logging.getLogger("heliosproxy.session")
 # Background tasks of all sessions, referenced until done (a session may be gone before its task ends).
 _TASKS: set[asyncio.Task[Any]] = set()
 
-_I = struct.Struct("!I")
-_i = struct.Struct("!i")
-_H = struct.Struct("!H")
+_I: Final = struct.Struct("!I")
+_i: Final = struct.Struct("!i")
+_H: Final = struct.Struct("!H")
 
-STARTUP, AUTH, LOGIN, READY, CLOSED = range(5)
-ADMIN_DATABASE = "heliosproxy"
+_monotonic: Final = time.monotonic
+_FRONTEND_TYPES: Final = codes.FRONTEND_TYPES
+_perf_counter: Final = time.perf_counter
+
+STARTUP: Final = 0
+AUTH: Final = 1
+LOGIN: Final = 2
+READY: Final = 3
+CLOSED: Final = 4
+ADMIN_DATABASE: Final = "heliosproxy"
 # Startup parameters that are not session settings.
-_NOT_SETTINGS = frozenset({"user", "database", "replication", "options"})
-_HELIOS = Effect.HELIOS_SET | Effect.HELIOS_SHOW
-_OWN_SESSION = Effect.DISCARD | Effect.DEALLOCATE
-_FORGETS = Effect.DISCARD | Effect.DEALLOCATE
-_STATE_EFFECTS = Effect.SET | Effect.RESET | Effect.DISCARD
+_NOT_SETTINGS: Final = frozenset({"user", "database", "replication", "options"})
+_HELIOS: Final = Effect.HELIOS_SET | Effect.HELIOS_SHOW
+_OWN_SESSION: Final = Effect.DISCARD | Effect.DEALLOCATE
+_FORGETS: Final = Effect.DISCARD | Effect.DEALLOCATE
+_STATE_EFFECTS: Final = Effect.SET | Effect.RESET | Effect.DISCARD
 # Statements after which a ParameterStatus from the server is expected (the proxy models them).
-_REPORTING = _STATE_EFFECTS | Effect.SET_LOCAL
-_SEND_CAREFULLY = _FORGETS | Effect.READBACK
-_TEMP_SCHEMA = Effect.TEMP_TABLE | Effect.DIRTY
-_UNREADABLE = classify_uncached("\x00")  # text not valid in the client's encoding: a write, to the primary
+_REPORTING: Final = _STATE_EFFECTS | Effect.SET_LOCAL
+_SEND_CAREFULLY: Final = _FORGETS | Effect.READBACK
+_TEMP_SCHEMA: Final = Effect.TEMP_TABLE | Effect.DIRTY
+_UNREADABLE: Final = classify_uncached("\x00")  # text not valid in the client's encoding: a write, to the primary
 
 
-_PREPARES_ONLY = frozenset((codes.F_PARSE, codes.F_DESCRIBE, codes.F_CLOSE, codes.F_FLUSH))
+_PREPARES_ONLY: Final = frozenset((codes.F_PARSE, codes.F_DESCRIBE, codes.F_CLOSE, codes.F_FLUSH))
 
 
-_EXITS = frozenset((TxControl.COMMIT, TxControl.ROLLBACK, TxControl.ROLLBACK_TO, TxControl.PREPARE_TRANSACTION))
+_EXITS: Final = frozenset((TxControl.COMMIT, TxControl.ROLLBACK, TxControl.ROLLBACK_TO, TxControl.PREPARE_TRANSACTION))
 
 
 def _exits_transaction(sql: str) -> bool:
@@ -112,7 +120,7 @@ class Inflight:
     def __init__(
         self, info: StatementInfo | None, target: Target | None, qctx: hooks.QueryContext | None, start_bytes: int
     ):
-        self.start = time.perf_counter()
+        self.start = _perf_counter()
         self.info = info
         self.target = target
         self.qctx = qctx
@@ -188,6 +196,7 @@ class ClientSession(asyncio.Protocol):
         self.key = 0
         self.client_id = ""
         self.mode = PoolMode.TRANSACTION
+        self.txn = True  # mode is PoolMode.TRANSACTION: the server is shared between transactions
         self.backend: BackendConnection | None = None
         self.backend_pool: Pool | None = None
         self.pinned = False
@@ -267,7 +276,7 @@ class ClientSession(asyncio.Protocol):
         n = len(data)
         self.ctx.counters.bytes_in += n
         compat = self.compat
-        compat.request_time = time.monotonic()
+        compat.request_time = _monotonic()
         if compat.db is not None:
             compat.db.received += n
         self.buf += data
@@ -276,7 +285,7 @@ class ClientSession(asyncio.Protocol):
             if phase == READY:
                 if self.stalled is None:
                     self._process()
-                elif len(self.buf) > self.ctx.config.max_client_buffer:
+                elif len(self.buf) > self.ctx.max_client_buffer:
                     self._pause_reading()  # waiting for a server: bound what we hold for this client
                 flow.check_cheaply(self)
             elif phase == STARTUP:
@@ -317,12 +326,12 @@ class ClientSession(asyncio.Protocol):
                 if not conn.closed:
                     self._spawn(self._cancel_and_close(conn, pool))
             elif pool is not None:
-                if self._temp_schema and self.mode is PoolMode.TRANSACTION:
+                if self._temp_schema and self.txn:
                     # DISCARD ALL drops temp objects but not the backend's temp schema: a fresh
                     # session must not find one (pg_temp would resolve differently). Close it.
                     conn.close()
                     pool.release(conn, reusable=False)
-                elif self.mode is PoolMode.SESSION or self.pinned:
+                elif not self.txn or self.pinned:
                     self._spawn(pool.reset_and_release(conn, ctx.config.pool.reset_query))
                 else:
                     pool.release(conn)
@@ -714,6 +723,7 @@ class ClientSession(asyncio.Protocol):
                     self.branch_pref = branch
                     self.database = db or self.database
                 self.mode = pgcompat.login(self)
+                self.txn = self.mode is PoolMode.TRANSACTION
                 alias = ctx.config.database(self.database)
                 if alias is not None:
                     self.db_route, self.database = alias.route, alias.dbname
@@ -728,7 +738,7 @@ class ClientSession(asyncio.Protocol):
                     await ctx.reads.admit_database(self.database, self.user, dbs, len(ctx.pools.pools))
                 pool = ctx.pools.get(target.node, target.database or self.database, self.user)
                 pgcompat.count_login(self)
-                if self.mode is PoolMode.SESSION:
+                if not self.txn:
                     conn = await pool.acquire()
                     try:
                         params = await self._apply_startup_settings(conn)
@@ -865,15 +875,15 @@ class ClientSession(asyncio.Protocol):
         buf = self.buf
         pos = 0
         n = len(buf)
-        max_size = self.ctx.config.max_message_size
+        max_size = self.ctx.max_message_size
         unpack = _I.unpack_from
-        cap = self.ctx.config.max_client_buffer // flow.PER_STATEMENT  # statements in flight (bounded memory)
+        cap = self.ctx.max_client_buffer // flow.PER_STATEMENT  # statements in flight (bounded memory)
         cap = min(cap, self.pending + flow.BURST)  # and per callback: other clients get their turn
         try:
             while n - pos >= 5 and self.stalled is None and self.phase == READY and self.pending < cap:
                 t = buf[pos]
                 length = unpack(buf, pos + 1)[0]
-                if t not in codes.FRONTEND_TYPES or t == codes.F_PASSWORD:
+                if t not in _FRONTEND_TYPES or t == codes.F_PASSWORD:
                     self._violation(f"invalid frontend message type {t}")
                     return
                 if length < 4:
@@ -1023,7 +1033,7 @@ class ClientSession(asyncio.Protocol):
 
         Under transaction pooling the server connection is shared: its statements are the ones
         other clients' names point to, so these never reach it. True when answered here."""
-        if self.mode is not PoolMode.TRANSACTION:
+        if not self.txn:
             return False
         for target in info.deallocate:
             if target is not None and target.startswith("hp_") and target not in self.statements:
@@ -1120,10 +1130,10 @@ class ClientSession(asyncio.Protocol):
             self._listen_pid = True
         if effects & _TEMP_SCHEMA:
             self._temp_schema = True
-        if info.pins and not self.pinned and self.mode is PoolMode.TRANSACTION:
+        if info.pins and not self.pinned and self.txn:
             self.pinned = True
             log.debug("client %s pinned to its server connection (%s)", self.peer, ",".join(info.kinds))
-        if effects & Effect.PREPARE and self.mode is PoolMode.TRANSACTION and not self.pinned:
+        if effects & Effect.PREPARE and self.txn and not self.pinned:
             # SQL-level PREPARE lives on one backend: keep it for the session.
             self.pinned = True
             log.debug("client %s pinned to its server connection (SQL PREPARE)", self.peer)
@@ -1254,7 +1264,7 @@ class ClientSession(asyncio.Protocol):
         info: StatementInfo | None = None
         hints: Hints | None = None
         qctx: hooks.QueryContext | None = None
-        rename = self.mode is PoolMode.TRANSACTION
+        rename = self.txn
         for i, m in enumerate(batch):
             t = m.t
             if t == codes.F_PARSE:
@@ -1528,7 +1538,7 @@ class ClientSession(asyncio.Protocol):
                 and not self.slow
                 and plan.batch is not None
                 and (
-                    (self.mode is PoolMode.TRANSACTION and names_in(plan.batch))
+                    (self.txn and names_in(plan.batch))
                     or plan.inject is not None
                     or (not plan.sync and any(m.t != codes.F_FLUSH for m in plan.batch))
                 )
@@ -1537,7 +1547,7 @@ class ClientSession(asyncio.Protocol):
                 # replies, which is only safe from a message boundary. Send it once those are in.
                 self.stalled = plan
                 return
-            if self.unsynced or self.pinned or self.mode is PoolMode.SESSION or self.tx_status != codes.TX_IDLE:
+            if self.unsynced or self.pinned or not self.txn or self.tx_status != codes.TX_IDLE:
                 self._send(conn, plan)
                 return
             want = plan.target
@@ -1597,7 +1607,7 @@ class ClientSession(asyncio.Protocol):
 
     async def _acquire_then_send(self, plan: Plan) -> None:
         ctx = self.ctx
-        self.compat.wait_start = since = time.monotonic()
+        self.compat.wait_start = since = _monotonic()
         try:
             while ctx.paused and self._is_paused() and self.phase == READY:
                 await asyncio.sleep(0.05)
@@ -1631,8 +1641,8 @@ class ClientSession(asyncio.Protocol):
         t = router.primary()
         if t is not None:
             return t
-        deadline = time.monotonic() + self.ctx.config.failover.write_timeout
-        while time.monotonic() < deadline:
+        deadline = _monotonic() + self.ctx.config.failover.write_timeout
+        while _monotonic() < deadline:
             await asyncio.sleep(0.05)
             t = router.primary()
             if t is not None:
@@ -1723,7 +1733,7 @@ class ClientSession(asyncio.Protocol):
                 self.pending += 1
                 self.inflight.append(Inflight(plan.info, plan.target, plan.qctx, self.scanner.bytes_seen))
             if plan.write:
-                self.last_write_at = time.monotonic()
+                self.last_write_at = _monotonic()
             conn.write(raw)
             return
         if (
@@ -1731,7 +1741,7 @@ class ClientSession(asyncio.Protocol):
             and self.settings == conn.applied
             and not self.slow
             and not self.ctx.plugins.has_post_query
-            and (self.mode is PoolMode.SESSION or not names_in(plan.batch))
+            and (not self.txn or not names_in(plan.batch))
             and not (plan.info is not None and plan.info.effects & _SEND_CAREFULLY)
             and (plan.sync or flush_only)  # unsynced: later replies may need filtering (Plan.inject)
         ):
@@ -1740,7 +1750,7 @@ class ClientSession(asyncio.Protocol):
                 self.pending += 1
                 self.inflight.append(Inflight(plan.info, plan.target, plan.qctx, self.scanner.bytes_seen))
             if plan.write:
-                self.last_write_at = time.monotonic()
+                self.last_write_at = _monotonic()
             conn.write(b"".join([m.data for m in plan.batch]))
             return
         out: list[bytes] = []
@@ -1756,7 +1766,7 @@ class ClientSession(asyncio.Protocol):
             renamer = Renamer(
                 self.statements, conn.prepared, self.ctx.config.pool.prepared_statements_per_server, out, fix
             )
-            renamer.batch(plan.batch, self.mode is PoolMode.TRANSACTION, plan.inject)
+            renamer.batch(plan.batch, self.txn, plan.inject)
             need_fix = need_fix or renamer.hidden
         elif plan.raw is not None:
             out.append(plan.raw)
@@ -1769,7 +1779,7 @@ class ClientSession(asyncio.Protocol):
         if (
             not plan.sync
             and plan.batch is not None
-            and self.mode is PoolMode.TRANSACTION
+            and self.txn
             and not self.pinned
             and self.tx_status == codes.TX_IDLE
             and not continues
@@ -1807,14 +1817,14 @@ class ClientSession(asyncio.Protocol):
             self.pending += 1
             self.inflight.append(Inflight(plan.info, plan.target, plan.qctx, self.scanner.bytes_seen))
         if plan.write:
-            self.last_write_at = time.monotonic()
+            self.last_write_at = _monotonic()
         info = plan.info
         if (
             info is not None
             and info.effects & _FORGETS
             and (info.effects & Effect.DISCARD or None in info.deallocate)
             and not self.pinned
-            and self.mode is PoolMode.TRANSACTION
+            and self.txn
         ):
             # The server may drop every prepared statement here, shared ones included: keep it from
             # anyone else, as this session does not own it alone (what it dropped is settled at its answer).
@@ -2015,7 +2025,7 @@ class ClientSession(asyncio.Protocol):
         if (
             fl is not None
             and fl.target is None
-            and self.mode is PoolMode.TRANSACTION
+            and self.txn
             and (fl.info is not None or self.last_write_at > self.reads.ack_at)
         ):
             self.ctx.reads.acknowledged(self.reads, fl.info, status == codes.TX_IDLE, self.database)
@@ -2024,7 +2034,7 @@ class ClientSession(asyncio.Protocol):
             and self.pending == 0
             and not self.expect
             and not self.unsynced
-            and self.mode is PoolMode.TRANSACTION
+            and self.txn
             and not self.pinned
         ):
             self._unbind(reusable=True)
@@ -2113,7 +2123,7 @@ class ClientSession(asyncio.Protocol):
         self._applied_base = None
 
     def _pin_for(self, reason: str) -> None:
-        if not self.pinned and self.mode is PoolMode.TRANSACTION:
+        if not self.pinned and self.txn:
             self.pinned = True
             log.debug("client %s pinned to its server connection (%s)", self.peer, reason)
 
@@ -2169,7 +2179,7 @@ class ClientSession(asyncio.Protocol):
             self._continue()
 
     def _finish(self, fl: Inflight, conn: BackendConnection) -> None:
-        elapsed = time.perf_counter() - fl.start
+        elapsed = _perf_counter() - fl.start
         ctx = self.ctx
         error = fl.error is not None
         if fl.info is not None:
@@ -2242,7 +2252,7 @@ class ClientSession(asyncio.Protocol):
             f" ({exc})" if exc else "",
             extra=client_fields(self, "server_lost", node=conn.node, error=str(exc) if exc else None),
         )
-        if owed or self.mode is PoolMode.SESSION or self.pinned:
+        if owed or not self.txn or self.pinned:
             if relayed_fatal:
                 log.info("client %s user=%s: session ended by its server", self.peer, self.user or "-")
                 self._close_quietly()
@@ -2272,7 +2282,7 @@ class ClientSession(asyncio.Protocol):
     def _can_resend(self, plan: Plan) -> bool:
         return (
             plan.retries < 3
-            and self.mode is PoolMode.TRANSACTION
+            and self.txn
             and not self.pinned
             and self.tx_status == codes.TX_IDLE
             and len(self.inflight) <= 1

@@ -100,6 +100,15 @@ class ProxyContext:
     gates: bool = False
     cache: ResultCache | None = None  # result cache (cache.enabled); None costs the data path one check
     _pid_counter: int = 0
+    # config values read per message (set by adopt(), with `config`)
+    max_message_size: int = 0
+    max_client_buffer: int = 0
+
+    def adopt(self, config: Config) -> None:
+        """Use this configuration (at start and at every reload)."""
+        self.config = config
+        self.max_message_size = config.max_message_size
+        self.max_client_buffer = config.max_client_buffer
 
     def remember_statement(self, server_name: str) -> None:
         known = self.known_statements

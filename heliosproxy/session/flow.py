@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from heliosproxy.session.client import ClientSession
@@ -10,12 +10,12 @@ if TYPE_CHECKING:
 
 # What the proxy keeps per statement in flight (its Inflight, the queued write, classification), in bytes:
 # a client pipelining tiny statements costs far more than their bytes.
-PER_STATEMENT = 512
+PER_STATEMENT: Final = 512
 # Statements taken from one client per event-loop callback: a pipelining client cannot delay the others.
-BURST = 256
+BURST: Final = 256
 # Below this many bytes of input and statements in flight, check() is skipped: the transports' own
 # write buffers are bounded by their high-water marks (pause_writing), far below max_client_buffer.
-CHEAP_BELOW = 64 * 1024
+CHEAP_BELOW: Final = 65536  # 64 KiB
 
 
 def held(session: ClientSession) -> int:
@@ -37,19 +37,19 @@ def check_cheaply(session: ClientSession) -> None:
     conn = session.backend
     if conn is not None and conn.transport is not None:
         n += conn.transport.get_write_buffer_size()
-    if n > min(CHEAP_BELOW, session.ctx.config.max_client_buffer // 4):
+    if n > min(CHEAP_BELOW, session.ctx.max_client_buffer // 4):
         check(session)
 
 
 def check(session: ClientSession) -> None:
     """After taking client input: past max_client_buffer, reading this client pauses until the server drains."""
-    if held(session) > session.ctx.config.max_client_buffer:
+    if held(session) > session.ctx.max_client_buffer:
         session.held_paused = True
         session._pause_reading()
 
 
 def drained(session: ClientSession) -> None:
     """A write buffer (server or client side) drained: resume reading once under half the limit."""
-    if session.held_paused and held(session) <= session.ctx.config.max_client_buffer // 2:
+    if session.held_paused and held(session) <= session.ctx.max_client_buffer // 2:
         session.held_paused = False
         session._continue()

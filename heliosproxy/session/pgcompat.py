@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from heliosproxy.config.schema import Config, PoolMode
 from heliosproxy.errors import HeliosError
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from heliosproxy.session.context import ProxyContext
 
 log = logging.getLogger("heliosproxy.session")
+_monotonic: Final = time.monotonic
 
 # The admin console answers on these database names (PgBouncer's name is an alias).
 ADMIN_DATABASES = frozenset({"heliosproxy", "pgbouncer"})
@@ -69,7 +70,7 @@ class StatsBook:
 
     def averages(self) -> dict[str, tuple[float, ...]]:
         """Per-second rates (times: per transaction/query/assignment) over the last full stats period."""
-        now = time.monotonic()
+        now = _monotonic()
         span = now - self.prev_at
         if span >= STATS_PERIOD or not self.avg:
             cur = {db: st.as_tuple() for db, st in self.dbs.items()}
@@ -101,7 +102,7 @@ class ClientCompat:
 
     def __init__(self) -> None:
         self.db: DbStats | None = None
-        self.request_time = time.monotonic()  # the client's last request (PgBouncer's request_time)
+        self.request_time = _monotonic()  # the client's last request (PgBouncer's request_time)
         self.last_reply = 0.0
         self.statement_mode = False
         self.wait_start = 0.0  # waiting for a server outside a pool queue (PAUSE, no primary)
@@ -109,7 +110,7 @@ class ClientCompat:
         self.admin_statements: dict[str, str] = {}  # admin console: prepared statement name -> SQL
 
     def received(self, n: int) -> None:
-        self.request_time = time.monotonic()
+        self.request_time = _monotonic()
         db = self.db
         if db is not None:
             db.received += n
@@ -160,7 +161,7 @@ def waited(client: ClientSession, since: float) -> None:
     client.compat.wait_start = 0.0
     db = client.compat.db
     if db is not None and since:
-        db.wait_time += int((time.monotonic() - since) * 1_000_000)
+        db.wait_time += int((_monotonic() - since) * 1_000_000)
 
 
 def wait_started(client: ClientSession) -> float:
@@ -181,7 +182,7 @@ def is_waiting(client: ClientSession) -> bool:
 def statement_done(client: ClientSession, started: float, elapsed: float) -> None:
     """A statement got its ReadyForQuery: query counters; a transaction ends at an idle ReadyForQuery."""
     compat = client.compat
-    now = time.monotonic()
+    now = _monotonic()
     compat.last_reply = now
     db = compat.db
     if db is None:
@@ -251,7 +252,7 @@ class Janitor:
 
     def sweep(self) -> None:
         p = self.ctx.config.pool
-        now = time.monotonic()
+        now = _monotonic()
         for c in list(self.ctx.clients):
             if c.admin or getattr(c, "phase", None) != 3:  # READY
                 continue

@@ -5,25 +5,25 @@ from __future__ import annotations
 import collections
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from heliosproxy.protocol import codes, messages
 
 if TYPE_CHECKING:
     from heliosproxy.session.prepared import Statement
 
-_I = struct.Struct("!I")
-_H = struct.Struct("!H")
-_i = struct.Struct("!i")
+_I: Final = struct.Struct("!I")
+_H: Final = struct.Struct("!H")
+_i: Final = struct.Struct("!i")
 
 # What happens to the answer of one request.
-PASS = 0  # relayed
-HIDE = 1  # a hidden request of the proxy's: not shown (its ParameterStatus pass; a hidden Parse's error shows)
-SYNTH = 2  # no request was sent: Expect.data is the answer, emitted in its place
-HOLD = 3  # kept until its ReadyForQuery, then relayed or retried (Host.hold_done)
-REPLACE = 4  # the server's ErrorResponse to this request is replaced by Expect.data (the proxy's error)
+PASS: Final = 0  # relayed
+HIDE: Final = 1  # a hidden request of the proxy's: not shown (its ParameterStatus pass; a hidden Parse's error shows)
+SYNTH: Final = 2  # no request was sent: Expect.data is the answer, emitted in its place
+HOLD: Final = 3  # kept until its ReadyForQuery, then relayed or retried (Host.hold_done)
+REPLACE: Final = 4  # the server's ErrorResponse to this request is replaced by Expect.data (the proxy's error)
 
-COMPLETES = {
+COMPLETES: Final = {
     codes.F_PARSE: frozenset((codes.B_PARSE_COMPLETE,)),
     codes.F_BIND: frozenset((codes.B_BIND_COMPLETE,)),
     codes.F_CLOSE: frozenset((codes.B_CLOSE_COMPLETE,)),
@@ -33,10 +33,10 @@ COMPLETES = {
     codes.F_QUERY: frozenset((codes.B_READY_FOR_QUERY,)),
     codes.F_FUNCTION_CALL: frozenset((codes.B_READY_FOR_QUERY,)),
 }
-ASYNC = frozenset((codes.B_NOTICE, codes.B_NOTIFICATION, codes.B_PARAMETER_STATUS))
-FATAL_SEVERITY = frozenset((b"SFATAL", b"SPANIC"))
-_SYNC_KINDS = (codes.F_SYNC, codes.F_QUERY, codes.F_FUNCTION_CALL)
-ABORTED = "current transaction is aborted, commands ignored until end of transaction block"
+ASYNC: Final = frozenset((codes.B_NOTICE, codes.B_NOTIFICATION, codes.B_PARAMETER_STATUS))
+FATAL_SEVERITY: Final = frozenset((b"SFATAL", b"SPANIC"))
+_SYNC_KINDS: Final = (codes.F_SYNC, codes.F_QUERY, codes.F_FUNCTION_CALL)
+ABORTED: Final = "current transaction is aborted, commands ignored until end of transaction block"
 
 
 class Expect:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import statistics
 import struct
 import subprocess
 import time
@@ -331,9 +330,10 @@ def test_unknown_user_looks_like_a_real_one(proxy_factory: ProxyFactory, pg: PgC
     # Salts differ between users (derived from the name), and between unknown names.
     other = _scram_attempt(proxy, "nosuchuser2")[0]
     assert other.split(",")[1] != seen["nosuchuser"][0][0].split(",")[1]
-    # Same work: the refusal, and the whole exchange, take about as long for each user (medians
-    # within 5 ms or a factor 2; a PBKDF2 per attempt for unknown users would show).
+    # Same work: the refusal, and the whole exchange, take about as long for each user (the quickest
+    # of 15 attempts within 5 ms or a factor 2; a PBKDF2 per attempt for unknown users would show in
+    # every attempt). The quickest, not the median: a loaded machine only ever adds time.
     for which in (1, 3):
-        medians = {u: statistics.median(float(a[which]) for a in attempts) for u, attempts in seen.items()}
-        fastest, slowest = min(medians.values()), max(medians.values())
-        assert slowest - fastest < 0.005 or slowest < 2 * fastest, medians
+        quickest = {u: min(float(a[which]) for a in attempts) for u, attempts in seen.items()}
+        fastest, slowest = min(quickest.values()), max(quickest.values())
+        assert slowest - fastest < 0.005 or slowest < 2 * fastest, quickest
