@@ -42,10 +42,6 @@ def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _literal(value: str | None) -> str:
-    return "NULL" if value is None else "'" + value.replace("'", "''") + "'"
-
-
 class MoveFailedError(Exception):
     """The session cannot go on on a new server (no server in time, or its state could not be rebuilt)."""
 
@@ -58,10 +54,10 @@ class Moves:
     def __init__(self, replay: Replay, session: ClientSession):
         self.r = replay
         self.s = session
-        # Session pooling: protocol-level statements under the client's own names: the Parse as sent, and the
-        # search_path it was prepared under. (Transaction pooling renames them; each server gets them lazily.)
-        self.parsed: dict[str, tuple[bytes, str | None]] = {}
-        self.prepared: dict[str, tuple[str, str | None]] = {}  # SQL PREPARE: name -> (its text, search_path)
+        # Session pooling: protocol-level statements under the client's own names: the Parse as sent.
+        # (Transaction pooling renames them; each server gets them lazily.)
+        self.parsed: dict[str, bytes] = {}
+        self.prepared: dict[str, str] = {}  # SQL PREPARE: name -> its statement's text
         self.channels: dict[str, None] = {}  # LISTEN channels, in order
         self.why: str | None = None  # state a new server cannot be given
         self.pins_seen = False  # transaction pooling: a statement that pins was seen (the pin is explained)
@@ -84,7 +80,7 @@ class Moves:
                 if not dec[0]:
                     unnamed = dec[1]
                 elif session:
-                    self.parsed[dec[0]] = (msg, s.settings.get("search_path"))
+                    self.parsed[dec[0]] = msg
             elif t == codes.F_CLOSE and session and dec[0] == ord("S") and dec[1]:
                 self.parsed.pop(dec[1], None)
             elif t == codes.F_BIND and dec is not None:
@@ -118,10 +114,9 @@ class Moves:
                     break
         if not e & _TRACKED:
             return
-        sp = s.settings.get("search_path")
         for what, name, stmt in sessionstate.actions(text if isinstance(text, str) else text()):
             if what == sessionstate.PREPARE and name is not None:
-                self.prepared[name] = (stmt, sp)
+                self.prepared[name] = stmt
             elif what == sessionstate.DEALLOCATE:
                 if name is None:
                     self.prepared.clear()
@@ -344,23 +339,12 @@ class Moves:
         sql = s._sync_settings_sql(conn)
         if sql:
             steps.append(("settings", None, messages.query(sql)))
-        current = s.settings.get("search_path")
-        path = current
-
-        def search_path(want: str | None) -> None:
-            nonlocal path
-            if want != path:
-                q = f"SELECT pg_catalog.set_config('search_path', {_literal(want)}, false)"
-                steps.append(("search_path", want, messages.msg(codes.F_QUERY, q.encode(codec, "replace") + b"\x00")))
-                path = want
-
-        for name, (msg, sp) in self.parsed.items():
-            search_path(sp)
+        # Under the session's current settings: PostgreSQL itself parses a prepared statement again under
+        # the current search_path when it changed since the PREPARE.
+        for name, msg in self.parsed.items():
             steps.append(("parse", name, msg + messages.SYNC))
-        for name, (text, sp) in self.prepared.items():
-            search_path(sp)
+        for name, text in self.prepared.items():
             steps.append(("prepare", name, messages.msg(codes.F_QUERY, text.encode(codec, "replace") + b"\x00")))
-        search_path(current)
         for ch in self.channels:
             steps.append(("listen", ch, messages.msg(codes.F_QUERY, ("LISTEN " + _ident(ch)).encode(codec, "replace")
                                                      + b"\x00")))

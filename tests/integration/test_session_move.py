@@ -184,11 +184,20 @@ def test_terminated_backend_session_pooling_moves_on_the_same_primary(
     c.execute("PREPARE getv(int) AS SELECT v FROM kv WHERE k = $1")
     c.execute("LISTEN moved")
     pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+    # Settings are applied before the statements are prepared again: this one only parses under them.
+    pg.sql(primary, "CREATE SCHEMA s2; CREATE TABLE s2.only_here (v int); INSERT INTO s2.only_here VALUES (111)",
+           db="app", user="app")
+    sp = psycopg.connect(dsn, autocommit=True)
+    sp.execute("SET search_path = s2, public")
+    sp.execute("PREPARE inpath AS SELECT v FROM only_here")
+    sppid = sp.execute("SELECT pg_backend_pid()").fetchone()[0]
     locker = _raw(proxy, "SELECT pg_advisory_lock(7)")
     locker_pid = int(pg.sql(primary, "SELECT pid FROM pg_locks WHERE locktype = 'advisory'"))
 
     _terminate(pg, primary, pid)
-    _wait(lambda: _moved(proxy) >= 1, 15, "the session moved")
+    _terminate(pg, primary, sppid)
+    _wait(lambda: _moved(proxy) >= 2, 15, "the sessions moved")
+    assert sp.execute("EXECUTE inpath").fetchone() == (111,)
     pg.sql(primary, "NOTIFY moved, 'same primary'", db="app")
     assert [(n.channel, n.payload) for n in c.notifies(timeout=10, stop_after=1)] == [("moved", "same primary")]
     assert c.execute(QUERY, (2,), prepare=True).fetchone() == (20,)
@@ -229,7 +238,7 @@ def test_terminated_backend_session_pooling_moves_on_the_same_primary(
 
     _terminate(pg, primary, locker_pid)
     _ends_with(locker, "57P01")  # the server's own FATAL: its lock cannot move
-    for conn in (c, reader, tx):
+    for conn in (c, sp, reader, tx):
         conn.close()
 
 
