@@ -159,7 +159,7 @@ class Moves:
         s = self.s
         if conn is not s.backend:
             return False
-        at = data.rfind(b"SFATAL\x00") - 5
+        at = data.rfind(b"SFATAL\x00", max(0, len(data) - 8192)) - 5  # a FATAL is the last message, and short
         if at < 0 or data[at] != codes.B_ERROR or int.from_bytes(data[at + 1 : at + 5], "big") + 1 + at != len(data):
             return False
         if messages.parse_error_fields(data[at + 5 :]).get("C") not in _ENDING:

@@ -279,3 +279,49 @@ def test_pinned_transaction_pooling_clients_move_with_sql_prepare_and_listen(
     _ends_with(temp, "57P01")
     sq.close()
     ac.close()
+
+
+def test_commit_in_flight_when_the_backend_is_terminated_is_answered_and_the_session_moves(
+    cluster_factory: Callable[..., PgCluster], proxy_factory: ProxyFactory
+) -> None:
+    """A session-pooling client's COMMIT waits for a synchronous standby that is not there; its backend is
+    terminated: the COMMIT's outcome is looked up (committed locally), answered, and the session goes on on
+    a new server with its prepared statement and LISTEN channel."""
+    pg = cluster_factory(standbys=0)
+    _setup(pg)
+    primary = pg.primary
+    proxy = proxy_factory({"failover": REPLAY, "pool": {"mode": "session"}}, cluster=pg)
+    c = psycopg.connect(proxy.dsn(), autocommit=True)
+    c.execute("PREPARE getv(int) AS SELECT v FROM kv WHERE k = $1")
+    c.execute("LISTEN moved")
+    pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+    pg.sql(primary, "ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
+    pg.sql(primary, "ALTER SYSTEM SET synchronous_commit = 'on'")
+    pg.sql(primary, "SELECT pg_reload_conf()")
+    c.execute("BEGIN")
+    c.execute("UPDATE kv SET v = 99 WHERE k = 2")
+    outcome: list[Any] = []
+
+    def commit() -> None:
+        try:
+            c.execute("COMMIT")
+            outcome.append("COMMIT")
+        except psycopg.Error as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=commit)
+    t.start()
+    _wait(lambda: pg.sql(primary, f"SELECT wait_event FROM pg_stat_activity WHERE pid = {pid}") == "SyncRep", 10,
+          "the COMMIT waiting for a synchronous standby")
+    _terminate(pg, primary, pid)
+    t.join(30)
+    pg.sql(primary, "ALTER SYSTEM RESET synchronous_standby_names")
+    pg.sql(primary, "ALTER SYSTEM RESET synchronous_commit")
+    pg.sql(primary, "SELECT pg_reload_conf()")
+    assert outcome == ["COMMIT"], f"{outcome}\n{proxy.output()[-3000:]}"
+    assert c.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    _wait(lambda: _moved(proxy) >= 1, 15, "the session moved")
+    assert c.execute("EXECUTE getv(2)").fetchone() == (99,)
+    pg.sql(primary, "NOTIFY moved, 'after commit'", db="app")
+    assert [(n.channel, n.payload) for n in c.notifies(timeout=10, stop_after=1)] == [("moved", "after commit")]
+    c.close()
