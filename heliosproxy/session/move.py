@@ -183,6 +183,10 @@ class Moves:
         s = self.s
         if conn is not s.backend or s.phase != READY:
             return False
+        for fl in s.inflight:
+            sig = fl.info.signal if fl.info is not None else None
+            if sig is not None and sig.function == "pg_terminate_backend":
+                return False  # it may have terminated its own backend: its session ends, as on a server
         return not ((s.relay.buf if s.slow else not s.scanner.at_boundary) or self.r._left or self.r._hdr)
 
     def _hold(self, conn: BackendConnection, fatal: bytes) -> None:

@@ -238,6 +238,12 @@ def test_terminated_backend_session_pooling_moves_on_the_same_primary(
 
     _terminate(pg, primary, locker_pid)
     _ends_with(locker, "57P01")  # the server's own FATAL: its lock cannot move
+    # A session that terminates its own backend ends, as on a server.
+    own = psycopg.connect(dsn, autocommit=True)
+    opid = own.execute("SELECT pg_backend_pid()").fetchone()[0]
+    with pytest.raises(psycopg.errors.AdminShutdown):
+        own.execute(f"SELECT pg_terminate_backend({opid})")
+    assert own.closed
     for conn in (c, sp, reader, tx):
         conn.close()
 
