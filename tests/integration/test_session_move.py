@@ -104,8 +104,9 @@ def test_session_pooling_sessions_move_to_the_promoted_primary_with_prepared_sta
     cluster_factory: Callable[..., PgCluster], proxy_factory: ProxyFactory
 ) -> None:
     """Primary killed, standby promoted: idle session-pooling clients keep their protocol-level prepared
-    statements (psycopg, asyncpg's cache), SQL PREPAREs, SET ROLE and LISTEN channels; temp tables,
-    session advisory locks and WITH HOLD cursors end the session with FATAL 08006."""
+    statements (psycopg, asyncpg's cache), SQL PREPAREs, SET ROLE and LISTEN channels, and so does a
+    transaction-pooling client pinned by PREPARE and LISTEN; temp tables, session advisory locks and
+    WITH HOLD cursors end the session with FATAL 08006."""
     pg = cluster_factory(standbys=1)
     _setup(pg)
     proxy = proxy_factory({"health": HEALTH, "failover": REPLAY, "pool": {"mode": "session"}}, cluster=pg)
@@ -130,7 +131,15 @@ def test_session_pooling_sessions_move_to_the_promoted_primary_with_prepared_sta
     assert ac.run(ac.conn.fetchval("SELECT v FROM kv WHERE k = $1", 2)) == 20  # into asyncpg's statement cache
     stmt = ac.run(ac.conn.prepare("SELECT v * 2 FROM kv WHERE k = $1"))
     assert ac.run(stmt.fetchval(3)) == 60
+    # Transaction pooling, pinned by SQL PREPARE and LISTEN (a second proxy on the same cluster).
+    tproxy = proxy_factory({"health": HEALTH, "failover": REPLAY, "pool": {"mode": "transaction"}}, cluster=pg)
+    _wait(lambda: _nodes(tproxy)["standby1"]["state"] == "up", 10, "standby1 up (transaction pooling)")
+    tp = psycopg.connect(tproxy.dsn(), autocommit=True)
+    tp.execute("PREPARE getv(int) AS SELECT v FROM kv WHERE k = $1")
+    tp.execute("LISTEN moved")
+    assert tp.execute("EXECUTE getv(1)").fetchone() == (10,)
     unmovable = [
+        _raw(tproxy, "CREATE TEMP TABLE scratch (x int)"),
         _raw(proxy, "CREATE TEMP TABLE scratch (x int)"),
         _raw(proxy, "SELECT pg_advisory_lock(42)"),
         _raw(proxy, "DECLARE c CURSOR WITH HOLD FOR SELECT 1"),
@@ -139,12 +148,16 @@ def test_session_pooling_sessions_move_to_the_promoted_primary_with_prepared_sta
     pg.stop_node(old, "immediate")
     pg.promote(new)
     _wait(lambda: _moved(proxy) >= 4, 30, "4 sessions moved")
+    _wait(lambda: _moved(tproxy) >= 1, 30, "the pinned session moved")
 
     # LISTEN: a NOTIFY on the new primary, from another connection, reaches the moved listener.
     pg.sql(new, "NOTIFY other, 'not listened'; NOTIFY moved, 'after the move'", db="app")
     notes = [(n.channel, n.payload) for n in ln.notifies(timeout=10, stop_after=1)]
     assert notes == [("moved", "after the move")]
     assert ln.execute("SELECT inet_server_port()").fetchone() == (new.port,)
+    assert [(n.channel, n.payload) for n in tp.notifies(timeout=10, stop_after=1)] == [("moved", "after the move")]
+    assert tp.execute("EXECUTE getv(2)").fetchone() == (20,)
+    assert tp.execute("SELECT inet_server_port()").fetchone() == (new.port,)
     # psycopg binds its server-side statement by name: it exists on the new server.
     assert ps.execute(QUERY, (1,), prepare=True).fetchone() == (10,)
     assert ps.execute("SELECT name FROM pg_prepared_statements WHERE NOT from_sql").fetchall() != []
@@ -161,10 +174,10 @@ def test_session_pooling_sessions_move_to_the_promoted_primary_with_prepared_sta
     assert ac.run(ac.conn.fetchval("SELECT inet_server_port()")) == new.port
     for raw in unmovable:
         _ends_with(raw, "08006")
-    for c in (ps, sq, ln):
+    for c in (ps, sq, ln, tp):
         c.close()
     ac.close()
-    assert _moved(proxy) == 4
+    assert _moved(proxy) == 4 and _moved(tproxy) == 1
 
 
 def test_terminated_backend_session_pooling_moves_on_the_same_primary(
