@@ -145,10 +145,14 @@ def test_session_pooling_sessions_move_to_the_promoted_primary_with_prepared_sta
         _raw(proxy, "DECLARE c CURSOR WITH HOLD FOR SELECT 1"),
     ]
 
+    t_kill = time.monotonic()
     pg.stop_node(old, "immediate")
     pg.promote(new)
+    t_promoted = time.monotonic()
     _wait(lambda: _moved(proxy) >= 4, 30, "4 sessions moved")
     _wait(lambda: _moved(tproxy) >= 1, 30, "the pinned session moved")
+    print(f"\nSESSION MOVE (primary killed, standby promoted): 5 sessions moved {time.monotonic() - t_kill:.2f}s "
+          f"after the kill, {time.monotonic() - t_promoted:.2f}s after pg_promote returned")
 
     # LISTEN: a NOTIFY on the new primary, from another connection, reaches the moved listener.
     pg.sql(new, "NOTIFY other, 'not listened'; NOTIFY moved, 'after the move'", db="app")
