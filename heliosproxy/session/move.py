@@ -114,6 +114,9 @@ class Moves:
                     break
         if not e & _TRACKED:
             return
+        # LISTEN/UNLISTEN take effect at COMMIT: inside a transaction block the proxy keeps the union (a channel
+        # too many after a move shows as an extra notification; one too few would be lost silently).
+        in_block = s.tx_status != codes.TX_IDLE or info.statements > 1
         for what, name, stmt in sessionstate.actions(text if isinstance(text, str) else text()):
             if what == sessionstate.PREPARE and name is not None:
                 self.prepared[name] = stmt
@@ -126,7 +129,7 @@ class Moves:
                     self.parsed.pop(name, None)
             elif what == sessionstate.LISTEN and name is not None:
                 self.channels[name] = None
-            elif what == sessionstate.UNLISTEN:
+            elif what == sessionstate.UNLISTEN and not in_block:
                 if name is None:
                     self.channels.clear()
                 else:

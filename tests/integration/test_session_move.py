@@ -207,6 +207,10 @@ def test_terminated_backend_session_pooling_moves_on_the_same_primary(
     sp = psycopg.connect(dsn, autocommit=True)
     sp.execute("SET search_path = s2, public")
     sp.execute("PREPARE inpath AS SELECT v FROM only_here")
+    sp.execute("LISTEN kept")
+    sp.execute("BEGIN")
+    sp.execute("UNLISTEN kept")  # rolled back: still listening (and a move must not drop it)
+    sp.execute("ROLLBACK")
     sppid = sp.execute("SELECT pg_backend_pid()").fetchone()[0]
     locker = _raw(proxy, "SELECT pg_advisory_lock(7)")
     locker_pid = int(pg.sql(primary, "SELECT pid FROM pg_locks WHERE locktype = 'advisory'"))
@@ -215,6 +219,8 @@ def test_terminated_backend_session_pooling_moves_on_the_same_primary(
     _terminate(pg, primary, sppid)
     _wait(lambda: _moved(proxy) >= 2, 15, "the sessions moved")
     assert sp.execute("EXECUTE inpath").fetchone() == (111,)
+    pg.sql(primary, "NOTIFY kept, 'still'", db="app")
+    assert [(n.channel, n.payload) for n in sp.notifies(timeout=10, stop_after=1)] == [("kept", "still")]
     pg.sql(primary, "NOTIFY moved, 'same primary'", db="app")
     assert [(n.channel, n.payload) for n in c.notifies(timeout=10, stop_after=1)] == [("moved", "same primary")]
     assert c.execute(QUERY, (2,), prepare=True).fetchone() == (20,)
@@ -321,6 +327,8 @@ def test_commit_in_flight_when_the_backend_is_terminated_is_answered_and_the_ses
     pg.sql(primary, "ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
     pg.sql(primary, "ALTER SYSTEM SET synchronous_commit = 'on'")
     pg.sql(primary, "SELECT pg_reload_conf()")
+    _wait(lambda: c.execute("SELECT current_setting('synchronous_standby_names'), current_setting("
+                            "'synchronous_commit')").fetchone() == ("nobody", "on"), 10, "the reload seen")
     c.execute("BEGIN")
     c.execute("UPDATE kv SET v = 99 WHERE k = 2")
     outcome: list[Any] = []
