@@ -1886,6 +1886,8 @@ class ClientSession(asyncio.Protocol):
                 # FATAL is the first thing it says, so nothing ran. Send the request to another.
                 self._resend_elsewhere(conn, fresh)
                 return
+        if self.replay is not None and data[-2:] == b"\x00\x00" and self.replay.mv.hold_fatal(conn, data):
+            return  # issue 16 §2: the server is ending the session (57P01/57P02); it may move (session/move.py)
         try:
             if self.slow:
                 self._slow_feed(conn, data)

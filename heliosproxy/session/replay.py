@@ -17,6 +17,7 @@ from heliosproxy.backends.tls import node_tls
 from heliosproxy.config.schema import Config, PoolMode
 from heliosproxy.errors import BackendAuthError, HeliosError
 from heliosproxy.protocol import codes, messages
+from heliosproxy.session.move import Moves
 from heliosproxy.session.relay import ASYNC as _ASYNC
 from heliosproxy.session.relay import HIDE, Expect
 from heliosproxy.sql.classify import Effect, TxControl
@@ -97,6 +98,7 @@ class Replay:
         "hasher",
         "held",
         "idle",
+        "mv",
         "n",
         "n_rfq",
         "partial",
@@ -112,7 +114,6 @@ class Replay:
         "saved_framing",
         "size",
         "state",
-        "sticky",
         "target_n",
         "writes",
         "wrote",
@@ -150,7 +151,7 @@ class Replay:
         self.partial = False
         self.refuse_next = False
         self.held = False
-        self.sticky: str | None = None  # session state a new server cannot be given (issue 16 §2)
+        self.mv = Moves(self, session)  # issue 16 §2: the session state a new server is given (session/move.py)
         self.attempts = 0  # replays started since the last success (a lost server during a replay retries)
         self.saved_framing: tuple[int, int, bytes, bool, int] | None = None  # + the client's tx status
 
@@ -183,8 +184,7 @@ class Replay:
         if self.resending:
             return
         info = plan.info
-        if self.sticky is None and info is not None and info.effects & (_UNREPLAYABLE_EFFECTS | Effect.PREPARE):
-            self.sticky = ", ".join(info.kinds)  # temp tables, advisory locks, WITH HOLD cursors, LISTEN, ...
+        self.mv.on_send(plan)  # prepared statements, LISTEN channels, state that cannot move (session/move.py)
         if self.idle:
             if s.pending or s.expect:
                 return  # not at a reply boundary: nothing to record from here
@@ -449,43 +449,17 @@ class Replay:
         return True
 
     def _unmovable(self) -> str | None:
-        """Why a session-pooling or pinned client's session cannot move to a new server (None: it can;
-        settings are rebuilt by the proxy's usual settings sync)."""
-        s = self.s
-        if self.sticky is not None:
-            return self.sticky
-        if s._temp_schema:
-            return "temporary objects"
-        if s._listen_pid:
-            return "LISTEN"
-        if s.statements:
-            return "named prepared statements"
-        if s.pinned and s.mode is PoolMode.TRANSACTION:
-            return "pinned to its server"
-        return None
+        """Why a session-pooling or pinned client's session cannot move to a new server (session/move.py)."""
+        return self.mv.unmovable()
 
     def _move(self, conn: BackendConnection) -> bool:
-        """Issue 16 §2: an idle session-pooling client whose state the proxy can rebuild keeps its
-        session; its next statement gets a new server (its settings are applied there first)."""
-        s = self.s
-        log.warning("client %s: server connection to node %s was lost; the session moves to a new server",
-                    s.peer, conn.node)
-        if s.hold is not None:
-            s._release_hold()
-        s.backend = None
-        pool = s.backend_pool
-        s.backend_pool = None
-        if pool is not None:
-            pool.release(conn, reusable=False)
-        s.expect.clear()
-        s.slow = s._listening
-        s.relay.reset()
-        s.scanner.reset()
-        s.ctx.sessions_moved += 1
-        return True
+        """Issue 16 §2: an idle session-pooling or pinned client gets a new server now, its settings,
+        prepared statements and LISTEN channels rebuilt there (session/move.py)."""
+        return self.mv.move(conn)
 
     def _why_not(self, reason: str) -> bool:
         log.info("client %s: not replayed: %s", self.s.peer, reason)
+        self.mv.give_up()  # a server's FATAL held back goes to the client now
         self.saved_framing = None
         self.state = RECORD
         return False
@@ -549,6 +523,8 @@ class Replay:
         self._hdr = b""
         self.saved_framing = None
         s._write(answer + messages.ready_for_query(codes.TX_IDLE))
+        if self.mv.reconnect():
+            return  # a session-pooling or pinned client gets its new server first (session/move.py)
         self._release_input()
 
     async def _resolve_commit(self, xid: str) -> None:
@@ -650,6 +626,8 @@ class Replay:
         if s.phase != READY:
             pool.release(conn)
             return
+        if not await self.mv.ready(conn, pool):
+            return  # a session-pooling or pinned client's state could not be rebuilt there: 08006
         s._bind(conn, pool)
         s._just_bound = False
         self.xid = Xid.UNKNOWN  # a new transaction on the new server: its id is asked again
