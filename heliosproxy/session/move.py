@@ -12,6 +12,7 @@ from heliosproxy.backends.connection import BackendConnection
 from heliosproxy.config.schema import DatabaseRoute, PoolMode
 from heliosproxy.errors import HeliosError
 from heliosproxy.protocol import codes, messages
+from heliosproxy.protocol.frontend import STATEMENT
 from heliosproxy.sql import sessionstate
 from heliosproxy.sql.classify import Effect, StatementInfo
 
@@ -75,17 +76,18 @@ class Moves:
             return
         session = s.mode is PoolMode.SESSION
         unnamed: str | None = None
-        for t, msg, dec in plan.batch:
+        for m in plan.batch:
+            t = m.t
             if t == codes.F_PARSE:
-                if not dec[0]:
-                    unnamed = dec[1]
+                if not m.name:
+                    unnamed = m.sql
                 elif session:
-                    self.parsed[dec[0]] = msg
-            elif t == codes.F_CLOSE and session and dec[0] == ord("S") and dec[1]:
-                self.parsed.pop(dec[1], None)
-            elif t == codes.F_BIND and dec is not None:
-                if dec[1]:
-                    st = s.statements.get(dec[1])
+                    self.parsed[m.name] = m.data
+            elif t == codes.F_CLOSE and session and m.sub == STATEMENT and m.name:
+                self.parsed.pop(m.name, None)
+            elif t == codes.F_BIND:
+                if m.stmt:
+                    st = s.statements.get(m.stmt)
                     if st is not None and (st.info.effects or st.info.calls_unknown):
                         self._effects(plan, st.info, st.sql)
                 elif unnamed is not None:
