@@ -36,7 +36,23 @@ REFUSE_SQL = (
     "DO $heliosproxy$BEGIN RAISE EXCEPTION USING ERRCODE = '40001', "
     "MESSAGE = 'could not serialize access: transaction could not be replayed after failover'; END$heliosproxy$"
 )
-XID_SQL = "SELECT pg_catalog.pg_current_xact_id_if_assigned()"
+# The transaction id and, once it has one, the WAL insert position just past its first record (an "anchor"):
+# a promoted standby reuses the ids of transactions none of whose records reached it, so pg_xact_status()
+# there speaks of *this* transaction only if the new primary's history reaches the anchor (see verdict()).
+XID_SQL = (
+    "SELECT x, CASE WHEN x IS NULL THEN NULL ELSE pg_catalog.pg_current_wal_insert_lsn() - '0/0'::pg_catalog.pg_lsn"
+    " END, EXTRACT(EPOCH FROM pg_catalog.pg_postmaster_start_time())"
+    " FROM (SELECT pg_catalog.pg_current_xact_id_if_assigned() AS x) heliosproxy_xid"
+)
+# Asked on the new primary: the outcome, how far its own recovery replayed the old history (NULL: it has
+# not been in recovery since it started) and the WAL page geometry (to read the anchor exactly).
+STATUS_SQL = (
+    "SELECT pg_catalog.pg_xact_status('{xid}'::pg_catalog.xid8), "
+    "pg_catalog.pg_last_wal_replay_lsn() - '0/0'::pg_catalog.pg_lsn, "
+    "pg_catalog.current_setting('wal_block_size')::int, "
+    "pg_catalog.pg_size_bytes(pg_catalog.current_setting('wal_segment_size')), "
+    "EXTRACT(EPOCH FROM pg_catalog.pg_postmaster_start_time())"
+)
 _Z = codes.B_READY_FOR_QUERY
 # Statement kinds whose effect a second run cannot reproduce (or whose data the proxy does not keep).
 _UNREPLAYABLE_KINDS = frozenset(
@@ -117,6 +133,8 @@ class Replay:
         "writes",
         "wrote",
         "xid",
+        "xid_life",
+        "xid_lsn",
     )
 
     def __init__(self, session: ClientSession):
@@ -131,6 +149,8 @@ class Replay:
         self.n_rfq = 0  # ... of which up to the last ReadyForQuery
         self.rfqs = 0  # ReadyForQuery messages relayed since recording began
         self.xid: str | Xid = Xid.UNKNOWN
+        self.xid_lsn = 0  # the WAL insert position on its server when the id was asked (past its first record)
+        self.xid_life = ""  # ... and that server's start time (the same "life": its history is intact)
         self.wrote = False  # a write was sent in the transaction: its id is asked with the next statement
         self.writes = 0  # writes sent (a "no id" answer holds only if none was sent after the question)
         self.commit_n = -1
@@ -234,8 +254,12 @@ class Replay:
         elif not rows or rows[0][0] is None:
             # No id yet: nothing written so far. A write sent after the question may have assigned one.
             self.xid = Xid.NONE if self.writes == asked_at else Xid.UNKNOWN
+        elif len(rows[0]) < 3 or rows[0][1] is None:
+            self.xid = Xid.ASKED  # no anchor: the outcome could not be told apart from a reused id
         else:
             self.xid = rows[0][0]
+            self.xid_lsn = int(rows[0][1])
+            self.xid_life = rows[0][2] or ""
 
     def _judge(self, plan: Plan) -> None:
         """Mark the recording unreplayable when this plan cannot run twice with the same result."""
@@ -435,7 +459,7 @@ class Replay:
             if self.xid is Xid.NONE:
                 self._answer_end("COMMIT", committed=True)  # nothing was written: nothing to lose
             else:
-                self._start(self._resolve_commit(str(self.xid)))
+                self._start(self._resolve_commit(str(self.xid), self.xid_lsn, self.xid_life, conn.node))
             return True
         if single and first is not None and first.tx is TxControl.ROLLBACK:
             self._takeover(conn)
@@ -551,8 +575,24 @@ class Replay:
         s._write(answer + messages.ready_for_query(codes.TX_IDLE))
         self._release_input()
 
-    async def _resolve_commit(self, xid: str) -> None:
+    async def _resolve_commit(self, xid: str, anchor: int, life: str, lost: str) -> None:
         """The COMMIT was in flight: ask the (new) primary whether the transaction committed."""
+        s = self.s
+        from heliosproxy.session.client import READY
+
+        outcome = await self._outcome(xid, anchor, life, lost)
+        if s.phase != READY:
+            return
+        if outcome is None:
+            s._fatal("08006", "server connection lost")
+        elif outcome:
+            self._answer_end("COMMIT", committed=True)
+        else:
+            self._refuse_end()
+
+    async def _outcome(self, xid: str, anchor: int, life: str, lost: str) -> bool | None:
+        """Whether transaction `xid` (anchored at WAL position `anchor` on node `lost`, started at `life`)
+        committed, as the current primary tells; None when that cannot be found out in failover.write_timeout."""
         s = self.s
         ctx = s.ctx
         cfg: Config = ctx.config
@@ -572,13 +612,12 @@ class Replay:
                                      params={"application_name": "heliosproxy-replay"},
                                      tls=node_tls(cfg, node.cfg))
                 try:
-                    rows = await asyncio.wait_for(
-                        conn.query(f"SELECT pg_catalog.pg_xact_status('{int(xid)}'::pg_catalog.xid8)"), 5)
+                    rows = await asyncio.wait_for(conn.query(STATUS_SQL.format(xid=int(xid))), 5)
                 finally:
                     conn.close()
             except QueryError as exc:
                 if exc.sqlstate == "22023" and "future" in exc.message:
-                    rows = [["aborted"]]  # the new primary never saw it: its commit record is not there
+                    rows = [["future", None, None, None, None]]  # the new primary never saw the id: nor its commit
                 else:
                     last = exc.message
                     await asyncio.sleep(0.1)
@@ -587,24 +626,29 @@ class Replay:
                 last = str(exc) or exc.__class__.__name__
                 await asyncio.sleep(0.1)
                 continue
-            status = rows[0][0] if rows else None
             if s.phase != READY:
-                return
-            if status == "committed":
+                return None
+            row = rows[0] if rows and len(rows[0]) == 5 else [None, None, None, None, None]
+            replayed = int(row[1]) if row[1] is not None else None
+            block = int(row[2]) if row[2] is not None else 8192
+            segment = int(row[3]) if row[3] is not None else 16 << 20
+            same = node.name == lost
+            answer = verdict(row[0], replayed, anchor, block, segment, same, same and row[4] == life)
+            if answer == "committed" or answer == "aborted":
                 ctx.commits_resolved += 1
-                log.info("client %s: COMMIT in flight when node was lost: transaction %s committed", s.peer, xid)
-                self._answer_end("COMMIT", committed=True)
-                return
-            if status == "aborted":
-                ctx.commits_resolved += 1
-                log.info("client %s: COMMIT in flight when node was lost: transaction %s did not commit",
-                         s.peer, xid)
-                self._refuse_end()
-                return
-            last = f"transaction {xid} is {status}"
+                log.info("client %s: a COMMIT in flight when node %s was lost: transaction %s %s (%s on node %s, "
+                         "recovered to %s, anchor %s)", s.peer, lost, xid,
+                         "committed" if answer == "committed" else "did not commit", row[0], node.name,
+                         replayed, anchor)
+                return answer == "committed"
+            if answer == "unknown":
+                log.warning("client %s: outcome of a COMMIT in flight cannot be found out: node %s says %s but has "
+                            "not recovered from node %s's history since it started", s.peer, node.name, row[0], lost)
+                return None
+            last = f"transaction {xid} is {row[0]}"
             await asyncio.sleep(0.05)
         log.warning("client %s: outcome of a COMMIT in flight unknown after failover.write_timeout (%s)", s.peer, last)
-        s._fatal("08006", "server connection lost")
+        return None
 
     async def _acquire(self, lost: str, read: bool) -> tuple[BackendConnection, Pool]:
         s = self.s
@@ -784,6 +828,43 @@ class Replay:
 
 class BackendUnavailableError(Exception):
     """No server to replay on within failover.write_timeout."""
+
+
+def verdict(status: str | None, replayed: int | None, anchor: int, block: int, segment: int,
+            same_node: bool, same_life: bool) -> str:
+    """The outcome of a transaction whose COMMIT was in flight: "committed", "aborted", "wait" (ask again)
+    or "unknown". `status` is pg_xact_status(id) on the current primary ("future": it never saw the id),
+    `replayed` its pg_last_wal_replay_lsn() (None: not in recovery since it started), `anchor` the WAL
+    insert position on the lost server when the id was asked (after the transaction's first record),
+    `same_node`/`same_life`: the primary is the lost server / and has not restarted since.
+
+    A promoted standby hands out again the ids of transactions none of whose records reached it, so its
+    "committed" is about *this* transaction only if its history reaches the anchor. "aborted" (or an id
+    in the future) holds either way: had this transaction committed there, its id would not be reused."""
+    if status in ("aborted", "future"):
+        return "aborted"
+    if same_life:
+        replayed = None  # not restarted: its own history is whole (a recovery before the transaction is moot)
+    if anchor % segment == _LONG_PAGE_HEADER:
+        anchor -= _LONG_PAGE_HEADER  # the insert position skips a page header the last record does not reach
+    elif anchor % block == _PAGE_HEADER:
+        anchor -= _PAGE_HEADER
+    if replayed is None:
+        # Not recovered since it started (a clean restart keeps all its WAL): the lost server itself, whose
+        # history is whole; any other node cannot tell.
+        if not same_node:
+            return "unknown"
+    elif replayed < anchor:
+        return "aborted"  # the new primary's history ends before this transaction's first record
+    if status == "committed":
+        return "committed"
+    if status == "in progress":
+        return "wait"
+    return "unknown"
+
+
+_PAGE_HEADER = 24  # SizeOfXLogShortPHD
+_LONG_PAGE_HEADER = 40  # SizeOfXLogLongPHD (the first page of a WAL segment)
 
 
 def _after_syncs(plans: list[Plan], syncs: int) -> int:

@@ -378,3 +378,65 @@ def test_commit_in_flight_that_did_not_commit_on_the_new_primary_gets_40001(
     assert client.execute("SELECT inet_server_port()").fetchone() == (new.port,)
     client.close()
     assert (_metric(proxy, "heliosproxy_failover_replays_total", kind="commit_resolved") or 0) == 1
+
+
+def test_commit_in_flight_whose_xid_the_new_primary_reused_gets_40001(
+    cluster_factory: Callable[..., PgCluster], proxy_factory: ProxyFactory
+) -> None:
+    """The lost-acknowledged-commit window: a transaction whose WAL never reached the standby has an id
+    the promoted standby hands out again. Here the new primary gives that id to another transaction that
+    commits before the proxy asks: pg_xact_status() alone says "committed", yet the client's row is not
+    there. The proxy must answer 40001 (its transaction's records are not in the new primary's history)."""
+    pg = cluster_factory(standbys=1)
+    _sync_replication(pg)
+    proxy = proxy_factory({"health": HEALTH, "failover": REPLAY}, cluster=pg)
+    dsn = proxy.dsn()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE kv (k int PRIMARY KEY, v int)")
+    pg.wait_replay()
+    _wait(lambda: _nodes(proxy)["standby1"]["state"] == "up", 10, "standby1 up")
+    old, new = pg.primary, pg.standbys[0]
+    # The standby stops replicating before the transaction's first write: none of its WAL gets there.
+    pg.sql(new, "ALTER SYSTEM SET primary_conninfo = ''")
+    pg.sql(new, "SELECT pg_reload_conf()")
+    _wait(lambda: pg.sql(new, "SELECT count(*) FROM pg_stat_wal_receiver") == "0", 10, "standby detached")
+
+    client = psycopg.connect(dsn, autocommit=True)
+    client.execute("BEGIN")
+    client.execute("INSERT INTO kv VALUES (1, 1)")
+    assert client.execute("SELECT count(*) FROM kv").fetchone() == (1,)  # the transaction id is asked here
+    outcome: list[Any] = []
+
+    def commit() -> None:
+        try:
+            client.execute("COMMIT")
+            outcome.append("COMMIT")
+        except psycopg.Error as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=commit)
+    t.start()
+    waiting = "SELECT backend_xid FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
+    _wait(lambda: pg.sql(old, waiting) != "", 10, "the COMMIT waiting for the synchronous standby")
+    xid = int(pg.sql(old, waiting))
+    # The proxy cannot reach the new primary (TCP refused) until its id was reused there.
+    hba = (new.datadir / "pg_hba.conf").read_text()
+    pg._write(new.datadir / "pg_hba.conf", "local all all trust\nhost all all 127.0.0.1/32 reject\n")
+    pg.sql(new, "SELECT pg_reload_conf()")
+    pg.stop_node(old, "immediate")
+    pg.promote(new)
+    for _ in range(100):
+        got = int(pg.sql(new, "INSERT INTO kv VALUES (2, 2) ON CONFLICT (k) DO UPDATE SET v = kv.v + 1 "
+                              "RETURNING pg_current_xact_id()", db="app").split("\n")[0])
+        if got % 2**32 >= xid:
+            break
+    assert got % 2**32 >= xid, (got, xid)
+    assert pg.sql(new, f"SELECT pg_xact_status('{got - got % 2**32 + xid}')") == "committed"  # the trap is set
+    pg._write(new.datadir / "pg_hba.conf", hba)
+    pg.sql(new, "SELECT pg_reload_conf()")
+    t.join(30)
+    assert len(outcome) == 1 and isinstance(outcome[0], psycopg.errors.SerializationFailure), outcome
+    assert pg.sql(new, "SELECT count(*) FROM kv WHERE k = 1", db="app") == "0"
+    assert client.execute("SELECT inet_server_port()").fetchone() == (new.port,)
+    client.close()
+    assert (_metric(proxy, "heliosproxy_failover_replays_total", kind="commit_resolved") or 0) == 1
