@@ -130,6 +130,9 @@ class Replay:
         "state",
         "sticky",
         "target_n",
+        "token",
+        "wrap",
+        "wrapping",
         "writes",
         "wrote",
         "xid",
@@ -173,6 +176,9 @@ class Replay:
         self.sticky: str | None = None  # session state a new server cannot be given (issue 16 §2)
         self.attempts = 0  # replays started since the last success (a lost server during a replay retries)
         self.saved_framing: tuple[int, int, bytes, bool, int] | None = None  # + the client's tx status
+        self.wrap: Wrap | None = None  # an autocommit write run inside a hidden transaction (see _wrap_send)
+        self.wrapping = False
+        self.token: Plan | None = None  # set as the session's `stalled`: the client's next messages wait
 
     # ------------------------------------------------------------------ recording
     def _reset(self) -> None:
@@ -185,9 +191,10 @@ class Replay:
         self.wrote = False
         self.commit_n = -1
 
-    def on_send(self, conn: BackendConnection, plan: Plan) -> None:
+    def on_send(self, conn: BackendConnection, plan: Plan) -> bool:
         """Hook at the top of ClientSession._send: record the plan (and ask for the transaction id
-        with a COMMIT); a plan after a refused replay becomes the server-side 40001."""
+        with a COMMIT); a plan after a refused replay becomes the server-side 40001. True when it sent
+        the plan itself (an autocommit write wrapped so that its outcome can be found out)."""
         s = self.s
         if self.refuse_next:
             self.refuse_next = False
@@ -195,19 +202,22 @@ class Replay:
             if not (info is not None and info.tx is TxControl.ROLLBACK and info.statements == 1):
                 if not plan.sync:
                     s._fatal("08006", "server connection lost")
-                    return
+                    return False
                 plan.raw = messages.query(REFUSE_SQL)
                 plan.batch = None
                 plan.info = None
                 plan.write = False
         if self.resending:
-            return
+            return False
+        if not self.wrapping and self._wrappable(conn, plan):
+            self._wrap_send(conn, plan)
+            return True
         info = plan.info
         if self.sticky is None and info is not None and info.effects & (_UNREPLAYABLE_EFFECTS | Effect.PREPARE):
             self.sticky = ", ".join(info.kinds)  # temp tables, advisory locks, WITH HOLD cursors, LISTEN, ...
         if self.idle:
-            if s.pending or s.expect:
-                return  # not at a reply boundary: nothing to record from here
+            if (s.pending or s.expect) and not self.wrapping:
+                return False  # not at a reply boundary: nothing to record from here
             self.idle = False
             self._reset()
             self._type = self._left = 0
@@ -247,6 +257,7 @@ class Replay:
                 self.wrote = True
             if self.xid is Xid.NONE:
                 self.xid = Xid.UNKNOWN  # "wrote nothing" no longer holds
+        return False
 
     def _got_xid(self, conn: BackendConnection, rows: list[list[str | None]] | None, asked_at: int) -> None:
         if rows is None or conn is not self.s.backend:
@@ -303,6 +314,9 @@ class Replay:
     def relayed(self, data: bytes) -> bytes:
         """Hook on every chunk of server replies relayed to the client: checksum it; while
         replaying, hold back what the client already has. Returns what to write to the client."""
+        w = self.wrap
+        if w is not None and w.status < 0 and self.state == RECORD:
+            data = self._withhold_ready(w, data)
         if self.idle and self.state == RECORD:
             return data
         out_from = 0 if self.state == RECORD else -1  # -1: nothing of this chunk goes out (yet)
@@ -417,6 +431,8 @@ class Replay:
                 return self._why_not("lost its server during 5 replays")
         if s.scanner.fatal:
             return self._why_not("the server's FATAL was relayed")
+        if self.wrap is not None:
+            return self._wrap_lost(conn, self.wrap)
         if s.mode is not PoolMode.TRANSACTION or s.pinned:
             why = self._unmovable()
             if why is not None:
@@ -789,12 +805,202 @@ class Replay:
         self._release_input()
 
 
+    # ------------------------------------------------------------------ autocommit writes (issue 16 §1)
+    def _wrappable(self, conn: BackendConnection, plan: Plan) -> bool:
+        """An autocommit write whose outcome must be found out if its server is lost: DML (or a SELECT
+        that writes) the client sent alone, with nothing else in flight, that can run in a transaction block."""
+        s = self.s
+        if (
+            self.wrap is not None
+            or self.state != RECORD
+            or self.held
+            or not plan.sync
+            or not plan.write
+            or plan.answer is not None
+            or plan.dbs
+            or plan.inject is not None
+            or s.tx_status != codes.TX_IDLE
+            or s.pending
+            or s.expect
+            or s.unsynced
+            or s.stalled is not None
+            or s.hold is not None
+            or s.backend is not conn
+            or s.compat.statement_mode
+        ):
+            return False
+        if plan.batch is None:
+            return plan.raw is not None and _wrappable_info(plan.info)
+        parsed_unnamed = False
+        executes = 0
+        for t, _msg, dec in plan.batch:
+            if t == codes.F_PARSE:
+                if dec is None:
+                    return False
+                parsed_unnamed = parsed_unnamed or not dec[0]
+            elif t == codes.F_BIND:
+                if dec is None or (not dec[1] and not parsed_unnamed):
+                    return False  # an unnamed statement from an earlier batch: a hidden Query would drop it
+                st = s.statements.get(dec[1]) if dec[1] else s.unnamed
+                if st is None or not _wrappable_info(st.info):
+                    return False
+            elif t == codes.F_EXECUTE:
+                executes += 1
+            elif t not in (codes.F_DESCRIBE, codes.F_SYNC, codes.F_CLOSE, codes.F_FLUSH):
+                return False
+        return executes > 0
+
+    def _wrap_send(self, conn: BackendConnection, plan: Plan) -> None:
+        """Send an autocommit write as hidden BEGIN, the client's request, hidden transaction id query; its
+        ReadyForQuery is held back until a hidden COMMIT (sent once the id is in) is answered. If the server
+        is lost meanwhile, the outcome is found out as for a COMMIT in flight (_wrap_lost). The client sees
+        exactly what a direct connection shows."""
+        s = self.s
+        if not s.slow:
+            s.slow = True
+            s.relay.reset()
+        if s.settings != conn.applied:
+            q = s._sync_settings_sql(conn)  # outside the hidden transaction: a rollback must not undo it
+            if q:
+                conn.write(messages.query(q))
+                s.expect.append(Expect(codes.F_QUERY, HIDE))
+        conn.write(_BEGIN)
+        s.expect.append(Expect(codes.F_QUERY, HIDE))
+        w = self.wrap = Wrap(conn, plan)
+        self.wrapping = True
+        try:
+            s._send(conn, plan)  # on_send records it (self.wrapping) and the session sends it as usual
+        finally:
+            self.wrapping = False
+        if s.backend is not conn or self.wrap is not w:
+            return
+        conn.write(messages.query(XID_SQL))
+        s.expect.append(Expect(codes.F_QUERY, HIDE, capture=lambda rows: self._guard(lambda: self._wrap_xid(w, rows))))
+        self.token = s.stalled = _token()  # the client's next messages wait for the hidden COMMIT
+
+    def _withhold_ready(self, w: Wrap, data: bytes) -> bytes:
+        """Cut the wrapped request's ReadyForQuery ('T' or 'E') out of relayed replies (whole messages)."""
+        pos = 0
+        n = len(data)
+        while pos + 5 <= n:
+            end = pos + 1 + _I.unpack_from(data, pos + 1)[0]
+            if data[pos] == _Z and end <= n:
+                w.status = data[pos + 5]
+                return data[:pos] + data[end:]
+            pos = end
+        return data
+
+    def _wrap_xid(self, w: Wrap, rows: list[list[str | None]] | None) -> None:
+        """The hidden id query was answered: end the hidden transaction (COMMIT, or ROLLBACK after an error)."""
+        s = self.s
+        if self.wrap is not w or s.backend is not w.conn:
+            return
+        if rows is None or w.status == codes.TX_FAILED:
+            w.xid = None
+            sql = _ROLLBACK
+        else:
+            row = rows[0] if rows else [None, None, None]
+            w.xid = row[0] if len(row) >= 3 and row[1] is not None else None
+            if w.xid is not None:
+                w.anchor = int(row[1] or 0)
+                w.life = row[2] or ""
+            sql = _COMMIT
+        w.ending = Expect(codes.F_QUERY, HIDE, capture=lambda rows: self._guard(lambda: self._wrap_ended(w, rows)))
+        w.conn.write(sql)
+        s.expect.append(w.ending)
+
+    def _wrap_ended(self, w: Wrap, rows: list[list[str | None]] | None) -> None:
+        """The hidden COMMIT was answered: now the client gets its ReadyForQuery (idle)."""
+        s = self.s
+        if self.wrap is not w or s.backend is not w.conn:
+            return
+        ending = w.ending
+        error = b""
+        if rows is None and ending is not None and ending.data[:1] == b"E":
+            error = ending.data  # the COMMIT failed (a deferred constraint, a serialization failure)
+        self.wrap = None
+        s.tx_status = codes.TX_IDLE
+        if s.mode is PoolMode.TRANSACTION and w.plan.target is None:
+            s.ctx.reads.acknowledged(s.reads, w.plan.info, True, s.database)
+        s._write(self.relayed(error + messages.ready_for_query(codes.TX_IDLE)))
+        asyncio.get_running_loop().call_soon(self._guard, lambda: self._wrap_release(w.conn))
+
+    def _wrap_release(self, conn: BackendConnection) -> None:
+        s = self.s
+        if (
+            s.backend is conn
+            and s.tx_status == codes.TX_IDLE
+            and not s.pending
+            and not s.expect
+            and not s.unsynced
+            and s.mode is PoolMode.TRANSACTION
+            and not s.pinned
+        ):
+            s._unbind(reusable=True)
+        self._untoken()
+        if s.stalled is None:
+            s._continue()
+
+    def _untoken(self) -> None:
+        if self.token is not None:
+            if self.s.stalled is self.token:
+                self.s.stalled = None
+            self.token = None
+
+    def _wrap_lost(self, conn: BackendConnection, w: Wrap) -> bool:
+        """The server of a wrapped autocommit write was lost before the client got its ReadyForQuery."""
+        s = self.s
+        self.wrap = None
+        self._untoken()
+        at_boundary = self._left == 0 and not self._hdr
+        if w.ending is None:
+            # No COMMIT was sent: nothing committed. A client that saw nothing of it gets it run anew
+            # (wrapped again); one that saw part of its result gets 40001 (the results could differ).
+            self._takeover(conn)
+            self.saved_framing = None
+            if self.n == 0 and at_boundary:
+                self._reset()
+                self.idle = True
+                s.tx_status = codes.TX_IDLE
+                log.info("client %s: an autocommit write in flight did not commit; it is sent again", s.peer)
+                self._start(self._send_when_reachable(w.plan, False))
+                return True
+            log.info("client %s: an autocommit write in flight did not commit: 40001", s.peer)
+            self._refuse_end()
+            return True
+        if not at_boundary:
+            return self._why_not("lost inside a reply message")
+        self._takeover(conn)
+        self.saved_framing = None
+        if w.xid is None:
+            self._end(b"", committed=True)  # it failed, or wrote nothing: no outcome to find out
+            return True
+        self._start(self._resolve_write(w))
+        return True
+
+    async def _resolve_write(self, w: Wrap) -> None:
+        s = self.s
+        from heliosproxy.session.client import READY
+
+        assert w.xid is not None
+        outcome = await self._outcome(w.xid, w.anchor, w.life, w.conn.node)
+        if s.phase != READY:
+            return
+        if outcome is None:
+            s._fatal("08006", "server connection lost")
+        elif outcome:
+            self._end(b"", committed=True)
+        else:
+            self._refuse_end()
+
     def retry_unsent(self, plan: Plan, exc: HeliosError) -> bool:
         """Hook in ClientSession._answer_plan_error: a statement that never reached a server because
         its server could not be reached (a dead primary not yet noticed) waits for one instead, up to
         failover.write_timeout, as a write does while no primary is known. True when it took over."""
         s = self.s
-        if not exc.sqlstate.startswith("08") or s.backend is not None or s.tx_status != codes.TX_IDLE:
+        # 57P03: a server that refuses logins now (shutting down, starting up): as unreachable as a dead one.
+        unreachable = exc.sqlstate.startswith("08") or exc.sqlstate == "57P03"
+        if not unreachable or s.backend is not None or s.tx_status != codes.TX_IDLE:
             return False
         if plan.raw is None and plan.batch is None:
             return False
@@ -824,6 +1030,46 @@ class Replay:
         s._bind(conn, pool)
         s._send(conn, plan)
         self._release_input()
+
+
+_BEGIN = messages.query("BEGIN")
+_COMMIT = messages.query("COMMIT")
+_ROLLBACK = messages.query("ROLLBACK")
+# Autocommit statements wrapped in a hidden transaction: plain DML, or a SELECT that writes.
+_WRAP_KINDS = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "SelectStmt"})
+
+
+def _wrappable_info(info: Any) -> bool:
+    return (
+        info is not None
+        and info.statements == 1
+        and info.tx is None
+        and not info.effects
+        and not info.parse_error
+        and bool(info.kinds)
+        and all(k in _WRAP_KINDS for k in info.kinds)
+    )
+
+
+def _token() -> Plan:
+    from heliosproxy.session.client import Plan
+
+    return Plan.deferred(None)
+
+
+class Wrap:
+    """An autocommit write sent inside a hidden transaction, until its hidden COMMIT is answered."""
+
+    __slots__ = ("anchor", "conn", "ending", "life", "plan", "status", "xid")
+
+    def __init__(self, conn: BackendConnection, plan: Plan):
+        self.conn = conn
+        self.plan = plan
+        self.status = -1  # the request's own ReadyForQuery status, once withheld
+        self.xid: str | None = None  # its transaction id (None: it failed or wrote nothing)
+        self.anchor = 0
+        self.life = ""
+        self.ending: Expect | None = None  # the hidden COMMIT/ROLLBACK, once sent
 
 
 class BackendUnavailableError(Exception):

@@ -440,3 +440,156 @@ def test_commit_in_flight_whose_xid_the_new_primary_reused_gets_40001(
     assert client.execute("SELECT inet_server_port()").fetchone() == (new.port,)
     client.close()
     assert (_metric(proxy, "heliosproxy_failover_replays_total", kind="commit_resolved") or 0) == 1
+
+
+def test_autocommit_writes_look_as_on_a_direct_connection_with_replay_on(
+    cluster_factory: Callable[..., PgCluster], proxy_factory: ProxyFactory
+) -> None:
+    """With failover.replay on, an autocommit write runs inside a hidden transaction (its outcome can be
+    found out after a lost server); the client sees exactly what a direct connection shows."""
+    pg = cluster_factory(standbys=0)
+    proxy = proxy_factory({"health": HEALTH, "failover": REPLAY, "pool": {"size": 2}}, cluster=pg)
+    dsn = proxy.dsn()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE kv (k int PRIMARY KEY, v int)")
+        assert conn.execute("INSERT INTO kv VALUES (1, 1), (2, 2)").rowcount == 2
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert conn.execute("UPDATE kv SET v = v + %s RETURNING k, v", (10,)).fetchall() == [(1, 11), (2, 12)]
+        try:
+            conn.execute("INSERT INTO kv VALUES (1, 0)")
+            raise AssertionError("no 23505")
+        except psycopg.errors.UniqueViolation:
+            pass
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        # Each write committed on its own: another connection sees it at once.
+        with psycopg.connect(pg.dsn(pg.primary), autocommit=True) as direct:
+            assert direct.execute("SELECT count(*) FROM kv").fetchone() == (2,)
+        with conn.pipeline():
+            conn.execute("INSERT INTO kv VALUES (3, 3)")
+            conn.execute("INSERT INTO kv VALUES (4, 4)")
+        # Statements that cannot run in a transaction block are not wrapped.
+        conn.execute("VACUUM kv")
+        conn.execute("CREATE INDEX CONCURRENTLY kv_v ON kv (v)")
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO kv VALUES (5, 5)")
+        conn.execute("ROLLBACK")
+        assert conn.execute("SELECT count(*), pg_current_xact_id_if_assigned() FROM kv").fetchone() == (4, None)
+
+    async def with_asyncpg() -> None:
+        c = await asyncpg.connect(dsn)
+        try:
+            assert await c.execute("INSERT INTO kv VALUES ($1, $2)", 6, 6) == "INSERT 0 1"
+            assert await c.fetchval("UPDATE kv SET v = 0 WHERE k = $1 RETURNING v", 6) == 0
+            try:
+                await c.execute("INSERT INTO kv VALUES ($1, $2)", 6, 6)
+                raise AssertionError("no 23505")
+            except asyncpg.UniqueViolationError:
+                pass
+            await c.executemany("INSERT INTO kv VALUES ($1, $2)", [(7, 7), (8, 8)])
+            assert not c.is_in_transaction()
+            assert await c.fetchval("SELECT count(*) FROM kv") == 7
+        finally:
+            await c.close()
+
+    asyncio.run(with_asyncpg())
+    assert pg.sql(pg.primary, "SELECT count(*) FROM kv", db="app") == "7"
+    # Transaction pooling: the server connections went back to the pool between statements.
+    assert pg.sql(pg.primary, "SELECT count(*) FROM pg_stat_activity WHERE datname = 'app' "
+                              "AND state = 'idle in transaction'") == "0"
+
+
+def _in_flight_writes(dsn: str, old_sql: Callable[[str], str], kill: Callable[[], None]) -> list[Any]:
+    """A psycopg (simple protocol) and an asyncpg (extended protocol) autocommit INSERT, both waiting for
+    the synchronous standby when `kill` runs; what each client was told."""
+    outcome: list[Any] = [None, None]
+
+    def with_psycopg() -> None:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            try:
+                c.execute("INSERT INTO kv VALUES (1, 1)")
+                outcome[0] = "INSERT"
+                assert c.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            except psycopg.Error as exc:
+                outcome[0] = exc
+
+    def with_asyncpg() -> None:
+        async def main() -> None:
+            c = await asyncpg.connect(dsn)
+            try:
+                outcome[1] = await c.execute("INSERT INTO kv VALUES ($1, $2)", 2, 2)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                outcome[1] = exc
+            finally:
+                await c.close()
+
+        asyncio.run(main())
+
+    threads = [threading.Thread(target=with_psycopg), threading.Thread(target=with_asyncpg)]
+    for t in threads:
+        t.start()
+    _wait(lambda: old_sql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'") == "2",
+          10, "both writes waiting for the synchronous standby")
+    kill()
+    for t in threads:
+        t.join(30)
+    return outcome
+
+
+def test_autocommit_write_in_flight_that_committed_on_the_new_primary_is_answered_as_committed(
+    cluster_factory: Callable[..., PgCluster], proxy_factory: ProxyFactory
+) -> None:
+    """The standby has the writes' commit records (synchronous_commit = remote_apply, replay paused):
+    their COMMITs were in flight when the primary died, and the new primary has them. Each client is
+    answered as committed, and each row is there exactly once."""
+    pg = cluster_factory(standbys=1)
+    _sync_replication(pg)
+    pg.sql(pg.primary, "ALTER SYSTEM SET synchronous_commit = 'remote_apply'")
+    pg.sql(pg.primary, "SELECT pg_reload_conf()")
+    proxy = proxy_factory({"health": HEALTH, "failover": REPLAY}, cluster=pg)
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        conn.execute("CREATE TABLE kv (k int PRIMARY KEY, v int)")
+    pg.wait_replay()
+    _wait(lambda: _nodes(proxy)["standby1"]["state"] == "up", 10, "standby1 up")
+    old, new = pg.primary, pg.standbys[0]
+    pg.sql(new, "SELECT pg_wal_replay_pause()")
+
+    def kill() -> None:
+        lsn = pg.sql(old, "SELECT pg_current_wal_flush_lsn()")  # the commit records are on the standby
+        _wait(lambda: pg.sql(new, f"SELECT pg_last_wal_receive_lsn() >= '{lsn}'") == "t", 10, "standby flushed")
+        pg.stop_node(old, "immediate")
+        pg.promote(new)
+
+    outcome = _in_flight_writes(proxy.dsn(), lambda q: pg.sql(old, q), kill)
+    assert outcome == ["INSERT", "INSERT 0 1"], outcome
+    assert pg.sql(new, "SELECT string_agg(k::text, ',' ORDER BY k) FROM kv", db="app") == "1,2"
+    assert (_metric(proxy, "heliosproxy_failover_replays_total", kind="commit_resolved") or 0) == 2
+    assert "08006" not in proxy.output()
+
+
+def test_autocommit_write_in_flight_that_did_not_commit_gets_40001(
+    cluster_factory: Callable[..., PgCluster], proxy_factory: ProxyFactory
+) -> None:
+    """The standby is detached before the writes: their COMMITs wait for it when the primary dies, and
+    the new primary never had them. Each client gets 40001 (never 08006, never success)."""
+    pg = cluster_factory(standbys=1)
+    _sync_replication(pg)
+    proxy = proxy_factory({"health": HEALTH, "failover": REPLAY}, cluster=pg)
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        conn.execute("CREATE TABLE kv (k int PRIMARY KEY, v int)")
+    pg.wait_replay()
+    _wait(lambda: _nodes(proxy)["standby1"]["state"] == "up", 10, "standby1 up")
+    old, new = pg.primary, pg.standbys[0]
+    pg.sql(new, "ALTER SYSTEM SET primary_conninfo = ''")
+    pg.sql(new, "SELECT pg_reload_conf()")
+    _wait(lambda: pg.sql(new, "SELECT count(*) FROM pg_stat_wal_receiver") == "0", 10, "standby detached")
+
+    def kill() -> None:
+        pg.stop_node(old, "immediate")
+        pg.promote(new)
+
+    outcome = _in_flight_writes(proxy.dsn(), lambda q: pg.sql(old, q), kill)
+    assert isinstance(outcome[0], psycopg.errors.SerializationFailure), outcome
+    assert outcome[0].diag.message_primary == MESSAGE
+    assert isinstance(outcome[1], asyncpg.SerializationError), outcome
+    assert pg.sql(new, "SELECT count(*) FROM kv", db="app") == "0"
+    assert "08006" not in proxy.output()
