@@ -813,7 +813,7 @@ class Replay:
         if (
             self.wrap is not None
             or self.state != RECORD
-            or self.held
+            or self.saved_framing is not None
             or not plan.sync
             or not plan.write
             or plan.answer is not None

@@ -59,7 +59,7 @@ class Workers:
     """16 clients inside transactions: psycopg threads and asyncpg tasks. Each transaction inserts
     (worker, seq), reads its own count and bumps its own total; outcomes are recorded per transaction."""
 
-    def __init__(self, dsn: str, psycopg_n: int, asyncpg_n: int):
+    def __init__(self, dsn: str, psycopg_n: int, asyncpg_n: int, autocommit_n: int = 0):
         self.dsn = dsn
         self.stop = threading.Event()
         self.lock = threading.Lock()
@@ -70,6 +70,11 @@ class Workers:
         self.threads = [threading.Thread(target=self._psycopg, args=(f"p{i}",), daemon=True)
                         for i in range(psycopg_n)]
         self.threads.append(threading.Thread(target=self._asyncpg, args=(asyncpg_n,), daemon=True))
+        # Autocommit writers (no transaction block): a psycopg and an asyncpg one per autocommit_n.
+        self.threads += [threading.Thread(target=self._psycopg_autocommit, args=(f"w{i}",), daemon=True)
+                         for i in range(autocommit_n)]
+        if autocommit_n:
+            self.threads.append(threading.Thread(target=self._asyncpg, args=(autocommit_n, "x"), daemon=True))
 
     def start(self) -> None:
         for t in self.threads:
@@ -110,7 +115,23 @@ class Workers:
         finally:
             conn.close()
 
-    def _asyncpg(self, n: int) -> None:
+    def _psycopg_autocommit(self, name: str) -> None:
+        conn = psycopg.connect(self.dsn, autocommit=True)
+        i = 0
+        try:
+            while not self.stop.is_set():
+                i += 1
+                try:
+                    conn.execute("INSERT INTO ledger(worker, seq) VALUES (%s, %s)", (name, i))
+                    self._outcome((name, i), None)
+                except psycopg.Error as exc:
+                    self._outcome((name, i), exc)
+                    if conn.closed:
+                        conn = psycopg.connect(self.dsn, autocommit=True)
+        finally:
+            conn.close()
+
+    def _asyncpg(self, n: int, prefix: str = "a") -> None:
         async def one(name: str) -> None:
             conn = await asyncpg.connect(self.dsn)
             i = 0
@@ -118,6 +139,10 @@ class Workers:
                 while not self.stop.is_set():
                     i += 1
                     try:
+                        if prefix == "x":  # autocommit: one INSERT outside a transaction block
+                            await conn.execute("INSERT INTO ledger(worker, seq) VALUES ($1, $2)", name, i)
+                            self._outcome((name, i), None)
+                            continue
                         async with conn.transaction():
                             await conn.execute("INSERT INTO ledger(worker, seq) VALUES ($1, $2)", name, i)
                             await conn.fetchval("SELECT count(*) FROM ledger WHERE worker = $1", name)
@@ -131,7 +156,7 @@ class Workers:
                 await conn.close()
 
         async def main() -> None:
-            await asyncio.gather(*(one(f"a{i}") for i in range(n)))
+            await asyncio.gather(*(one(f"{prefix}{i}") for i in range(n)))
 
         asyncio.run(main())
 
@@ -157,7 +182,7 @@ def test_primary_killed_mid_transaction_every_transaction_completes_or_gets_4000
     _wait(lambda: _nodes(proxy)["standby1"]["state"] == "up", 10, "standby1 up")
     old, new = pg.primary, pg.standbys[0]
 
-    w = Workers(dsn, psycopg_n=12, asyncpg_n=4)
+    w = Workers(dsn, psycopg_n=12, asyncpg_n=4, autocommit_n=2)
     w.start()
     _wait(lambda: len(w.acked) > 200, 30, "transactions flowing")
     pg.stop_node(old, "immediate")
@@ -170,7 +195,7 @@ def test_primary_killed_mid_transaction_every_transaction_completes_or_gets_4000
     replayed = _metric(proxy, "heliosproxy_failover_replays_total", kind="transaction_replayed") or 0
     refused = _metric(proxy, "heliosproxy_failover_replays_total", kind="transaction_refused") or 0
     resolved = _metric(proxy, "heliosproxy_failover_replays_total", kind="commit_resolved") or 0
-    print(f"\nREPLAY (primary killed, 16 clients in transactions): {len(w.acked)} committed, {len(w.refused)} got "
+    print(f"\nREPLAY (primary killed, 16 clients in transactions, 4 autocommit writers): {len(w.acked)} committed, {len(w.refused)} got "
           f"40001, {len(w.unknown)} other errors; proxy: {replayed:.0f} replayed, {refused:.0f} refused, "
           f"{resolved:.0f} COMMITs resolved; {took:.1f}s of load after the kill")
 
