@@ -44,6 +44,15 @@ XID_SQL = (
     " END, EXTRACT(EPOCH FROM pg_catalog.pg_postmaster_start_time())"
     " FROM (SELECT pg_catalog.pg_current_xact_id_if_assigned() AS x) heliosproxy_xid"
 )
+# The same, before a COMMIT pipelined behind the transaction's first writes: a tiny transactional WAL
+# record of the transaction's own (a logical message with prefix 'heliosproxy') gives it an id and an
+# anchor at once (NULL in a read-only transaction).
+ANCHOR_SQL = (
+    "SELECT pg_catalog.pg_current_xact_id_if_assigned(), a.l, "
+    "EXTRACT(EPOCH FROM pg_catalog.pg_postmaster_start_time()) FROM (SELECT CASE WHEN "
+    "pg_catalog.current_setting('transaction_read_only') = 'off' THEN "
+    "pg_catalog.pg_logical_emit_message(true, 'heliosproxy', '') - '0/0'::pg_catalog.pg_lsn END AS l OFFSET 0) a"
+)
 # Asked on the new primary: the outcome, how far its own recovery replayed the old history (NULL: it has
 # not been in recovery since it started) and the WAL page geometry (to read the anchor exactly).
 STATUS_SQL = (
@@ -106,9 +115,11 @@ class Replay:
         "_left",
         "_type",
         "_zwant",
+        "after_done",
         "attempts",
         "bad",
         "commit_n",
+        "done_n",
         "expect_rfqs",
         "hasher",
         "held",
@@ -157,6 +168,8 @@ class Replay:
         self.wrote = False  # a write was sent in the transaction: its id is asked with the next statement
         self.writes = 0  # writes sent (a "no id" answer holds only if none was sent after the question)
         self.commit_n = -1
+        self.done_n = 0  # statements answered (CommandComplete, EmptyQuery, ...) since the last ReadyForQuery
+        self.after_done = 0  # other replies relayed since the last of those (-1: an error was relayed)
         # message framing of the relayed stream
         self._type = 0
         self._left = 0  # bytes of the current message still to come (0: at a boundary)
@@ -190,6 +203,7 @@ class Replay:
         self.xid = Xid.UNKNOWN
         self.wrote = False
         self.commit_n = -1
+        self.done_n = self.after_done = 0
 
     def on_send(self, conn: BackendConnection, plan: Plan) -> bool:
         """Hook at the top of ClientSession._send: record the plan (and ask for the transaction id
@@ -231,9 +245,14 @@ class Replay:
         commit = info is not None and info.tx is TxControl.COMMIT and info.statements == 1 and plan.raw is not None
         if commit:
             self.commit_n = self.n
+        # A COMMIT pipelined behind other statements (issue 16 §1): its transaction's id is anchored
+        # before it (it may be the transaction's first write), and replies before the COMMIT are flushed.
+        piped = not commit and plan.write and self._commits(plan)
+        if piped and plan.batch is not None:
+            _flush_before_commit(plan.batch, self._commits_at)
         if (
-            (commit or self.wrote)
-            and self.xid is Xid.UNKNOWN
+            (commit or self.wrote or piped)
+            and (self.xid is Xid.UNKNOWN or (piped and self.xid is Xid.NONE))
             and s.tx_status == codes.TX_IN_BLOCK
             and not s.pending
             and not s.expect
@@ -245,7 +264,7 @@ class Replay:
 
             self.xid = Xid.ASKED
             asked_at = self.writes
-            conn.write(messages.query(XID_SQL))
+            conn.write(messages.query(ANCHOR_SQL if piped else XID_SQL))
             s.expect.append(Expect(codes.F_QUERY, HIDE, capture=lambda rows: self._got_xid(conn, rows, asked_at)))
             if not s.slow:
                 s.slow = True
@@ -385,10 +404,19 @@ class Replay:
     def _done(self, status: int, replayed: bool) -> None:
         """A whole message went by (`replayed`: one the client already had)."""
         if self._type != _Z:
+            if not replayed and self.state == RECORD and self._type not in _ASYNC and self.after_done >= 0:
+                if self._type in _COMPLETIONS:
+                    self.done_n += 1
+                    self.after_done = 0
+                elif self._type == codes.B_ERROR:
+                    self.after_done = -1
+                else:
+                    self.after_done += 1
             return
         if not replayed:
             if self.state != RECORD:
                 return
+            self.done_n = self.after_done = 0
             self.rfqs += 1
             self.n_rfq = self.n
             if status == codes.TX_IDLE:
@@ -481,12 +509,125 @@ class Replay:
             self._takeover(conn)
             self._answer_end("ROLLBACK", committed=False)
             return True
-        if any(p.info is not None and p.info.tx in (TxControl.COMMIT, TxControl.PREPARE_TRANSACTION)
-               for p in rest):
-            return self._why_not("a COMMIT pipelined behind other statements")
+        if any(p.info is not None and p.info.tx is TxControl.PREPARE_TRANSACTION for p in rest):
+            return self._why_not("a PREPARE TRANSACTION in flight")
+        if any(self._commits(p) for p in rest):
+            # A COMMIT pipelined behind other statements: found out as a lone COMMIT is. Committed: the client
+            # gets the COMMIT's answers if it has every reply before them; did not commit: replayed (or 40001).
+            if not isinstance(self.xid, str):
+                return self._why_not("the transaction id of a COMMIT pipelined behind other statements is not known")
+            boundary = self._left == 0 and not self._hdr
+            tail = self._commit_tail(rest) if boundary else None
+            k = _partial_plan(rest) if partial else -1
+            # The plan the client has part of the answers to ends the transaction: not run again.
+            rerun = not (k >= 0 and self._commits(rest[k]))
+            synced = any(p.sync for p in rest)
+            self._takeover(conn)
+            self._start(self._resolve_pipelined(conn.node, answered, partial, tail, rerun, boundary, synced))
+            return True
         self._takeover(conn)
         self._start(self._replay(conn.node, answered, partial, read=False))
         return True
+
+    def _commits_at(self, dec: Any) -> bool:
+        """Does this Bind (decoded) bind a COMMIT?"""
+        if dec is None:
+            return False
+        st = self.s.statements.get(dec[1]) if dec[1] else self.s.unnamed
+        return st is not None and st.info.tx is TxControl.COMMIT
+
+    def _commits(self, plan: Plan) -> bool:
+        """Does the plan end its transaction with a COMMIT (simple: its last transaction statement)?"""
+        if plan.batch is None:
+            return plan.info is not None and plan.info.tx is TxControl.COMMIT
+        return any(t == codes.F_BIND and self._commits_at(dec) for t, _m, dec in plan.batch)
+
+    def _commit_tail(self, rest: list[Plan]) -> bytes | None:
+        """What the server would still answer after every statement before the pipelined COMMIT, when the
+        COMMIT is the last statement sent and the client has every reply before it; else None."""
+        if self.after_done < 0:
+            return None  # an error was relayed: the server skipped the COMMIT (or it is a ROLLBACK)
+        before = 0  # statements answered before the COMMIT
+        tail: list[bytes] = []
+        seen = executed = False
+        for p in rest:
+            if p.batch is None:
+                if seen or p.info is None:
+                    return None
+                kinds = p.info.kinds
+                if p.info.tx is TxControl.COMMIT:
+                    if not kinds or kinds[-1] != "TransactionStmt":
+                        return None
+                    before += len(kinds) - 1
+                    tail = [messages.command_complete("COMMIT"), messages.READY_IDLE]
+                    seen = executed = True
+                else:
+                    before += max(1, len(kinds))
+                continue
+            for t, _m, dec in p.batch:
+                if t == codes.F_BIND:
+                    if self._commits_at(dec):
+                        if seen:
+                            return None
+                        seen = True
+                    elif seen:
+                        return None  # another statement after the COMMIT
+                    tail.append(messages.BIND_COMPLETE)
+                elif t == codes.F_EXECUTE:
+                    if not seen:
+                        before += 1
+                        tail = []  # the client has these replies (checked below)
+                    elif executed:
+                        return None
+                    else:
+                        executed = True
+                        tail.append(messages.command_complete("COMMIT"))
+                elif t == codes.F_PARSE:
+                    tail.append(messages.PARSE_COMPLETE)
+                elif t == codes.F_DESCRIBE:
+                    if dec is not None and dec[0] == ord("S"):
+                        tail.append(messages.parameter_description(()))
+                    tail.append(messages.NO_DATA)
+                elif t == codes.F_CLOSE:
+                    tail.append(messages.CLOSE_COMPLETE)
+                elif t == codes.F_SYNC:
+                    tail.append(messages.READY_IDLE)
+        if not seen or before != self.done_n or self.after_done > len(tail):
+            return None
+        return b"".join(tail[self.after_done :])
+
+    async def _resolve_pipelined(self, lost: str, answered: int, partial: bool, tail: bytes | None, rerun: bool,
+                                 boundary: bool, synced: bool) -> None:
+        """A COMMIT pipelined behind other statements was in flight: its outcome tells what to do.
+
+        Committed: the client gets the answers owed after its last statement before the COMMIT (`tail`),
+        when it has all before. Not committed: the transaction runs again (its COMMIT sent only once the
+        replayed results matched), or, when the client has part of the COMMIT's own request's answers,
+        40001 there (the transaction is over, as after a failed COMMIT)."""
+        s = self.s
+        from heliosproxy.session.client import READY
+
+        outcome = await self._outcome(str(self.xid), self.xid_lsn, self.xid_life, lost)
+        if s.phase != READY:
+            return
+        if outcome is None:
+            s._fatal("08006", "server connection lost")
+        elif outcome:
+            if tail is None:
+                log.warning("client %s: a COMMIT pipelined behind other statements committed, but replies before "
+                            "it were lost with the server: the client cannot be given them", s.peer)
+                s._fatal("08006", "server connection lost")
+                return
+            ready = tail.endswith(messages.READY_IDLE)
+            self._end(tail[: -len(messages.READY_IDLE)] if ready else tail, committed=True, ready=ready)
+        elif rerun and tail is None:
+            await self._replay(lost, answered, partial, read=False)  # nothing committed: run it all again
+        elif boundary:
+            s.ctx.replays_failed += 1
+            log.info("client %s: a COMMIT pipelined behind other statements did not commit: 40001", s.peer)
+            self._end(messages.error_response("ERROR", SQLSTATE, MESSAGE), committed=False, ready=synced)
+        else:
+            s._fatal("08006", "server connection lost")
 
     def _unmovable(self) -> str | None:
         """Why a session-pooling or pinned client's session cannot move to a new server (None: it can;
@@ -575,7 +716,7 @@ class Replay:
         self.s.ctx.replays_failed += 1
         self._end(messages.error_response("ERROR", SQLSTATE, MESSAGE), False)
 
-    def _end(self, answer: bytes, committed: bool) -> None:
+    def _end(self, answer: bytes, committed: bool, ready: bool = True) -> None:
         s = self.s
         if not committed and s._committed is not None:
             s.settings = s._committed
@@ -588,7 +729,7 @@ class Replay:
         self._type = self._left = 0
         self._hdr = b""
         self.saved_framing = None
-        s._write(answer + messages.ready_for_query(codes.TX_IDLE))
+        s._write(answer + messages.ready_for_query(codes.TX_IDLE) if ready else answer)
         self._release_input()
 
     async def _resolve_commit(self, xid: str, anchor: int, life: str, lost: str) -> None:
@@ -696,7 +837,8 @@ class Replay:
 
         s = self.s
         plans = list(self.plans)
-        phase1 = plans[: answered + (1 if partial else 0)]
+        # The plan the client has part of the answers to (a Flush alone before it answers nothing).
+        phase1 = plans[: answered + _partial_plan(plans[answered:]) + 1] if partial else plans[:answered]
         self.phase2 = plans[len(phase1):]
         self.partial = partial
         bad = self.bad
@@ -1030,6 +1172,30 @@ class Replay:
         s._bind(conn, pool)
         s._send(conn, plan)
         self._release_input()
+
+
+_COMPLETIONS = frozenset((codes.B_COMMAND_COMPLETE, codes.B_EMPTY_QUERY, codes.B_PORTAL_SUSPENDED))
+_FLUSH = b"H\x00\x00\x00\x04"
+
+
+def _partial_plan(rest: list[Plan]) -> int:
+    """Index in `rest` (the unanswered plans) of the first that the server answers anything to."""
+    for i, p in enumerate(rest):
+        if p.batch is None or any(t != codes.F_FLUSH for t, _m, _d in p.batch):
+            return i
+    return 0
+
+
+def _flush_before_commit(batch: list[tuple[int, bytes, Any]], commits_at: Any) -> None:
+    """Insert a Flush right after the last Execute before the batch's COMMIT: the server sends the replies
+    before the COMMIT ahead of it, so that a COMMIT lost in flight can be answered (Replay._commit_tail)."""
+    last_exec = -1
+    for i, (t, _m, dec) in enumerate(batch):
+        if t == codes.F_EXECUTE:
+            last_exec = i
+        elif t == codes.F_BIND and commits_at(dec):
+            batch.insert(last_exec + 1, (codes.F_FLUSH, _FLUSH, None))
+            return
 
 
 _BEGIN = messages.query("BEGIN")

@@ -195,7 +195,8 @@ def test_primary_killed_mid_transaction_every_transaction_completes_or_gets_4000
     replayed = _metric(proxy, "heliosproxy_failover_replays_total", kind="transaction_replayed") or 0
     refused = _metric(proxy, "heliosproxy_failover_replays_total", kind="transaction_refused") or 0
     resolved = _metric(proxy, "heliosproxy_failover_replays_total", kind="commit_resolved") or 0
-    print(f"\nREPLAY (primary killed, 16 clients in transactions, 4 autocommit writers): {len(w.acked)} committed, {len(w.refused)} got "
+    print(f"\nREPLAY (primary killed, 16 clients in transactions, 4 autocommit writers): {len(w.acked)} committed, "
+          f"{len(w.refused)} got "
           f"40001, {len(w.unknown)} other errors; proxy: {replayed:.0f} replayed, {refused:.0f} refused, "
           f"{resolved:.0f} COMMITs resolved; {took:.1f}s of load after the kill")
 
@@ -617,4 +618,102 @@ def test_autocommit_write_in_flight_that_did_not_commit_gets_40001(
     assert outcome[0].diag.message_primary == MESSAGE
     assert isinstance(outcome[1], asyncpg.SerializationError), outcome
     assert pg.sql(new, "SELECT count(*) FROM kv", db="app") == "0"
+    assert "08006" not in proxy.output()
+
+
+def _pipelined_commits(dsn: str, old_sql: Callable[[str], str], kill: Callable[[], None]) -> list[Any]:
+    """Transactions whose COMMIT is pipelined behind their first write, both waiting for the synchronous
+    standby when `kill` runs: a psycopg pipeline (extended protocol: BEGIN, INSERT, COMMIT, each with its Sync)
+    and a simple-protocol `INSERT ...; COMMIT` string inside a transaction block."""
+    outcome: list[Any] = [None, None]
+
+    def pipeline() -> None:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            try:
+                with c.pipeline(), c.transaction():
+                    c.execute("INSERT INTO kv VALUES (%s, %s)", (1, 1))
+                outcome[0] = "COMMIT"
+                assert c.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            except psycopg.Error as exc:
+                outcome[0] = exc
+
+    def one_string() -> None:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute("BEGIN")
+            assert c.execute("SELECT count(*) FROM kv WHERE k = 2").fetchone() == (0,)
+            try:
+                c.execute("INSERT INTO kv VALUES (2, 2); COMMIT")
+                outcome[1] = "COMMIT"
+                assert c.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            except psycopg.Error as exc:
+                outcome[1] = exc
+
+    threads = [threading.Thread(target=pipeline), threading.Thread(target=one_string)]
+    for t in threads:
+        t.start()
+    _wait(lambda: old_sql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'") == str(len(threads)),
+          10, "the COMMITs waiting for the synchronous standby")
+    kill()
+    for t in threads:
+        t.join(30)
+    return outcome
+
+
+def test_pipelined_commit_in_flight_that_did_not_commit_gets_40001(
+    cluster_factory: Callable[..., PgCluster], proxy_factory: ProxyFactory
+) -> None:
+    """The new primary never had the transactions (standby detached before them). Each client already has the
+    answers before its COMMIT, so the transaction is not run again: its COMMIT gets 40001, as a lone COMMIT's
+    would (never 08006, never success), and nothing of it is on the new primary."""
+    pg = cluster_factory(standbys=1)
+    _sync_replication(pg)
+    proxy = proxy_factory({"health": HEALTH, "failover": REPLAY}, cluster=pg)
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        conn.execute("CREATE TABLE kv (k int PRIMARY KEY, v int)")
+    pg.wait_replay()
+    _wait(lambda: _nodes(proxy)["standby1"]["state"] == "up", 10, "standby1 up")
+    old, new = pg.primary, pg.standbys[0]
+    pg.sql(new, "ALTER SYSTEM SET primary_conninfo = ''")
+    pg.sql(new, "SELECT pg_reload_conf()")
+    _wait(lambda: pg.sql(new, "SELECT count(*) FROM pg_stat_wal_receiver") == "0", 10, "standby detached")
+
+    def kill() -> None:
+        pg.stop_node(old, "immediate")
+        pg.promote(new)
+
+    outcome = _pipelined_commits(proxy.dsn(), lambda q: pg.sql(old, q), kill)
+    for exc in outcome:
+        assert isinstance(exc, psycopg.errors.SerializationFailure), outcome
+        assert exc.diag.message_primary == MESSAGE
+    assert pg.sql(new, "SELECT count(*) FROM kv", db="app") == "0"
+    assert "08006" not in proxy.output()
+
+
+def test_pipelined_commit_in_flight_that_committed_is_answered_as_committed(
+    cluster_factory: Callable[..., PgCluster], proxy_factory: ProxyFactory
+) -> None:
+    """The new primary has the transactions (remote_apply, standby replay paused): the pipelined COMMITs are
+    answered as committed from pg_xact_status(), and each row is there once."""
+    pg = cluster_factory(standbys=1)
+    _sync_replication(pg)
+    pg.sql(pg.primary, "ALTER SYSTEM SET synchronous_commit = 'remote_apply'")
+    pg.sql(pg.primary, "SELECT pg_reload_conf()")
+    proxy = proxy_factory({"health": HEALTH, "failover": REPLAY}, cluster=pg)
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        conn.execute("CREATE TABLE kv (k int PRIMARY KEY, v int)")
+    pg.wait_replay()
+    _wait(lambda: _nodes(proxy)["standby1"]["state"] == "up", 10, "standby1 up")
+    old, new = pg.primary, pg.standbys[0]
+    pg.sql(new, "SELECT pg_wal_replay_pause()")
+
+    def kill() -> None:
+        lsn = pg.sql(old, "SELECT pg_current_wal_flush_lsn()")
+        _wait(lambda: pg.sql(new, f"SELECT pg_last_wal_receive_lsn() >= '{lsn}'") == "t", 10, "standby flushed")
+        pg.stop_node(old, "immediate")
+        pg.promote(new)
+
+    outcome = _pipelined_commits(proxy.dsn(), lambda q: pg.sql(old, q), kill)
+    assert outcome == ["COMMIT", "COMMIT"], outcome
+    assert pg.sql(new, "SELECT string_agg(k::text, ',' ORDER BY k) FROM kv", db="app") == "1,2"
+    assert (_metric(proxy, "heliosproxy_failover_replays_total", kind="commit_resolved") or 0) == 2
     assert "08006" not in proxy.output()
