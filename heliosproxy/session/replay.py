@@ -529,18 +529,19 @@ class Replay:
         self._start(self._replay(conn.node, answered, partial, read=False))
         return True
 
-    def _commits_at(self, dec: Any) -> bool:
-        """Does this Bind (decoded) bind a COMMIT?"""
-        if dec is None:
+    def _commits_at(self, m: Any) -> bool:
+        """Is this batch item a Bind of a COMMIT?"""
+        if _kind(m) != codes.F_BIND:
             return False
-        st = self.s.statements.get(dec[1]) if dec[1] else self.s.unnamed
+        name = _bind_stmt(m)
+        st = self.s.statements.get(name) if name else self.s.unnamed
         return st is not None and st.info.tx is TxControl.COMMIT
 
     def _commits(self, plan: Plan) -> bool:
         """Does the plan end its transaction with a COMMIT (simple: its last transaction statement)?"""
         if plan.batch is None:
             return plan.info is not None and plan.info.tx is TxControl.COMMIT
-        return any(t == codes.F_BIND and self._commits_at(dec) for t, _m, dec in plan.batch)
+        return any(self._commits_at(m) for m in plan.batch)
 
     def _commit_tail(self, rest: list[Plan]) -> bytes | None:
         """What the server would still answer after every statement before the pipelined COMMIT, when the
@@ -564,9 +565,10 @@ class Replay:
                 else:
                     before += max(1, len(kinds))
                 continue
-            for t, _m, dec in p.batch:
+            for m in p.batch:
+                t = _kind(m)
                 if t == codes.F_BIND:
-                    if self._commits_at(dec):
+                    if self._commits_at(m):
                         if seen:
                             return None
                         seen = True
@@ -585,7 +587,7 @@ class Replay:
                 elif t == codes.F_PARSE:
                     tail.append(messages.PARSE_COMPLETE)
                 elif t == codes.F_DESCRIBE:
-                    if dec is not None and dec[0] == ord("S"):
+                    if _describe_sub(m) == _STATEMENT:
                         tail.append(messages.parameter_description(()))
                     tail.append(messages.NO_DATA)
                 elif t == codes.F_CLOSE:
@@ -975,15 +977,18 @@ class Replay:
             return plan.raw is not None and _wrappable_info(plan.info)
         parsed_unnamed = False
         executes = 0
-        for t, _msg, dec in plan.batch:
+        for m in plan.batch:
+            t = _kind(m)
             if t == codes.F_PARSE:
-                if dec is None:
+                pname = _parse_name(m)
+                if pname is None:
                     return False
-                parsed_unnamed = parsed_unnamed or not dec[0]
+                parsed_unnamed = parsed_unnamed or not pname
             elif t == codes.F_BIND:
-                if dec is None or (not dec[1] and not parsed_unnamed):
+                name = _bind_stmt(m)
+                if name is None or (not name and not parsed_unnamed):
                     return False  # an unnamed statement from an earlier batch: a hidden Query would drop it
-                st = s.statements.get(dec[1]) if dec[1] else s.unnamed
+                st = s.statements.get(name) if name else s.unnamed
                 if st is None or not _wrappable_info(st.info):
                     return False
             elif t == codes.F_EXECUTE:
@@ -1178,10 +1183,38 @@ _COMPLETIONS = frozenset((codes.B_COMMAND_COMPLETE, codes.B_EMPTY_QUERY, codes.B
 _FLUSH = b"H\x00\x00\x00\x04"
 
 
+# Batch items, read in one place: this branch's (type, bytes, decoded) tuples. With the typed records
+# (protocol/frontend.Msg) these become m.t, m.name, m.stmt, m.sub and Msg(codes.F_FLUSH, _FLUSH).
+_STATEMENT = ord("S")
+
+
+def _kind(m: Any) -> int:
+    return int(m[0])
+
+
+def _parse_name(m: Any) -> str | None:
+    """A Parse's statement name (None: not decoded)."""
+    return m[2][0] if m[2] is not None else None
+
+
+def _bind_stmt(m: Any) -> str | None:
+    """A Bind's statement name (None: not decoded)."""
+    return m[2][1] if m[2] is not None else None
+
+
+def _describe_sub(m: Any) -> int | None:
+    """A Describe's target: _STATEMENT or a portal (None: not decoded)."""
+    return int(m[2][0]) if m[2] is not None else None
+
+
+def _flush_item() -> Any:
+    return (codes.F_FLUSH, _FLUSH, None)
+
+
 def _partial_plan(rest: list[Plan]) -> int:
     """Index in `rest` (the unanswered plans) of the first that the server answers anything to."""
     for i, p in enumerate(rest):
-        if p.batch is None or any(t != codes.F_FLUSH for t, _m, _d in p.batch):
+        if p.batch is None or any(_kind(m) != codes.F_FLUSH for m in p.batch):
             return i
     return 0
 
@@ -1190,11 +1223,11 @@ def _flush_before_commit(batch: list[tuple[int, bytes, Any]], commits_at: Any) -
     """Insert a Flush right after the last Execute before the batch's COMMIT: the server sends the replies
     before the COMMIT ahead of it, so that a COMMIT lost in flight can be answered (Replay._commit_tail)."""
     last_exec = -1
-    for i, (t, _m, dec) in enumerate(batch):
-        if t == codes.F_EXECUTE:
+    for i, m in enumerate(batch):
+        if _kind(m) == codes.F_EXECUTE:
             last_exec = i
-        elif t == codes.F_BIND and commits_at(dec):
-            batch.insert(last_exec + 1, (codes.F_FLUSH, _FLUSH, None))
+        elif commits_at(m):
+            batch.insert(last_exec + 1, _flush_item())
             return
 
 
