@@ -1040,7 +1040,12 @@ class Replay:
     def _wrap_xid(self, w: Wrap, rows: list[list[str | None]] | None) -> None:
         """The hidden id query was answered: end the hidden transaction (COMMIT, or ROLLBACK after an error)."""
         s = self.s
-        if self.wrap is not w or s.backend is not w.conn:
+        if self.wrap is not w:
+            return  # the server was lost meanwhile (_wrap_lost took over)
+        if s.backend is not w.conn:
+            self.wrap = None
+            self._untoken()
+            s._fatal("08006", "server connection lost")
             return
         if rows is None or w.status == codes.TX_FAILED:
             w.xid = None
@@ -1100,12 +1105,14 @@ class Replay:
         self.wrap = None
         self._untoken()
         at_boundary = self._left == 0 and not self._hdr
+        if not at_boundary:
+            return self._why_not("lost inside a reply message")
         if w.ending is None:
             # No COMMIT was sent: nothing committed. A client that saw nothing of it gets it run anew
             # (wrapped again); one that saw part of its result gets 40001 (the results could differ).
             self._takeover(conn)
             self.saved_framing = None
-            if self.n == 0 and at_boundary:
+            if self.n == 0:
                 self._reset()
                 self.idle = True
                 s.tx_status = codes.TX_IDLE
@@ -1115,8 +1122,6 @@ class Replay:
             log.info("client %s: an autocommit write in flight did not commit: 40001", s.peer)
             self._refuse_end()
             return True
-        if not at_boundary:
-            return self._why_not("lost inside a reply message")
         self._takeover(conn)
         self.saved_framing = None
         if w.xid is None:
