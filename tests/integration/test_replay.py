@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 import psycopg
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers.pgcluster import PgCluster
@@ -406,13 +407,15 @@ def test_commit_in_flight_that_did_not_commit_on_the_new_primary_gets_40001(
     assert (_metric(proxy, "heliosproxy_failover_replays_total", kind="commit_resolved") or 0) == 1
 
 
+@pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
 def test_commit_in_flight_whose_xid_the_new_primary_reused_gets_40001(
-    cluster_factory: Callable[..., PgCluster], proxy_factory: ProxyFactory
+    cluster_factory: Callable[..., PgCluster], proxy_factory: ProxyFactory, driver: str
 ) -> None:
     """The lost-acknowledged-commit window: a transaction whose WAL never reached the standby has an id
     the promoted standby hands out again. Here the new primary gives that id to another transaction that
     commits before the proxy asks: pg_xact_status() alone says "committed", yet the client's row is not
-    there. The proxy must answer 40001 (its transaction's records are not in the new primary's history)."""
+    there. The proxy must answer 40001 (its transaction's records are not in the new primary's history).
+    psycopg: simple protocol; asyncpg: extended protocol with named prepared statements, COMMIT as a Query."""
     pg = cluster_factory(standbys=1)
     _sync_replication(pg)
     proxy = proxy_factory({"health": HEALTH, "failover": REPLAY}, cluster=pg)
@@ -427,20 +430,40 @@ def test_commit_in_flight_whose_xid_the_new_primary_reused_gets_40001(
     pg.sql(new, "SELECT pg_reload_conf()")
     _wait(lambda: pg.sql(new, "SELECT count(*) FROM pg_stat_wal_receiver") == "0", 10, "standby detached")
 
-    client = psycopg.connect(dsn, autocommit=True)
-    client.execute("BEGIN")
-    client.execute("INSERT INTO kv VALUES (1, 1)")
-    assert client.execute("SELECT count(*) FROM kv").fetchone() == (1,)  # the transaction id is asked here
     outcome: list[Any] = []
+    after: list[Any] = []
 
-    def commit() -> None:
+    def with_psycopg() -> None:
+        client = psycopg.connect(dsn, autocommit=True)
+        client.execute("BEGIN")
+        client.execute("INSERT INTO kv VALUES (1, 1)")
+        assert client.execute("SELECT count(*) FROM kv").fetchone() == (1,)  # the transaction id is asked here
         try:
             client.execute("COMMIT")
             outcome.append("COMMIT")
         except psycopg.Error as exc:
             outcome.append(exc)
+        after.append(client.execute("SELECT inet_server_port()").fetchone()[0])
+        client.close()
 
-    t = threading.Thread(target=commit)
+    def with_asyncpg() -> None:
+        async def main() -> None:
+            client = await asyncpg.connect(dsn)
+            tx = client.transaction()
+            await tx.start()
+            await client.execute("INSERT INTO kv VALUES ($1, $2)", 1, 1)
+            assert await client.fetchval("SELECT count(*) FROM kv WHERE k = $1", 1) == 1
+            try:
+                await tx.commit()
+                outcome.append("COMMIT")
+            except asyncpg.PostgresError as exc:
+                outcome.append(exc)
+            after.append(await client.fetchval("SELECT inet_server_port()"))
+            await client.close()
+
+        asyncio.run(main())
+
+    t = threading.Thread(target=with_psycopg if driver == "psycopg" else with_asyncpg)
     t.start()
     waiting = "SELECT backend_xid FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
     _wait(lambda: pg.sql(old, waiting) != "", 10, "the COMMIT waiting for the synchronous standby")
@@ -461,10 +484,10 @@ def test_commit_in_flight_whose_xid_the_new_primary_reused_gets_40001(
     pg._write(new.datadir / "pg_hba.conf", hba)
     pg.sql(new, "SELECT pg_reload_conf()")
     t.join(30)
-    assert len(outcome) == 1 and isinstance(outcome[0], psycopg.errors.SerializationFailure), outcome
+    assert len(outcome) == 1, outcome
+    assert getattr(outcome[0], "sqlstate", None) == "40001", outcome
     assert pg.sql(new, "SELECT count(*) FROM kv WHERE k = 1", db="app") == "0"
-    assert client.execute("SELECT inet_server_port()").fetchone() == (new.port,)
-    client.close()
+    assert after == [new.port]  # the session goes on, outside a transaction, on the new primary
     assert (_metric(proxy, "heliosproxy_failover_replays_total", kind="commit_resolved") or 0) == 1
 
 
