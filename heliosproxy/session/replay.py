@@ -17,6 +17,7 @@ from heliosproxy.backends.tls import node_tls
 from heliosproxy.config.schema import Config, PoolMode
 from heliosproxy.errors import BackendAuthError, HeliosError
 from heliosproxy.protocol import codes, messages
+from heliosproxy.session import resultcache
 from heliosproxy.session.relay import ASYNC as _ASYNC
 from heliosproxy.session.relay import HIDE, Expect
 from heliosproxy.sql.classify import Effect, TxControl
@@ -726,6 +727,8 @@ class Replay:
         s._committed = None
         s._applied_base = None
         s.tx_status = codes.TX_IDLE
+        if s.cache_dirty:
+            resultcache.before_ready(s, 1, codes.TX_IDLE)
         self._reset()
         self.idle = True
         self._type = self._left = 0
@@ -1074,6 +1077,8 @@ class Replay:
         s.tx_status = codes.TX_IDLE
         if s.mode is PoolMode.TRANSACTION and w.plan.target is None:
             s.ctx.reads.acknowledged(s.reads, w.plan.info, True, s.database)
+        if s.cache_dirty:
+            resultcache.before_ready(s, 1, codes.TX_IDLE)  # committed now: cached reads of its tables go
         s._write(self.relayed(error + messages.ready_for_query(codes.TX_IDLE)))
         asyncio.get_running_loop().call_soon(self._guard, lambda: self._wrap_release(w.conn))
 
