@@ -257,6 +257,7 @@ class Replay:
             and s.tx_status == codes.TX_IN_BLOCK
             and not s.pending
             and not s.expect
+            and not s.unsynced  # a Query inside an unsynced pipeline would drop the client's unnamed statement
             and s.backend is conn
         ):
             # The transaction id, asked with the first statement after its first write (or with the
