@@ -72,3 +72,22 @@ def test_commit_verdict_trusts_a_committed_id_only_where_the_history_reaches_its
     assert verdict("committed", None, 2000, blk, seg, False, False) == "unknown"
     # The same server after a crash that lost the transaction's records.
     assert verdict("committed", 1500, 2000, blk, seg, True, False) == "aborted"
+
+
+def test_a_flush_goes_right_after_the_last_execute_before_the_commit_and_flush_only_plans_are_skipped() -> None:
+    from heliosproxy.protocol import codes
+    from heliosproxy.session.client import Plan
+    from heliosproxy.session.replay import _flush_before_commit, _partial_plan
+
+    def item(t: int, tag: str = "") -> tuple[int, bytes, object]:
+        return (t, tag.encode(), ("", "") if t in (codes.F_PARSE, codes.F_BIND) else None)
+
+    batch = [item(codes.F_PARSE), item(codes.F_BIND, "insert"), item(codes.F_EXECUTE), item(codes.F_PARSE),
+             item(codes.F_BIND, "commit"), item(codes.F_EXECUTE), item(codes.F_SYNC)]
+    _flush_before_commit(batch, lambda m: m[0] == codes.F_BIND and m[1] == b"commit")
+    assert [t for t, _m, _d in batch] == [codes.F_PARSE, codes.F_BIND, codes.F_EXECUTE, codes.F_FLUSH,
+                                         codes.F_PARSE, codes.F_BIND, codes.F_EXECUTE, codes.F_SYNC]
+    flush = Plan(None, None, [item(codes.F_FLUSH)], None, None, False, False)
+    work = Plan(None, None, list(batch), None, None, True, True)
+    assert _partial_plan([flush, flush, work]) == 2
+    assert _partial_plan([work, flush]) == 0
