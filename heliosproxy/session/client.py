@@ -1697,8 +1697,8 @@ class ClientSession(asyncio.Protocol):
             pool.release(conn, reusable and not conn.poisoned)
 
     def _send(self, conn: BackendConnection, plan: Plan) -> None:
-        if self.replay is not None:
-            self.replay.on_send(conn, plan)  # issue 16: record for a replay (session/replay.py)
+        if self.replay is not None and self.replay.on_send(conn, plan):
+            return  # issue 16: recorded for a replay, or sent by it as a wrapped write (session/replay.py)
         continues = self.unsynced  # the server already has the start of this pipeline
         flush_only = not plan.sync and plan.batch is not None and all(m.t == codes.F_FLUSH for m in plan.batch)
         if not flush_only:  # a lone Flush (psycopg sends one after its Sync) changes nothing on the server

@@ -206,6 +206,7 @@ class ReplyRelay:
                     head.rows.append(row_texts(m, self.codec))
                 elif t == codes.B_ERROR:
                     head.failed = True
+                    head.data = m  # its error, for a caller that shows it (replay's hidden COMMIT)
                 elif t == codes.B_READY_FOR_QUERY:
                     expect.popleft()
                     head.capture(None if head.failed else head.rows)
