@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import inspect
 import logging
 import os
 import struct
@@ -27,7 +26,8 @@ from heliosproxy.protocol.scan import ERROR_SEEN, ReplyScanner
 from heliosproxy.routing.consistency import SessionReads, error_sqlstate
 from heliosproxy.routing.decide import decide
 from heliosproxy.routing.router import Target
-from heliosproxy.session import adminproto, admission, flow, login, pgcompat, pidmap, replay, resultcache, tls, traffic
+from heliosproxy.session import admission, flow, login, pgcompat, pidmap, replay, resultcache, tls, traffic
+from heliosproxy.session.admin import AdminSession
 from heliosproxy.session.context import ProxyContext, QueryStat
 from heliosproxy.session.prepared import Statement, server_name
 from heliosproxy.session.relay import (
@@ -212,6 +212,7 @@ class ClientSession(asyncio.Protocol):
         self.branch_pref: str | None = None  # SET helios.branch / database DB@BRANCH
         self.identity: str | None = None
         self.admin = False
+        self.console: AdminSession | None = None  # logged in to the admin console: it serves the session
         self.pid = 0
         self.key = 0
         self.client_id = ""
@@ -636,16 +637,9 @@ class ClientSession(asyncio.Protocol):
                     self._fatal("42501", f'user "{self.user}" is not an admin of the proxy')
                     return
                 self.admin = True
+                self.console = AdminSession(self)
                 self.pid, self.key = ctx.new_key()
-                params = {
-                    "server_version": "15.0 (heliosproxy)",
-                    "client_encoding": "UTF8",
-                    "server_encoding": "UTF8",
-                    "DateStyle": "ISO, MDY",
-                    "integer_datetimes": "on",
-                    "standard_conforming_strings": "on",
-                    "application_name": self.app_name,
-                }
+                params = AdminSession.login_params(self.app_name)
             else:
                 if "@" in self.database:
                     db, _, branch = self.database.rpartition("@")
@@ -794,7 +788,10 @@ class ClientSession(asyncio.Protocol):
             return
         self._processing = True
         try:
-            self._process_inner()
+            if self.console is not None:
+                self.console.process()  # the admin console session (session/admin.py)
+            else:
+                self._process_inner()
         finally:
             self._processing = False
 
@@ -873,7 +870,6 @@ class ClientSession(asyncio.Protocol):
             and self.stalled is None
             and self.phase == READY
             and not self.skip_to_sync
-            and not self.admin
         ):
             # A server runs extended-protocol messages as they arrive: forward what the client has
             # sent so far up to an Execute (the first message with an effect a client can wait
@@ -900,9 +896,6 @@ class ClientSession(asyncio.Protocol):
             # Not text in the client's encoding: the server decides; classify it as a write.
             sql = msg[5:-1].decode(self._codec, "replace")
             info = _UNREADABLE
-        if self.admin:
-            self._admin_query(sql)
-            return
         if self.compat.statement_mode and pgcompat.refuse_block(self, info):
             return
         effects = info.effects
@@ -1116,7 +1109,7 @@ class ClientSession(asyncio.Protocol):
 
     def _answer_error(self, sqlstate: str, message: str) -> None:
         conn = self.backend
-        if conn is not None and self.tx_status == codes.TX_IN_BLOCK and not self.admin:
+        if conn is not None and self.tx_status == codes.TX_IN_BLOCK:
             # Inside a transaction the server must fail it too, or a later COMMIT would commit.
             tag = "hp" + os.urandom(4).hex()
             sql = (
@@ -1133,34 +1126,6 @@ class ClientSession(asyncio.Protocol):
         if status == codes.TX_FAILED:
             self.tx_status = status
         self._write(body + messages.ready_for_query(status))
-
-    def _admin_query(self, sql: str) -> None:
-        admin = self.ctx.admin
-        if admin is None:
-            self._answer_error("0A000", "the admin console is not available")
-            return
-        try:
-            body = admin.execute(sql, self)
-        except HeliosError as exc:
-            self._answer_error(exc.sqlstate, exc.message)
-            return
-        if inspect.isawaitable(body):
-            # Gathered from every worker: hold the client's next messages until it is written.
-            self.stalled = Plan.deferred(None)
-            self._pause_reading()
-            self._spawn(self._admin_async(body))
-            return
-        if body is not None:
-            self._write(body + messages.READY_IDLE)
-
-    async def _admin_async(self, pending: Any) -> None:
-        try:
-            body = await pending
-        except HeliosError as exc:
-            body = messages.error_response("ERROR", exc.sqlstate, exc.message)
-        self.stalled = None
-        self._write(body + messages.READY_IDLE)
-        self._continue()
 
     # ------------------------------------------------------------------ extended protocol
     def _on_extended(self, t: int, msg: bytes) -> None:
@@ -1206,9 +1171,6 @@ class ClientSession(asyncio.Protocol):
         """The client sent Sync or Flush, or stopped sending mid-pipeline (`partial`): judge, route, dispatch."""
         batch = self.batch
         self.batch = []
-        if self.admin:
-            self._admin_batch(batch)
-            return
         if len(batch) == 1 and not partial and self.backend is None and not self.pending:
             if sync:
                 self._write(messages.ready_for_query(self.tx_status))
@@ -1465,18 +1427,6 @@ class ClientSession(asyncio.Protocol):
                     self.statements.pop(dec[1], None)
                 out.append(messages.CLOSE_COMPLETE)
         return b"".join(out)
-
-    def _admin_batch(self, batch: list[tuple[int, bytes, Any]]) -> None:
-        """Extended protocol on the console: answered once every worker's part is in (held messages wait)."""
-        self.stalled = Plan.deferred(None)
-        self._pause_reading()
-        self._spawn(self._admin_batch_async(batch))
-
-    async def _admin_batch_async(self, batch: list[tuple[int, bytes, Any]]) -> None:
-        body = await adminproto.answer(self, batch)
-        self.stalled = None
-        self._write(body)
-        self._continue()
 
     # ================================================================== dispatch to a backend
     def _dispatch(self, plan: Plan) -> None:
