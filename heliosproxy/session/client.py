@@ -696,11 +696,7 @@ class ClientSession(asyncio.Protocol):
         self.client_id = f"c{self.pid:x}"
         ctx.cancel_keys[(self.pid, self.key)] = self
         self.login_params = params
-        out = [messages.AUTH_OK_MSG]
-        out.extend(messages.parameter_status(k, v) for k, v in params.items())
-        out.append(messages.backend_key_data(self.pid, self.key))
-        out.append(messages.READY_IDLE)
-        self._write(b"".join(out))
+        self._write(login.welcome(params, self.pid, self.key))
         if self._login_timer is not None:
             self._login_timer.cancel()
             self._login_timer = None

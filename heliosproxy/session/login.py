@@ -182,6 +182,16 @@ class Authenticated:
 Action = Send | StartTls | Cancel | Drop | Fail | Startup | Lookup | CheckPassword | Authenticated
 
 
+def welcome(params: dict[str, str], pid: int, key: int) -> bytes:
+    """What a logged-in client is sent: AuthenticationOk, its ParameterStatus values, BackendKeyData and
+    ReadyForQuery (idle)."""
+    out = [messages.AUTH_OK_MSG]
+    out.extend(messages.parameter_status(k, v) for k, v in params.items())
+    out.append(messages.backend_key_data(pid, key))
+    out.append(messages.READY_IDLE)
+    return b"".join(out)
+
+
 def parse_options(opts: str) -> list[tuple[str, str]]:
     """The `-c name=value` / `--name=value` items of a startup `options` string (backslash-space
     is a space inside a word), names with '-' spelled '_'."""

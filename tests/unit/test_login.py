@@ -403,3 +403,13 @@ def test_password_waits_for_the_credential_lookup() -> None:
 
 def test_parse_options() -> None:
     assert login.parse_options("-c a=1 -cb=2 --c-d=x\\ y -c e --f") == [("a", "1"), ("b", "2"), ("c_d", "x y")]
+
+
+def test_welcome() -> None:
+    """AuthenticationOk, ParameterStatus in the given order, BackendKeyData, ReadyForQuery idle."""
+    out = login.welcome({"server_version": "15.0", "TimeZone": "UTC"}, 7, 0xFFFFFFFF)
+    assert out == (b"R\x00\x00\x00\x08\x00\x00\x00\x00"
+                   + b"S\x00\x00\x00\x18server_version\x0015.0\x00"
+                   + b"S\x00\x00\x00\x11TimeZone\x00UTC\x00"
+                   + b"K\x00\x00\x00\x0c\x00\x00\x00\x07\xff\xff\xff\xff"
+                   + b"Z\x00\x00\x00\x05I")
