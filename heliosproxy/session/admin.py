@@ -8,7 +8,8 @@ import struct
 from typing import TYPE_CHECKING, Any
 
 from heliosproxy.errors import HeliosError
-from heliosproxy.protocol import codes, messages
+from heliosproxy.protocol import codes, frontend, messages
+from heliosproxy.protocol.frontend import Msg
 from heliosproxy.session import adminproto
 
 if TYPE_CHECKING:
@@ -17,7 +18,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("heliosproxy.session")
 
 _I = struct.Struct("!I")
-_H = struct.Struct("!H")
 _COPY = frozenset((codes.F_COPY_DATA, codes.F_COPY_DONE, codes.F_COPY_FAIL))
 _READY = 3  # ClientSession's READY phase
 _CLOSED = 4  # ClientSession's CLOSED phase
@@ -35,37 +35,6 @@ def _login_params(app_name: str) -> dict[str, str]:
     }
 
 
-def _decode(t: int, msg: bytes, codec: str) -> Any:
-    """What adminproto.answer reads of an extended-protocol message; ValueError (and the like) if malformed."""
-    if t == codes.F_PARSE:
-        end = msg.index(0, 5)
-        name = msg[5:end].decode(codec)
-        p2 = msg.index(0, end + 1) + 1
-        if len(msg) != p2 + 2 + 4 * _H.unpack_from(msg, p2)[0]:
-            raise ValueError("bad parameter types")
-        return (name, msg[end + 1 : p2 - 1].decode(codec, "replace"))
-    if t == codes.F_BIND:
-        end = msg.index(0, 5)
-        portal = msg[5:end].decode(codec)
-        p2 = msg.index(0, end + 1) + 1
-        stmt = msg[end + 1 : p2 - 1].decode(codec)
-        messages.bind_result_formats(msg, p2)  # validates the rest of the Bind
-        return (portal, stmt, p2)
-    if t == codes.F_DESCRIBE or t == codes.F_CLOSE:
-        kind = msg[5]
-        if kind != 83 and kind != 80:  # 'S' statement, 'P' portal
-            raise ValueError(f"invalid {'DESCRIBE' if t == codes.F_DESCRIBE else 'CLOSE'} message subtype")
-        if msg.index(0, 6) != len(msg) - 1:
-            raise ValueError("trailing bytes")
-        return (kind, msg[6:-1].decode(codec))
-    if t == codes.F_EXECUTE:
-        end = msg.index(0, 5)
-        if end != len(msg) - 5:
-            raise ValueError("truncated")
-        msg[5:end].decode(codec)  # a portal name must be text
-    return None
-
-
 class AdminSession:
     """Serves a ClientSession that logged in to the admin console database (chosen at login): frontend
     messages from its buffer are answered by the console (heliosproxy/admin/console.py), the extended
@@ -76,7 +45,7 @@ class AdminSession:
 
     def __init__(self, session: ClientSession):
         self.s = session
-        self.batch: list[tuple[int, bytes, Any]] = []  # extended-protocol messages up to Sync/Flush
+        self.batch: list[Msg] = []  # extended-protocol messages up to Sync/Flush
         self.busy = False  # an answer is being gathered: hold further messages
 
     @staticmethod
@@ -125,18 +94,18 @@ class AdminSession:
                         self.batch.clear()
                         s._write(messages.READY_IDLE)
                 elif t == codes.F_SYNC or t == codes.F_FLUSH:
-                    self.batch.append((t, msg, None))
+                    self.batch.append(Msg(t, msg))
                     self._batch_end()
                 elif t == codes.F_FUNCTION_CALL:
                     self._error("0A000", "the admin console does not run function calls")
                 else:
                     try:
-                        decoded = _decode(t, msg, s._codec)
+                        decoded = frontend.decode(t, msg, s._codec)
                     except (ValueError, IndexError, UnicodeDecodeError, struct.error) as exc:
                         log.warning("client %s user=%s: malformed %r message: %s", s.peer, s.user, chr(t), exc)
                         s._violation("invalid frontend message format")
                         return
-                    self.batch.append((t, msg, decoded))
+                    self.batch.append(decoded)
                     if len(self.batch) > 10_000:
                         s._violation("too many extended-protocol messages without Sync")
                         return
@@ -192,7 +161,7 @@ class AdminSession:
         self.s._pause_reading()
         self.s._spawn(self._batch_async(batch))
 
-    async def _batch_async(self, batch: list[tuple[int, bytes, Any]]) -> None:
+    async def _batch_async(self, batch: list[Msg]) -> None:
         self._resume(await adminproto.answer(self.s, batch))
 
     def _resume(self, body: bytes) -> None:

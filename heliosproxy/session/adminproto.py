@@ -8,6 +8,7 @@ from typing import Any
 
 from heliosproxy.errors import HeliosError
 from heliosproxy.protocol import codes, messages
+from heliosproxy.protocol.frontend import STATEMENT, Msg
 
 _I = struct.Struct("!I")
 _H = struct.Struct("!H")
@@ -93,7 +94,7 @@ def _split_rowdesc(body: bytes) -> tuple[bytes, bytes]:
     return b"", body
 
 
-async def answer(session: Any, batch: list[tuple[int, bytes, Any]]) -> bytes:
+async def answer(session: Any, batch: list[Msg]) -> bytes:
     """What a server would answer to this batch, with the console as the server. Statements (named or not)
     live in `session.compat.admin_statements`; Describe runs only SHOW (it must not run a command)."""
     admin = session.ctx.admin
@@ -102,24 +103,25 @@ async def answer(session: Any, batch: list[tuple[int, bytes, Any]]) -> bytes:
     formats: list[int] = []
     out: list[bytes] = []
     failed = False
-    for t, msg, dec in batch:
+    for m in batch:
+        t = m.t
         if failed and t != codes.F_SYNC:
             continue
         try:
             if t == codes.F_PARSE:
-                stmts[dec[0]] = dec[1]
+                stmts[m.name] = m.sql
                 out.append(messages.PARSE_COMPLETE)
             elif t == codes.F_BIND:
-                portal_sql = stmts.get(dec[1])
+                portal_sql = stmts.get(m.stmt)
                 if portal_sql is None:
-                    raise HeliosError(f'prepared statement "{dec[1]}" does not exist', sqlstate="26000")
-                formats = _result_formats(msg, dec[2])
+                    raise HeliosError(f'prepared statement "{m.stmt}" does not exist', sqlstate="26000")
+                formats = _result_formats(m.data, m.at)
                 out.append(messages.BIND_COMPLETE)
             elif t == codes.F_DESCRIBE:
-                sql = stmts.get(dec[1]) if dec[0] == ord("S") else portal_sql
+                sql = stmts.get(m.name) if m.sub == STATEMENT else portal_sql
                 if sql is None:
-                    raise HeliosError(f'prepared statement "{dec[1]}" does not exist', sqlstate="26000")
-                if dec[0] == ord("S"):
+                    raise HeliosError(f'prepared statement "{m.name}" does not exist', sqlstate="26000")
+                if m.sub == STATEMENT:
                     out.append(messages.parameter_description([]))
                 rowdesc = b""
                 if sql.strip().upper().startswith("SHOW") and admin is not None:
@@ -138,8 +140,8 @@ async def answer(session: Any, batch: list[tuple[int, bytes, Any]]) -> bytes:
                 rowdesc, rows = _split_rowdesc(res or b"")
                 out.append(_to_formats(rows, _oids(rowdesc), formats) if rowdesc else rows)
             elif t == codes.F_CLOSE:
-                if dec[0] == ord("S"):
-                    stmts.pop(dec[1], None)
+                if m.sub == STATEMENT:
+                    stmts.pop(m.name, None)
                 out.append(messages.CLOSE_COMPLETE)
             elif t == codes.F_SYNC:
                 failed = False
