@@ -519,6 +519,7 @@ class ClientSession(asyncio.Protocol):
             elif isinstance(a, login.CheckPassword):
                 self._check_password(a.password)
             elif isinstance(a, login.Authenticated):
+                self._login = None  # done: an idle client keeps nothing of its login
                 if a.auth is not None:
                     self.ctx.pools.credentials.authenticated(self.user, a.auth)
                 self._authenticated()
