@@ -63,6 +63,8 @@ _H = struct.Struct("!H")
 
 STARTUP, AUTH, LOGIN, READY, CLOSED = range(5)
 ADMIN_DATABASE = "heliosproxy"
+# Startup parameters that are not session settings.
+_NOT_SETTINGS = frozenset({"user", "database", "replication", "options"})
 _HELIOS = Effect.HELIOS_SET | Effect.HELIOS_SHOW
 _OWN_SESSION = Effect.DISCARD | Effect.DEALLOCATE
 _FORGETS = Effect.DISCARD | Effect.DEALLOCATE
