@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import inspect
 import logging
 import os
 import struct
@@ -13,7 +12,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Final, cast
 
 from heliosproxy.backends.connection import BackendConnection, QueryError, send_cancel
-from heliosproxy.config.schema import AuthMethod, DatabaseRoute, PoolMode
+from heliosproxy.config.schema import AuthMethod, DatabaseRoute, PoolMode, TlsMode
 from heliosproxy.errors import (
     BackendUnavailable,
     HeliosError,
@@ -22,7 +21,6 @@ from heliosproxy.logsetup import client_fields, hostport
 from heliosproxy.plugins import hooks
 from heliosproxy.pool.pool import Pool, PoolWait
 from heliosproxy.protocol import codes, messages
-from heliosproxy.protocol.auth import ClientAuth, Credential
 from heliosproxy.protocol.encodings import python_codec
 from heliosproxy.protocol.frontend import FAIL_BIND, STATEMENT, Msg, names_in
 from heliosproxy.protocol.frontend import decode as decode_msg
@@ -30,8 +28,9 @@ from heliosproxy.protocol.scan import ERROR_SEEN, ReplyScanner
 from heliosproxy.routing.consistency import SessionReads, error_sqlstate
 from heliosproxy.routing.decide import decide
 from heliosproxy.routing.router import Target
-from heliosproxy.session import adminproto, admission, flow, pgcompat, pidmap, replay, resultcache, tls, traffic
+from heliosproxy.session import admission, flow, login, pgcompat, pidmap, replay, resultcache, tls, traffic
 from heliosproxy.session import settings as settings_mod
+from heliosproxy.session.admin import AdminSession
 from heliosproxy.session.context import ProxyContext, QueryStat
 from heliosproxy.session.prepared import Statement, server_name
 from heliosproxy.session.relay import (
@@ -72,9 +71,6 @@ AUTH: Final = 1
 LOGIN: Final = 2
 READY: Final = 3
 CLOSED: Final = 4
-ADMIN_DATABASE: Final = "heliosproxy"
-# Startup parameters that are not session settings.
-_NOT_SETTINGS: Final = frozenset({"user", "database", "replication", "options"})
 _HELIOS: Final = Effect.HELIOS_SET | Effect.HELIOS_SHOW
 _OWN_SESSION: Final = Effect.DISCARD | Effect.DEALLOCATE
 _FORGETS: Final = Effect.DISCARD | Effect.DEALLOCATE
@@ -192,6 +188,7 @@ class ClientSession(asyncio.Protocol):
         self.branch_pref: str | None = None  # SET helios.branch / database DB@BRANCH
         self.identity: str | None = None
         self.admin = False
+        self.console: AdminSession | None = None  # logged in to the admin console: it serves the session
         self.pid = 0
         self.key = 0
         self.client_id = ""
@@ -217,8 +214,7 @@ class ClientSession(asyncio.Protocol):
         self.hook_ctx: hooks.HookContext | None = None
         self.last_write_at = 0.0
         self.connected_at = time.time()
-        self._auth_kind = ""
-        self._login: ClientAuth | None = None  # md5/SCRAM exchange (protocol/auth.py)
+        self._login: login.Login | None = None  # startup and authentication (session/login.py)
         self._login_timer: asyncio.TimerHandle | None = None
         self._reading_paused = False
         self._write_paused = False
@@ -288,10 +284,8 @@ class ClientSession(asyncio.Protocol):
                 elif len(self.buf) > self.ctx.max_client_buffer:
                     self._pause_reading()  # waiting for a server: bound what we hold for this client
                 flow.check_cheaply(self)
-            elif phase == STARTUP:
-                self._on_startup()
-            elif phase == AUTH:
-                self._on_auth()
+            elif phase < LOGIN:  # STARTUP, AUTH
+                self._on_login_data()
             elif len(self.buf) > 65536:
                 self._pause_reading()
         except Exception as exc:
@@ -476,101 +470,78 @@ class ClientSession(asyncio.Protocol):
             "queries": self.query_count,
         }
 
-    # ================================================================== startup
-    def _on_startup(self) -> None:
-        buf = self.buf
-        if tls.on_direct_tls(self):
-            return
-        while self.phase == STARTUP and len(buf) >= 4:
-            length = _I.unpack_from(buf, 0)[0]
-            if length < 8 or length > codes.MAX_STARTUP_PACKET:
-                # PostgreSQL logs this (COMMERROR) and closes without a word: so do we.
-                self.ctx.counters.protocol_errors += 1
-                log.info("client %s: invalid length of startup packet; closing", self.peer)
-                self._close_quietly()
-                return
-            if len(buf) < length:
-                return
-            body = bytes(buf[4:length])
-            del buf[:length]
-            code = _I.unpack_from(body, 0)[0]
-            if code in (codes.SSL_REQUEST, codes.GSSENC_REQUEST):
-                if code == codes.SSL_REQUEST and tls.on_ssl_request(self):
-                    return
-                self._write(b"N")
-                continue
-            if code == codes.CANCEL_REQUEST:
-                self._on_cancel_request(body)
-                return
-            if code >> 16 != 3:
-                self._fatal(
-                    "0A000",
-                    f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: server supports 3.0 to 3.0",
-                )
-                return
-            try:
-                _, params = messages.decode_startup(_I.pack(codes.PROTOCOL_3_0) + body[4:])
-            except (ValueError, UnicodeDecodeError):
-                self._violation("invalid startup packet layout: expected terminator as last byte")
-                return
-            unsupported = [k for k in params if k.startswith("_pq_.")]
-            if code & 0xFFFF or unsupported:
-                payload = _I.pack(codes.PROTOCOL_3_0) + _I.pack(len(unsupported))
-                payload += b"".join(messages.cstr(k) for k in unsupported)
-                self._write(messages.msg(codes.B_NEGOTIATE_VERSION, payload))
-                for k in unsupported:
-                    params.pop(k)
-            self._on_startup_message(params)
-            if self.phase == AUTH and buf:
-                self._on_auth()  # a password message in the same packet as the startup packet
-            return
+    # ================================================================== startup and authentication
+    def _on_login_data(self) -> None:
+        """Startup packets and password messages: fed to the login machine (session/login.py)."""
+        ctx = self.ctx
+        m = self._login
+        if m is None:
+            m = self._login = login.Login(self.buf)
+        m.tls_available = ctx.tls_context is not None and self.transport is not None
+        m.tls_required = ctx.config.tls.mode is TlsMode.REQUIRE
+        m.plugin_auth = ctx.plugins.has_auth
+        self._login_do(m.receive())
 
-    def _on_startup_message(self, params: dict[str, str]) -> None:
-        if tls.refuse_plaintext(self):
-            return
-        user = params.get("user", "")
-        if not user:
-            self._fatal("28000", "no PostgreSQL user name specified in startup packet")
-            return
-        if params.get("replication") not in (None, "false", "0", "off", "no"):
-            self._fatal("08P01", "replication connections are not supported by the proxy")
-            return
-        self.user = user
-        self.database = params.get("database") or user
-        self.app_name = params.get("application_name", "")
-        self.startup = params
-        for k, v in params.items():
-            if k not in _NOT_SETTINGS:
-                self._startup_setting(k, v)
-        opts = params.get("options", "")
-        if opts:
-            self._parse_options(opts)
+    def _login_do(self, actions: list[login.Action]) -> None:
+        """Carry out what the login machine asks for."""
+        for a in actions:
+            if self.phase == CLOSED:
+                return
+            if isinstance(a, login.Send):
+                self._write(a.data)
+            elif isinstance(a, login.Startup):
+                self._on_startup_message(a)
+            elif isinstance(a, login.Lookup):
+                self._lookup_user(a.user)
+            elif isinstance(a, login.CheckPassword):
+                self._check_password(a.password)
+            elif isinstance(a, login.Authenticated):
+                self._login = None  # done: an idle client keeps nothing of its login
+                if a.auth is not None:
+                    self.ctx.pools.credentials.authenticated(self.user, a.auth)
+                self._authenticated()
+            elif isinstance(a, login.Fail):
+                if a.kind == login.VIOLATION:
+                    self._violation(a.message)
+                elif a.kind == login.AUTH_FAILED:
+                    self.ctx.counters.login_failures += 1
+                    self._fatal(a.sqlstate, a.message, event="auth_failed")
+                else:
+                    self._fatal(a.sqlstate, a.message)
+            elif isinstance(a, login.StartTls):
+                tls.start(self, direct=a.direct, initial=a.initial)
+            elif isinstance(a, login.Cancel):
+                self._on_cancel_request(a.pid, a.key)
+            elif isinstance(a, login.Drop):
+                self.ctx.counters.protocol_errors += 1
+                log.info("client %s: %s; closing", self.peer, a.reason)
+                self._close_quietly()
+
+    def _on_startup_message(self, st: login.Startup) -> None:
+        self.user = st.user
+        self.database = st.database
+        self.app_name = st.app_name
+        self.startup = st.params
+        self.settings.update(st.settings)
+        self.startup_settings.update(st.settings)
+        self.attrs.update(st.attrs)
         self._set_codec()
         self.phase = AUTH
-        ctx = self.ctx
-        ucfg = ctx.config.user(user)
-        if ctx.plugins.has_auth:
-            self._auth_kind = "plugin"
-            self._write(messages.auth_request(codes.AUTH_CLEARTEXT))
-            return
-        method = ctx.config.auth.method
-        if method is AuthMethod.TRUST:
-            if ucfg is None:
-                self._auth_failed()
-                return
-            self._authenticated()
-        else:
-            self._auth_kind = "login"
-            known, cred = ctx.pools.credentials.cached(user)
-            if known:
-                self._start_login(cred)
-            else:  # auth_query: look the user up first, reading paused meanwhile
-                self._pause_reading()
-                self._spawn(self._lookup_login())
 
-    def _start_login(self, cred: Credential | None) -> None:
-        self._login = self.ctx.pools.credentials.client_auth(self.user, cred)
-        self._write(self._login.start())
+    def _lookup_user(self, user: str) -> None:
+        """Trust: is the user configured; md5/SCRAM: its credential (auth_query: reading paused meanwhile)."""
+        ctx = self.ctx
+        m = self._login
+        assert m is not None
+        if ctx.config.auth.method is AuthMethod.TRUST:
+            self._login_do(m.accept() if ctx.config.user(user) is not None else m.reject())
+            return
+        known, cred = ctx.pools.credentials.cached(user)
+        if known:
+            self._login_do(m.begin(ctx.pools.credentials.client_auth(user, cred)))
+        else:
+            self._pause_reading()
+            self._spawn(self._lookup_login())
 
     async def _lookup_login(self) -> None:
         try:
@@ -583,27 +554,32 @@ class ClientSession(asyncio.Protocol):
             log.error("client %s user=%s: auth_query failed: %r", self.peer, self.user, exc)
             self._fatal("08006", "cannot look up the user's password")
             return
-        if self.phase == AUTH:
-            self._start_login(cred)
+        m = self._login
+        if self.phase == AUTH and m is not None:
             self._resume_reading()
-            if self.buf:
-                self._on_auth()
+            self._login_do(m.begin(self.ctx.pools.credentials.client_auth(self.user, cred)))
 
-    def _parse_options(self, opts: str) -> None:
-        parts = opts.replace("\\ ", "\x00").split()
-        i = 0
-        while i < len(parts):
-            p = parts[i].replace("\x00", " ")
-            item: str | None = None
-            if p == "-c" and i + 1 < len(parts):
-                item = parts[i + 1].replace("\x00", " ")
-                i += 1
-            elif p.startswith("-c") or p.startswith("--"):
-                item = p[2:]
-            if item and "=" in item:
-                k, v = item.split("=", 1)
-                self._startup_setting(k.strip().replace("-", "_"), v)
-            i += 1
+    def _check_password(self, password: str) -> None:
+        """Plugin authentication of a cleartext password; a plugin with no verdict defers to the proxy's users."""
+        ctx = self.ctx
+        m = self._login
+        assert m is not None
+        result = ctx.plugins.authenticate(self._make_hook_ctx(), self.user, self.database, self.peer, password)
+        if isinstance(result, hooks.AuthSuccess):
+            ident = result.identity.get("name") if isinstance(result.identity, dict) else None
+            self.identity = str(ident) if ident is not None else self.user
+            self._login_do(m.accept())
+        elif isinstance(result, hooks.AuthDenied):
+            self._login_do(m.reject("28000", result.reason or f'authentication denied for user "{self.user}"'))
+        else:
+            cred = ctx.pools.credentials.cached(self.user)[1]
+            key = cred.check_cleartext(self.user, password) if cred is not None else None
+            known = ctx.config.user(self.user) is not None
+            if known and (ctx.config.auth.method is AuthMethod.TRUST or key is not None):
+                ctx.pools.credentials.authenticated_cleartext(self.user, cred, key)
+                self._login_do(m.accept())
+            else:
+                self._login_do(m.reject())
 
     def _startup_setting(self, name: str, value: str) -> None:
         low = name.lower()
@@ -612,71 +588,6 @@ class ClientSession(asyncio.Protocol):
         else:
             self.settings[low] = value
             self.startup_settings[low] = value
-
-    # ================================================================== authentication
-    def _auth_failed(self) -> None:
-        self.ctx.counters.login_failures += 1
-        self._fatal("28P01", f'password authentication failed for user "{self.user}"', event="auth_failed")
-
-    def _on_auth(self) -> None:
-        buf = self.buf
-        while self.phase == AUTH and len(buf) >= 5:
-            t = buf[0]
-            length = _I.unpack_from(buf, 1)[0]
-            if t != codes.F_PASSWORD:
-                self._violation(f"expected password response, got message type {chr(t)!r}")
-                return
-            if length < 4 or length > codes.MAX_STARTUP_PACKET:
-                self._violation("invalid password packet size")
-                return
-            if len(buf) < length + 1:
-                return
-            body = bytes(buf[5 : length + 1])
-            del buf[: length + 1]
-            self._auth_step(body)
-
-    def _auth_step(self, body: bytes) -> None:
-        kind = self._auth_kind
-        ctx = self.ctx
-        ucfg = ctx.config.user(self.user)
-        if kind == "login" and self._login is not None:
-            step = self._login.step(body)
-            if step.reply:
-                self._write(step.reply)
-            if step.fatal is not None:
-                if step.fatal[0] == "08P01":
-                    self._violation(step.fatal[1])
-                else:
-                    self._fatal(*step.fatal)
-            elif step.failed:
-                self._auth_failed()
-            elif step.done:
-                ctx.pools.credentials.authenticated(self.user, self._login)
-                self._authenticated()
-        elif kind == "plugin":
-            password = body.rstrip(b"\x00").decode(errors="replace")
-            hook_ctx = self._make_hook_ctx()
-            result = ctx.plugins.authenticate(hook_ctx, self.user, self.database, self.peer, password)
-            if isinstance(result, hooks.AuthSuccess):
-                ident = result.identity.get("name") if isinstance(result.identity, dict) else None
-                self.identity = str(ident) if ident is not None else self.user
-                self._authenticated()
-            elif isinstance(result, hooks.AuthDenied):
-                self.ctx.counters.login_failures += 1
-                reason = result.reason or f'authentication denied for user "{self.user}"'
-                self._fatal("28000", reason, event="auth_failed")
-            else:
-                method = ctx.config.auth.method
-                cred = ctx.pools.credentials.cached(self.user)[1]
-                key = cred.check_cleartext(self.user, password) if cred is not None else None
-                ok = ucfg is not None and (method is AuthMethod.TRUST or key is not None)
-                if ok:
-                    ctx.pools.credentials.authenticated_cleartext(self.user, cred, key)
-                    self._authenticated()
-                else:
-                    self._auth_failed()
-        else:
-            self._violation("unexpected password message")
 
     def _make_hook_ctx(self) -> hooks.HookContext:
         attrs = self.attrs
@@ -704,16 +615,9 @@ class ClientSession(asyncio.Protocol):
                     self._fatal("42501", f'user "{self.user}" is not an admin of the proxy')
                     return
                 self.admin = True
+                self.console = AdminSession(self)
                 self.pid, self.key = ctx.new_key()
-                params = {
-                    "server_version": "15.0 (heliosproxy)",
-                    "client_encoding": "UTF8",
-                    "server_encoding": "UTF8",
-                    "DateStyle": "ISO, MDY",
-                    "integer_datetimes": "on",
-                    "standard_conforming_strings": "on",
-                    "application_name": self.app_name,
-                }
+                params = AdminSession.login_params(self.app_name)
             else:
                 if "@" in self.database:
                     db, _, branch = self.database.rpartition("@")
@@ -771,11 +675,7 @@ class ClientSession(asyncio.Protocol):
         self.client_id = f"c{self.pid:x}"
         ctx.cancel_keys[(self.pid, self.key)] = self
         self.login_params = params
-        out = [messages.AUTH_OK_MSG]
-        out.extend(messages.parameter_status(k, v) for k, v in params.items())
-        out.append(messages.backend_key_data(self.pid, self.key))
-        out.append(messages.READY_IDLE)
-        self._write(b"".join(out))
+        self._write(login.welcome(params, self.pid, self.key))
         if self._login_timer is not None:
             self._login_timer.cancel()
             self._login_timer = None
@@ -830,11 +730,7 @@ class ClientSession(asyncio.Protocol):
         return view
 
     # ================================================================== cancel
-    def _on_cancel_request(self, body: bytes) -> None:
-        if len(body) < 12:
-            self._violation("invalid cancel request")
-            return
-        pid, key = struct.unpack_from("!II", body, 4)
+    def _on_cancel_request(self, pid: int, key: int) -> None:
         self.phase = CLOSED
         if self.transport is not None:
             self.transport.close()
@@ -867,7 +763,10 @@ class ClientSession(asyncio.Protocol):
             return
         self._processing = True
         try:
-            self._process_inner()
+            if self.console is not None:
+                self.console.process()  # the admin console session (session/admin.py)
+            else:
+                self._process_inner()
         finally:
             self._processing = False
 
@@ -946,7 +845,6 @@ class ClientSession(asyncio.Protocol):
             and self.stalled is None
             and self.phase == READY
             and not self.skip_to_sync
-            and not self.admin
         ):
             # A server runs extended-protocol messages as they arrive: forward what the client has
             # sent so far up to an Execute (the first message with an effect a client can wait
@@ -973,9 +871,6 @@ class ClientSession(asyncio.Protocol):
             # Not text in the client's encoding: the server decides; classify it as a write.
             sql = msg[5:-1].decode(self._codec, "replace")
             info = _UNREADABLE
-        if self.admin:
-            self._admin_query(sql)
-            return
         if self.compat.statement_mode and pgcompat.refuse_block(self, info):
             return
         effects = info.effects
@@ -1189,7 +1084,7 @@ class ClientSession(asyncio.Protocol):
 
     def _answer_error(self, sqlstate: str, message: str) -> None:
         conn = self.backend
-        if conn is not None and self.tx_status == codes.TX_IN_BLOCK and not self.admin:
+        if conn is not None and self.tx_status == codes.TX_IN_BLOCK:
             # Inside a transaction the server must fail it too, or a later COMMIT would commit.
             tag = "hp" + os.urandom(4).hex()
             sql = (
@@ -1207,34 +1102,6 @@ class ClientSession(asyncio.Protocol):
             self.tx_status = status
         self._write(body + messages.ready_for_query(status))
 
-    def _admin_query(self, sql: str) -> None:
-        admin = self.ctx.admin
-        if admin is None:
-            self._answer_error("0A000", "the admin console is not available")
-            return
-        try:
-            body = admin.execute(sql, self)
-        except HeliosError as exc:
-            self._answer_error(exc.sqlstate, exc.message)
-            return
-        if inspect.isawaitable(body):
-            # Gathered from every worker: hold the client's next messages until it is written.
-            self.stalled = Plan.deferred(None)
-            self._pause_reading()
-            self._spawn(self._admin_async(body))
-            return
-        if body is not None:
-            self._write(body + messages.READY_IDLE)
-
-    async def _admin_async(self, pending: Any) -> None:
-        try:
-            body = await pending
-        except HeliosError as exc:
-            body = messages.error_response("ERROR", exc.sqlstate, exc.message)
-        self.stalled = None
-        self._write(body + messages.READY_IDLE)
-        self._continue()
-
     # ------------------------------------------------------------------ extended protocol
     def _on_extended(self, t: int, msg: bytes) -> None:
         try:
@@ -1249,9 +1116,6 @@ class ClientSession(asyncio.Protocol):
         """The client sent Sync or Flush, or stopped sending mid-pipeline (`partial`): judge, route, dispatch."""
         batch = self.batch
         self.batch = []
-        if self.admin:
-            self._admin_batch(batch)
-            return
         if len(batch) == 1 and not partial and self.backend is None and not self.pending:
             if sync:
                 self._write(messages.ready_for_query(self.tx_status))
@@ -1511,18 +1375,6 @@ class ClientSession(asyncio.Protocol):
                     self.statements.pop(m.name, None)
                 out.append(messages.CLOSE_COMPLETE)
         return b"".join(out)
-
-    def _admin_batch(self, batch: list[Msg]) -> None:
-        """Extended protocol on the console: answered once every worker's part is in (held messages wait)."""
-        self.stalled = Plan.deferred(None)
-        self._pause_reading()
-        self._spawn(self._admin_batch_async(batch))
-
-    async def _admin_batch_async(self, batch: list[Msg]) -> None:
-        body = await adminproto.answer(self, batch)
-        self.stalled = None
-        self._write(body)
-        self._continue()
 
     # ================================================================== dispatch to a backend
     def _dispatch(self, plan: Plan) -> None:

@@ -1,50 +1,23 @@
-"""Client-side TLS negotiation of a session: SSLRequest, direct TLS (ALPN postgresql), `tls.mode: require`."""
+"""Client-side TLS of a session: starts TLS on its transport (after SSLRequest or direct TLS, ALPN postgresql)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from heliosproxy.config.schema import TlsMode
 from heliosproxy.protocol import messages
-from heliosproxy.protocol.tls import ALPN, TLS_HANDSHAKE, TlsTransport
+from heliosproxy.protocol.tls import ALPN, TlsTransport
 
 if TYPE_CHECKING:
     from heliosproxy.session.client import ClientSession
 
 
-def on_ssl_request(session: ClientSession) -> bool:
-    """An SSLRequest arrived: True when it was handled (answered S and TLS started, or refused),
-    False when the caller answers N (TLS off, or already inside TLS)."""
-    context = session.ctx.tls_context
-    if context is None or session.tls or session.transport is None:
-        return False
-    if session.buf:
-        # Bytes after the SSLRequest, before the handshake: someone injected plaintext (CVE-2021-23222).
-        session._violation("received unencrypted data after SSL request")
-        return True
-    session.transport.write(b"S")
-    _start(session, direct=False, initial=b"")
-    return True
-
-
-def on_direct_tls(session: ClientSession) -> bool:
-    """The connection opened with a TLS record (direct TLS): True when TLS started."""
-    context = session.ctx.tls_context
-    buf = session.buf
-    if context is None or session.tls or not buf or buf[0] != TLS_HANDSHAKE or session.transport is None:
-        return False
-    initial = bytes(buf)
-    buf.clear()
-    _start(session, direct=True, initial=initial)
-    return True
-
-
-def refuse_plaintext(session: ClientSession) -> bool:
-    """`tls.mode: require` and this client did not negotiate TLS: FATAL 28000 (True when refused)."""
-    if session.tls or session.ctx.config.tls.mode is not TlsMode.REQUIRE:
-        return False
-    session._fatal("28000", "TLS is required")
-    return True
+def start(session: ClientSession, *, direct: bool, initial: bytes) -> None:
+    """Start TLS as the login machine decided (session/login.py): after an SSLRequest (answered b"S"
+    here, unencrypted), or on a direct TLS ClientHello (`initial`: the bytes read so far)."""
+    if not direct:
+        assert session.transport is not None
+        session.transport.write(b"S")
+    _start(session, direct=direct, initial=initial)
 
 
 def _start(session: ClientSession, *, direct: bool, initial: bytes) -> None:
