@@ -41,6 +41,7 @@ HOT_MODULES: tuple[str, ...] = (
     "heliosproxy.histogram",
     "heliosproxy.session.relay",
     "heliosproxy.session.prepared",
+    "heliosproxy.session.state",
 )
 MANIFEST = "_compiled.json"
 _PACKAGE_DIR = Path(__file__).resolve().parent

@@ -42,6 +42,7 @@ from heliosproxy.session.relay import (
     ReplyRelay,
 )
 from heliosproxy.session.rename import Renamer
+from heliosproxy.session.state import AUTH, CLOSED, LOGIN, READY, STARTUP, Inflight, Plan
 from heliosproxy.sql.classify import (
     DATABASE_DDL,
     Effect,
@@ -66,11 +67,6 @@ _monotonic: Final = time.monotonic
 _FRONTEND_TYPES: Final = codes.FRONTEND_TYPES
 _perf_counter: Final = time.perf_counter
 
-STARTUP: Final = 0
-AUTH: Final = 1
-LOGIN: Final = 2
-READY: Final = 3
-CLOSED: Final = 4
 _HELIOS: Final = Effect.HELIOS_SET | Effect.HELIOS_SHOW
 _OWN_SESSION: Final = Effect.DISCARD | Effect.DEALLOCATE
 _FORGETS: Final = Effect.DISCARD | Effect.DEALLOCATE
@@ -106,60 +102,6 @@ def _stale_plan(m: bytes) -> bool:
 def _busy_database(replies: list[bytes]) -> bool:
     """Do these replies end in 55006 (object in use: other sessions are using the database)?"""
     return any(m[0] == codes.B_ERROR and messages.parse_error_fields(m[5:]).get("C") == "55006" for m in replies)
-
-
-class Inflight:
-    """A statement (simple Query or extended batch up to Sync) waiting for its ReadyForQuery."""
-
-    __slots__ = ("error", "info", "qctx", "start", "start_bytes", "target")
-
-    def __init__(
-        self, info: StatementInfo | None, target: Target | None, qctx: hooks.QueryContext | None, start_bytes: int
-    ):
-        self.start = _perf_counter()
-        self.info = info
-        self.target = target
-        self.qctx = qctx
-        self.start_bytes = start_bytes
-        self.error: str | None = None
-
-
-class Plan:
-    """What to send for one client request once a backend is at hand."""
-
-    __slots__ = ("answer", "batch", "dbs", "info", "inject", "qctx", "raw", "retries", "sync", "target", "write")
-
-    def __init__(
-        self,
-        target: Target | None,
-        raw: bytes | None,
-        batch: list[Msg] | None,
-        info: StatementInfo | None,
-        qctx: hooks.QueryContext | None,
-        sync: bool,
-        write: bool,
-    ):
-        self.target = target  # None = primary, resolved at dispatch (may wait for one)
-        self.raw = raw  # simple path: bytes to forward as they are
-        self.batch = batch  # extended path: the messages to rewrite per backend
-        self.info = info
-        self.qctx = qctx
-        self.sync = sync  # expects a ReadyForQuery
-        self.write = write
-        self.answer: bytes | None = None  # set: a proxy answer to write once earlier replies are in
-        # DROP/ALTER/CREATE ... TEMPLATE DATABASE: databases our own idle connections may keep busy
-        # (55006); the statement is retried once after closing them.
-        self.dbs: tuple[str, ...] = ()
-        self.retries = 0  # sent again because the pooled server it got was already gone
-        # An error of the proxy's inside a pipeline the server has begun: the server is made to fail
-        # at this point too (skipping to the Sync, as it would have), and the client sees this error.
-        self.inject: bytes | None = None
-
-    @classmethod
-    def deferred(cls, answer: bytes | None) -> Plan:
-        plan = cls(None, None, None, None, None, False, False)
-        plan.answer = answer
-        return plan
 
 
 class ClientSession(asyncio.Protocol):

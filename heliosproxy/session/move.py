@@ -13,13 +13,14 @@ from heliosproxy.config.schema import DatabaseRoute, PoolMode
 from heliosproxy.errors import HeliosError
 from heliosproxy.protocol import codes, messages
 from heliosproxy.protocol.frontend import STATEMENT
+from heliosproxy.session.state import READY, Plan
 from heliosproxy.sql import sessionstate
 from heliosproxy.sql.classify import Effect, StatementInfo
 
 if TYPE_CHECKING:
     from heliosproxy.pool.pool import Pool
     from heliosproxy.routing.router import Target
-    from heliosproxy.session.client import ClientSession, Plan
+    from heliosproxy.session.client import ClientSession
     from heliosproxy.session.replay import Replay
 
 log = logging.getLogger("heliosproxy.replay")
@@ -183,7 +184,6 @@ class Moves:
         return True
 
     def _can_hold(self, conn: BackendConnection) -> bool:
-        from heliosproxy.session.client import READY
 
         s = self.s
         if conn is not s.backend or s.phase != READY:
@@ -231,7 +231,6 @@ class Moves:
         """After Replay ended a transaction without a server (Replay._end): a session-pooling or pinned
         client gets its new server now (its input stays held until then). True when started."""
         s = self.s
-        from heliosproxy.session.client import READY
 
         if s.phase != READY or s.backend is not None or not (s.mode is PoolMode.SESSION or s.pinned):
             return False
@@ -255,7 +254,6 @@ class Moves:
         return True
 
     def _fail(self, why: str) -> None:
-        from heliosproxy.session.client import READY
 
         s = self.s
         if s.phase == READY:
@@ -263,7 +261,6 @@ class Moves:
             s._fatal("08006", "server connection lost")
 
     async def _reconnect(self) -> None:
-        from heliosproxy.session.client import READY
 
         s = self.s
         deadline = time.monotonic() + s.ctx.config.failover.write_timeout
@@ -304,7 +301,6 @@ class Moves:
             return
 
     async def _acquire(self, deadline: float) -> tuple[BackendConnection, Pool]:
-        from heliosproxy.session.client import READY
 
         s = self.s
         ctx = s.ctx

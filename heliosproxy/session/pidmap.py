@@ -37,6 +37,7 @@ from heliosproxy.backends.connection import QueryError
 from heliosproxy.errors import HeliosError
 from heliosproxy.protocol import codes, messages
 from heliosproxy.protocol.frontend import Msg
+from heliosproxy.session.state import Plan
 from heliosproxy.sql.classify import SignalCall
 
 if TYPE_CHECKING:
@@ -259,7 +260,6 @@ def _decide(session: ClientSession, action: int, pid: int, answer: Callable[[Out
     if outcome is not None:
         answer(outcome)
         return
-    from heliosproxy.session.client import Plan  # the session's own type: imported late (cycle)
 
     session.stalled = Plan.deferred(None)  # the client's next messages wait for this answer
     session._pause_reading()

@@ -22,11 +22,12 @@ from heliosproxy.session import resultcache
 from heliosproxy.session.move import Moves
 from heliosproxy.session.relay import ASYNC as _ASYNC
 from heliosproxy.session.relay import HIDE, Expect
+from heliosproxy.session.state import READY, Plan
 from heliosproxy.sql.classify import Effect, TxControl
 
 if TYPE_CHECKING:
     from heliosproxy.pool.pool import Pool
-    from heliosproxy.session.client import ClientSession, Plan
+    from heliosproxy.session.client import ClientSession
 
 log = logging.getLogger("heliosproxy.replay")
 
@@ -444,7 +445,6 @@ class Replay:
     # ------------------------------------------------------------------ a lost server
     def on_lost(self, conn: BackendConnection) -> bool:
         """Hook at the top of ClientSession.on_backend_lost. True when the session goes on here."""
-        from heliosproxy.session.client import READY
 
         s = self.s
         if conn is not s.backend or s.phase != READY:
@@ -610,7 +610,6 @@ class Replay:
         replayed results matched), or, when the client has part of the COMMIT's own request's answers,
         40001 there (the transaction is over, as after a failed COMMIT)."""
         s = self.s
-        from heliosproxy.session.client import READY
 
         outcome = await self._outcome(str(self.xid), self.xid_lsn, self.xid_life, lost)
         if s.phase != READY:
@@ -718,7 +717,6 @@ class Replay:
     async def _resolve_commit(self, xid: str, anchor: int, life: str, lost: str) -> None:
         """The COMMIT was in flight: ask the (new) primary whether the transaction committed."""
         s = self.s
-        from heliosproxy.session.client import READY
 
         outcome = await self._outcome(xid, anchor, life, lost)
         if s.phase != READY:
@@ -738,7 +736,6 @@ class Replay:
         cfg: Config = ctx.config
         deadline = time.monotonic() + cfg.failover.write_timeout
         last = "no primary"
-        from heliosproxy.session.client import READY
 
         while s.phase == READY and time.monotonic() < deadline:
             node = ctx.registry.primary_node()
@@ -816,7 +813,6 @@ class Replay:
         raise BackendUnavailableError(str(last) if last else "no server within failover.write_timeout")
 
     async def _replay(self, lost: str, answered: int, partial: bool, read: bool) -> None:
-        from heliosproxy.session.client import READY
 
         s = self.s
         plans = list(self.plans)
@@ -876,7 +872,6 @@ class Replay:
         # The client's messages wait until the replay is judged (then they follow it in order).
 
     def _send_all(self, plans: list[Plan]) -> None:
-        from heliosproxy.session.client import READY
 
         s = self.s
         conn = s.backend
@@ -907,7 +902,6 @@ class Replay:
 
     def _mismatched(self) -> None:
         """The replay's results differ (or it ended short): 40001 for the client's pending statement."""
-        from heliosproxy.session.client import READY
 
         s = self.s
         if self.state == RECORD or s.phase != READY:
@@ -1117,7 +1111,6 @@ class Replay:
 
     async def _resolve_write(self, w: Wrap) -> None:
         s = self.s
-        from heliosproxy.session.client import READY
 
         assert w.xid is not None
         outcome = await self._outcome(w.xid, w.anchor, w.life, w.conn.node)
@@ -1146,7 +1139,6 @@ class Replay:
         return True
 
     async def _send_when_reachable(self, plan: Plan, read: bool) -> None:
-        from heliosproxy.session.client import READY
 
         s = self.s
         try:
@@ -1218,7 +1210,6 @@ def _wrappable_info(info: Any) -> bool:
 
 
 def _token() -> Plan:
-    from heliosproxy.session.client import Plan
 
     return Plan.deferred(None)
 

@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from heliosproxy.config.schema import LimitKey, PoolMode
 from heliosproxy.protocol import codes
+from heliosproxy.session.state import Plan
 from heliosproxy.sql.classify import TxControl
 from heliosproxy.traffic.limits import GO, REJECT, Limiter, Rule, label_of
 
 if TYPE_CHECKING:
-    from heliosproxy.session.client import ClientSession, Plan
+    from heliosproxy.session.client import ClientSession
 
 # Statements that end a transaction are never limited: a client must always be able to roll back.
 _ENDS = frozenset((TxControl.COMMIT, TxControl.ROLLBACK, TxControl.ROLLBACK_TO, TxControl.PREPARE_TRANSACTION))

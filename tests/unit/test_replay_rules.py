@@ -77,8 +77,8 @@ def test_commit_verdict_trusts_a_committed_id_only_where_the_history_reaches_its
 def test_a_flush_goes_right_after_the_last_execute_before_the_commit_and_flush_only_plans_are_skipped() -> None:
     from heliosproxy.protocol import codes
     from heliosproxy.protocol.frontend import Msg
-    from heliosproxy.session.client import Plan
     from heliosproxy.session.replay import _flush_before_commit, _partial_plan
+    from heliosproxy.session.state import Plan
 
     def item(t: int, tag: str = "") -> Msg:
         return Msg(t, tag.encode())
