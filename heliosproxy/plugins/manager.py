@@ -113,6 +113,7 @@ class PluginManager:
         self.has_pre_query = False
         self.has_route = False
         self.has_post_query = False
+        self.has_query_hooks = False  # any of the three above: one check on the data path when none is loaded
         self.has_auth = False
         self.has_connect = False
         self.has_post_auth = False
@@ -260,6 +261,7 @@ class PluginManager:
         self.has_pre_query = bool(chains[HookType.PRE_QUERY])
         self.has_route = bool(chains[HookType.ROUTE])
         self.has_post_query = bool(chains[HookType.POST_QUERY])
+        self.has_query_hooks = self.has_pre_query or self.has_route or self.has_post_query
         self.has_auth = bool(chains[HookType.AUTHENTICATE])
         self.has_connect = bool(chains[HookType.ON_CONNECT] or chains[HookType.ON_DISCONNECT])
         self.has_post_auth = bool(chains[HookType.POST_AUTH])

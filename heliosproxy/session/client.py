@@ -828,7 +828,7 @@ class ClientSession(asyncio.Protocol):
         qctx: hooks.QueryContext | None = None
         plugins = ctx.plugins
         hints = parse_hints(sql) if "helios:" in sql else None
-        if plugins.has_pre_query or plugins.has_route or plugins.has_post_query:
+        if plugins.has_query_hooks:
             qctx = self._query_ctx(sql, info)
             if plugins.has_pre_query:
                 res = plugins.pre_query(qctx)
@@ -1064,7 +1064,7 @@ class ClientSession(asyncio.Protocol):
             return
         ctx = self.ctx
         plugins = ctx.plugins
-        want_ctx = plugins.has_pre_query or plugins.has_route or plugins.has_post_query
+        want_ctx = plugins.has_query_hooks
         read_only = True
         any_stmt = False
         info: StatementInfo | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import struct
-from dataclasses import dataclass
+from typing import final
 
 from heliosproxy.plugins.hooks import Cached
 from heliosproxy.sql.classify import StatementInfo
@@ -14,19 +14,42 @@ from heliosproxy.sql.hints import Hints
 _PARAM = re.compile(r"\$(\d+)")
 
 
-@dataclass(frozen=True, slots=True)
+@final
 class Statement:
-    name: str  # the client's name ("" = the unnamed statement)
-    sql: str
-    tail: bytes  # parameter-type section of the Parse message, as the client sent it
-    info: StatementInfo
-    server: str  # name on backends: same text + types → same name, so backends share it
-    hints: Hints | None = None  # routing hints from its comments, applied to every execution
-    cached: Cached | None = None  # a pre_query plugin answered it: executions are answered from this
-    raw: bytes = b""  # the text as sent to servers (the client's encoding)
-    original: str = ""  # the client's text before any plugin rewrite ("" = same as sql)
-    generation: int = 0  # plugin-set generation whose verdicts this statement carries
-    readable: bool = True  # False: not text in the client's encoding (the server will refuse it)
+    """A client's prepared statement as the proxy judged it (never changed after: judged again, it is replaced)."""
+
+    __slots__ = (
+        "cached", "generation", "hints", "info", "name", "original", "raw", "readable", "server", "sql", "tail",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        sql: str,
+        tail: bytes,
+        info: StatementInfo,
+        server: str,
+        hints: Hints | None = None,
+        cached: Cached | None = None,
+        raw: bytes = b"",
+        original: str = "",
+        generation: int = 0,
+        readable: bool = True,
+    ) -> None:
+        self.name = name  # the client's name ("" = the unnamed statement)
+        self.sql = sql
+        self.tail = tail  # parameter-type section of the Parse message, as the client sent it
+        self.info = info
+        self.server = server  # name on backends: same text + types → same name, so backends share it
+        self.hints = hints  # routing hints from its comments, applied to every execution
+        self.cached = cached  # a pre_query plugin answered it: executions are answered from this
+        self.raw = raw  # the text as sent to servers (the client's encoding)
+        self.original = original  # the client's text before any plugin rewrite ("" = same as sql)
+        self.generation = generation  # plugin-set generation whose verdicts this statement carries
+        self.readable = readable  # False: not text in the client's encoding (the server will refuse it)
+
+    def __repr__(self) -> str:
+        return f"Statement(name={self.name!r}, server={self.server!r}, sql={self.sql[:60]!r})"
 
     def param_count(self) -> int:
         declared = struct.unpack_from("!H", self.tail, 0)[0] if len(self.tail) >= 2 else 0
