@@ -70,6 +70,20 @@ class Msg:
         return f"Msg({chr(self.t)!r}, name={self.name!r}, stmt={self.stmt!r}, sub={self.sub})"
 
 
+_STATEMENT_TYPES: Final = frozenset(codes.FRONTEND_TYPES - {codes.F_PASSWORD})  # after login
+
+
+def header_error(t: int, length: int, max_size: int) -> str:
+    """Framing after login: "" when a message header (type byte, length) may be read on, else the violation."""
+    if t not in _STATEMENT_TYPES:
+        return f"invalid frontend message type {t}"
+    if length < 4:
+        return "invalid message length"
+    if length > max_size:
+        return f"message of {length} bytes exceeds max_message_size ({max_size})"
+    return ""
+
+
 def decode(t: int, data: bytes, codec: str) -> Msg:
     """Decode one extended-protocol message; ValueError (or IndexError, UnicodeDecodeError,
     struct.error) when it is malformed."""

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from heliosproxy.errors import HeliosError
 from heliosproxy.protocol import codes, frontend, messages
-from heliosproxy.protocol.frontend import Msg
+from heliosproxy.protocol.frontend import Msg, header_error
 from heliosproxy.session import adminproto
 
 if TYPE_CHECKING:
@@ -65,14 +65,9 @@ class AdminSession:
             while n - pos >= 5 and not self.busy and s.phase == _READY:
                 t = buf[pos]
                 length = unpack(buf, pos + 1)[0]
-                if t not in codes.FRONTEND_TYPES or t == codes.F_PASSWORD:
-                    s._violation(f"invalid frontend message type {t}")
-                    return
-                if length < 4:
-                    s._violation("invalid message length")
-                    return
-                if length > max_size:
-                    s._violation(f"message of {length} bytes exceeds max_message_size ({max_size})")
+                err = header_error(t, length, max_size)
+                if err:
+                    s._violation(err)
                     return
                 end = pos + 1 + length
                 if end > n:

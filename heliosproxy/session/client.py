@@ -22,7 +22,7 @@ from heliosproxy.plugins import hooks
 from heliosproxy.pool.pool import Pool, PoolWait
 from heliosproxy.protocol import codes, messages
 from heliosproxy.protocol.encodings import python_codec
-from heliosproxy.protocol.frontend import FAIL_BIND, STATEMENT, Msg, names_in
+from heliosproxy.protocol.frontend import FAIL_BIND, STATEMENT, Msg, header_error, names_in
 from heliosproxy.protocol.frontend import decode as decode_msg
 from heliosproxy.protocol.scan import ERROR_SEEN, ReplyScanner
 from heliosproxy.routing.consistency import SessionReads, error_sqlstate
@@ -64,7 +64,6 @@ _i: Final = struct.Struct("!i")
 _H: Final = struct.Struct("!H")
 
 _monotonic: Final = time.monotonic
-_FRONTEND_TYPES: Final = codes.FRONTEND_TYPES
 _perf_counter: Final = time.perf_counter
 
 _HELIOS: Final = Effect.HELIOS_SET | Effect.HELIOS_SHOW
@@ -724,14 +723,9 @@ class ClientSession(asyncio.Protocol):
             while n - pos >= 5 and self.stalled is None and self.phase == READY and self.pending < cap:
                 t = buf[pos]
                 length = unpack(buf, pos + 1)[0]
-                if t not in _FRONTEND_TYPES or t == codes.F_PASSWORD:
-                    self._violation(f"invalid frontend message type {t}")
-                    return
-                if length < 4:
-                    self._violation("invalid message length")
-                    return
-                if length > max_size:
-                    self._violation(f"message of {length} bytes exceeds max_message_size ({max_size})")
+                err = header_error(t, length, max_size)
+                if err:
+                    self._violation(err)
                     return
                 end = pos + 1 + length
                 if end > n:

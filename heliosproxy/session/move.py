@@ -44,6 +44,38 @@ def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+class NoServerError(Exception):
+    """acquire_until() found no server in time (the message is the last error seen, if any)."""
+
+
+async def acquire_until(
+    s: ClientSession, deadline: float, pick: Callable[[], Target | None]
+) -> tuple[BackendConnection, Pool]:
+    """A live server connection from the pool of the node `pick()` names, tried again until `deadline`
+    (a failover in progress: no primary yet, a refused connection); NoServerError when none came."""
+    last: BaseException | None = None
+    while time.monotonic() < deadline and s.phase == READY:
+        try:
+            target = pick()
+        except HeliosError as exc:
+            last, target = exc, None
+        if target is None:
+            await asyncio.sleep(0.05)
+            continue
+        pool = s.ctx.pools.get(target.node, target.database or s.database, s.user)
+        try:
+            conn = await pool.acquire(timeout=max(0.1, deadline - time.monotonic()))
+        except (HeliosError, OSError, TimeoutError, ConnectionError) as exc:
+            last = exc
+            await asyncio.sleep(0.1)
+            continue
+        if conn.closed:
+            pool.release(conn, reusable=False)
+            continue
+        return conn, pool
+    raise NoServerError(str(last) if last else "")
+
+
 class MoveFailedError(Exception):
     """The session cannot go on on a new server (no server in time, or its state could not be rebuilt)."""
 
@@ -301,37 +333,21 @@ class Moves:
             return
 
     async def _acquire(self, deadline: float) -> tuple[BackendConnection, Pool]:
-
         s = self.s
-        ctx = s.ctx
-        last: BaseException | None = None
-        while time.monotonic() < deadline and s.phase == READY:
-            router = ctx.router
-            target: Target | None
-            try:
-                if s.branch_pref:
-                    target = router.branch(s.branch_pref)
-                elif s.db_route is DatabaseRoute.STANDBY:
-                    target = router.read_target() or router.primary()
-                else:
-                    target = router.primary()
-            except HeliosError as exc:
-                last, target = exc, None
-            if target is None:
-                await asyncio.sleep(0.05)
-                continue
-            pool = ctx.pools.get(target.node, target.database or s.database, s.user)
-            try:
-                conn = await pool.acquire(timeout=max(0.1, deadline - time.monotonic()))
-            except (HeliosError, OSError, TimeoutError, ConnectionError) as exc:
-                last = exc
-                await asyncio.sleep(0.1)
-                continue
-            if conn.closed:
-                pool.release(conn, reusable=False)
-                continue
-            return conn, pool
-        raise MoveFailedError(f"no server within failover.write_timeout ({last})" if last else "no server")
+        router = s.ctx.router
+
+        def pick() -> Target | None:
+            if s.branch_pref:
+                return router.branch(s.branch_pref)
+            if s.db_route is DatabaseRoute.STANDBY:
+                return router.read_target() or router.primary()
+            return router.primary()
+
+        try:
+            return await acquire_until(s, deadline, pick)
+        except NoServerError as exc:
+            why = f"no server within failover.write_timeout ({exc})" if str(exc) else "no server"
+            raise MoveFailedError(why) from None
 
     async def _rebuild(self, conn: BackendConnection, deadline: float) -> None:
         """Give an unattached server connection this session's settings, prepared statements and LISTEN

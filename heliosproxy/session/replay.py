@@ -19,7 +19,7 @@ from heliosproxy.errors import BackendAuthError, HeliosError
 from heliosproxy.protocol import codes, messages
 from heliosproxy.protocol.frontend import Msg
 from heliosproxy.session import resultcache
-from heliosproxy.session.move import Moves
+from heliosproxy.session.move import Moves, NoServerError, acquire_until
 from heliosproxy.session.relay import ASYNC as _ASYNC
 from heliosproxy.session.relay import HIDE, Expect
 from heliosproxy.session.state import READY, Plan
@@ -789,28 +789,14 @@ class Replay:
 
     async def _acquire(self, lost: str, read: bool) -> tuple[BackendConnection, Pool]:
         s = self.s
-        ctx = s.ctx
-        deadline = time.monotonic() + ctx.config.failover.write_timeout
-        last: BaseException | None = None
-        while time.monotonic() < deadline:
-            target = ctx.router.read_target() if read else None
-            if target is None:
-                target = ctx.router.primary()
-            if target is None:
-                await asyncio.sleep(0.05)
-                continue
-            pool = ctx.pools.get(target.node, target.database or s.database, s.user)
-            try:
-                conn = await pool.acquire(timeout=max(0.1, deadline - time.monotonic()))
-            except (HeliosError, OSError, TimeoutError, ConnectionError) as exc:
-                last = exc
-                await asyncio.sleep(0.1)
-                continue
-            if conn.closed:
-                pool.release(conn, reusable=False)
-                continue
-            return conn, pool
-        raise BackendUnavailableError(str(last) if last else "no server within failover.write_timeout")
+        router = s.ctx.router
+        deadline = time.monotonic() + s.ctx.config.failover.write_timeout
+        try:
+            return await acquire_until(
+                s, deadline, lambda: (router.read_target() if read else None) or router.primary()
+            )
+        except NoServerError as exc:
+            raise BackendUnavailableError(str(exc) or "no server within failover.write_timeout") from None
 
     async def _replay(self, lost: str, answered: int, partial: bool, read: bool) -> None:
 

@@ -192,3 +192,21 @@ def test_an_injected_failure_replaces_the_servers_error_with_the_proxys() -> Non
     err = messages.error_response("ERROR", "42000", "blocked")
     out, fix, r = rename([FAIL_BIND, SYNC], {}, [], inject=err)
     assert out == [FAIL_BIND, SYNC] and fix[0].action == REPLACE and fix[0].data == err and r.hidden
+
+
+# ------------------------------------------------------------------ framing after login
+@pytest.mark.parametrize(
+    ("t", "length", "error"),
+    [
+        (codes.F_QUERY, 9, ""),
+        (codes.F_SYNC, 4, ""),
+        (codes.F_PASSWORD, 9, "invalid frontend message type 112"),  # only at login
+        (ord("z"), 9, "invalid frontend message type 122"),
+        (codes.F_QUERY, 3, "invalid message length"),
+        (codes.F_QUERY, 1025, "message of 1025 bytes exceeds max_message_size (1024)"),
+    ],
+)
+def test_header_error(t: int, length: int, error: str) -> None:
+    from heliosproxy.protocol.frontend import header_error
+
+    assert header_error(t, length, 1024) == error
