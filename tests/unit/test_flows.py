@@ -26,7 +26,8 @@ CHUNKS = [None, 1, 3, 7]
 
 # ----------------------------------------------------------------- what client.py decides, in one place
 # (the constants of session/client.py that choose a path; kept equal to them by test_the_harness_follows_client)
-SEND_CAREFULLY = Effect.DISCARD | Effect.DEALLOCATE | Effect.READBACK
+FORGETS = Effect.DISCARD | Effect.DEALLOCATE
+SEND_CAREFULLY = FORGETS | Effect.READBACK
 STATE_EFFECTS = Effect.SET | Effect.RESET | Effect.DISCARD
 REPORTING = STATE_EFFECTS | Effect.SET_LOCAL
 PREPARES_ONLY = frozenset((codes.F_PARSE, codes.F_DESCRIBE, codes.F_CLOSE, codes.F_FLUSH))
@@ -59,8 +60,9 @@ class Core:
     what is written to the server and to the client, and what the relay tells its host."""
 
     def __init__(self, txn: bool = True, conn: Conn | None = None, limit: int = 10,
-                 session_settings: dict[str, str] | None = None) -> None:
+                 session_settings: dict[str, str] | None = None, known: tuple[str, ...] = ()) -> None:
         self.txn = txn
+        self.known = set(known)  # ProxyContext.known_statements: shared names some server accepted
         self.conn = conn or Conn()
         self.limit = limit
         self.buf = bytearray()
@@ -145,6 +147,7 @@ class Core:
                 self.to_client.append(messages.ready_for_query(self.tx_status))
             return
         info: StatementInfo | None = None
+        any_stmt = False
         for i, m in enumerate(batch):
             if m.t == codes.F_PARSE:
                 if m.name and self.txn and m.name in self.statements:
@@ -161,9 +164,32 @@ class Core:
                 st2 = self.statements.get(m.stmt) if m.stmt else self.unnamed
                 if st2 is not None:
                     info = st2.info
+                    any_stmt = True
             elif m.t == codes.F_CLOSE and self.txn and m.sub == STATEMENT and m.name:
                 self.statements.pop(m.name, None)
+        if not any_stmt and not self.bound and not self.pending and self.txn and not partial \
+                and self.local_batch(batch, sync):
+            return
         self.dispatch(Plan(None, batch, info, sync))
+
+    def local_batch(self, batch: list[Msg], sync: bool) -> bool:
+        """_local_batch: Parse/Close of named statements answered without a server when the text is known."""
+        out: list[bytes] = []
+        for m in batch:
+            if m.t == codes.F_PARSE and m.name:
+                st = self.statements.get(m.name)
+                if st is None or st.server not in self.known:
+                    return False
+                out.append(messages.PARSE_COMPLETE)
+            elif m.t == codes.F_CLOSE and m.sub == STATEMENT and m.name:
+                self.statements.pop(m.name, None)
+                out.append(messages.CLOSE_COMPLETE)
+            elif m.t != codes.F_SYNC and m.t != codes.F_FLUSH:
+                return False
+        if sync:
+            out.append(messages.ready_for_query(self.tx_status))
+        self.to_client.append(b"".join(out))
+        return True
 
     def batch_error(self, batch: list[Msg], sqlstate: str, message: str, sync: bool, at: int) -> None:
         for m in batch[:at]:
@@ -318,7 +344,19 @@ class Core:
         info, failed = fl
         assert info is None or isinstance(info, StatementInfo)
         self.ready.append((status, bool(failed)))
+        if info is not None and info.effects & FORGETS and (not failed or info.statements > 1):
+            if info.effects & Effect.DISCARD or None in info.deallocate:  # _forget
+                self.conn.prepared.clear()
+                self.statements.clear()
+                if info.effects & Effect.DISCARD:
+                    self.conn.applied = {}
+            else:
+                for target in info.deallocate:
+                    self.statements.pop(target or "", None)
         if info is not None and info.effects & STATE_EFFECTS and not failed:
+            if info.effects & Effect.DISCARD:
+                settings.discard_all(self.settings, self.conn.applied, self.startup)
+                self.statements.clear()
             settings.apply(self.settings, self.conn.applied, self.startup, info.settings)
         if self.scanner.params:
             self.scanner.params = False
@@ -373,6 +411,7 @@ class Core:
 
     def statement_prepared(self, server: str) -> None:
         self.calls.append(("prepared", server))
+        self.known.add(server)
 
     def hold_done(self, held: list[bytes]) -> bool:
         return False
@@ -447,12 +486,13 @@ PS_TZ = messages.parameter_status("TimeZone", "Asia/Tokyo")
 # ----------------------------------------------------------------- the playbooks
 @dataclass
 class Client:
-    """The client sends `data`; the server gets exactly `server`; `expect`: the shape of the expectations
-    queued for the replies when the step is fed whole (action per reply; None: not checked)."""
+    """The client sends `data`; the server gets exactly `server` and the client `answer`; `expect`: the
+    expectations queued for the replies when the step is fed whole ((kind, action) each; None: not checked)."""
 
     data: bytes
     server: bytes
     expect: list[tuple[int, int]] | None = None
+    answer: bytes = b""  # what the proxy answers the client itself, without the server
 
 
 @dataclass
@@ -488,6 +528,7 @@ class Flow:
     conn: Callable[[], Conn] = Conn
     limit: int = 10
     session_settings: dict[str, str] = field(default_factory=dict)
+    known: tuple[str, ...] = ()
     check: Callable[[Core], None] | None = None  # the state afterwards (the same whatever the chunking)
 
 
@@ -586,6 +627,25 @@ FLOWS: dict[str, Flow] = {
                parse(hp(S1), S1) + bind(hp(S1), b"1") + EXECUTE + SYNC),
         Server(P1 + B2 + data_rows("2") + Z_I, P1 + B2 + data_rows("2") + C3 + Z_I, [(IDLE, False)]),
     ], check=_state(statements={})),
+    "a lone Sync without a server is answered by the proxy": Flow([
+        Client(SYNC, b"", answer=Z_I),
+    ]),
+    "Parse of a text some server accepted: answered without a server, prepared where the Bind lands": Flow([
+        Client(parse("s1", S1) + SYNC, b"", answer=P1 + Z_I),
+        Client(bind("s1", b"1") + EXECUTE + SYNC, parse(hp(S1), S1) + bind(hp(S1), b"1") + EXECUTE + SYNC,
+               [(codes.F_PARSE, HIDE), (codes.F_BIND, PASS), (codes.F_EXECUTE, PASS), (codes.F_SYNC, PASS)]),
+        Server(P1 + B2 + data_rows("2") + Z_I, B2 + data_rows("2") + Z_I, [(IDLE, False)]),
+    ], known=(hp(S1),), check=_prepared(hp(S1))),
+    "Close of a named statement without a server is answered by the proxy": Flow([
+        Client(parse("s1", S1) + SYNC, parse(hp(S1), S1) + SYNC),
+        Server(P1 + Z_I, P1 + Z_I, [(IDLE, False)]),
+        Client(close(b"S", "s1") + SYNC, b"", answer=C3 + Z_I),
+    ], check=_state(statements={}, known={hp(S1)})),
+    "a Parse of a name the client already has is refused by the proxy (42P05), no server involved": Flow([
+        Client(parse("s1", S1) + SYNC, parse(hp(S1), S1) + SYNC),
+        Server(P1 + Z_I, P1 + Z_I, [(IDLE, False)]),
+        Client(parse("s1", S2) + SYNC, b"", answer=err("42P05", 'prepared statement "s1" already exists') + Z_I),
+    ]),
     # --- pipelines
     "pipeline: several Execute before one Sync": Flow([
         Client(parse("", S1) + bind("", b"1") + EXECUTE + bind("", b"2") + EXECUTE + bind("", b"3") + EXECUTE + SYNC,
@@ -718,6 +778,16 @@ FLOWS: dict[str, Flow] = {
         Server(rows("", col="set_config") + PS_TZ + Z_I + P1 + B2 + data_rows("2") + Z_I,
                PS_TZ + P1 + B2 + data_rows("2") + Z_I, [(IDLE, False)]),
     ], session_settings={"timezone": "Asia/Tokyo"}),
+    "DISCARD ALL: statements and settings forgotten at its answer": Flow([
+        Client(q("SET TimeZone = 'Asia/Tokyo'"), q("SET TimeZone = 'Asia/Tokyo'")),
+        Server(messages.command_complete("SET") + PS_TZ + Z_I, messages.command_complete("SET") + PS_TZ + Z_I,
+               [(IDLE, False)]),
+        Client(parse("s1", S1) + SYNC, parse(hp(S1), S1) + SYNC),
+        Server(P1 + Z_I, P1 + Z_I, [(IDLE, False)]),
+        Client(q("DISCARD ALL"), q("DISCARD ALL"), []),
+        Server(messages.command_complete("DISCARD ALL") + PS_TZ + Z_I,
+               messages.command_complete("DISCARD ALL") + PS_TZ + Z_I, [(IDLE, False)]),
+    ], check=_state(statements={}, settings={}, applied={}, pinned=False)),
     "a failed SET changes nothing": Flow([
         Client(q("SET TimeZone = 'Nowhere'"), q("SET TimeZone = 'Nowhere'")),
         Server(err("22023", "invalid value") + Z_I, err("22023", "invalid value") + Z_I, [(IDLE, True)]),
@@ -745,7 +815,7 @@ def _chunks(data: bytes, chunk: int | None) -> list[bytes]:
 
 
 def play(flow: Flow, chunk: int | None) -> Core:
-    core = Core(flow.txn, flow.conn(), flow.limit, flow.session_settings)
+    core = Core(flow.txn, flow.conn(), flow.limit, flow.session_settings, flow.known)
     for i, step in enumerate(flow.steps):
         if isinstance(step, Swap):
             assert not core.bound, f"step {i}: the session still holds its server"
@@ -761,7 +831,7 @@ def play(flow: Flow, chunk: int | None) -> Core:
             assert b"".join(core.to_server) == step.server, f"step {i}: the server got other bytes"
             if chunk is None and step.expect is not None:
                 assert [(e.kind, e.action) for e in core.expect] == step.expect, f"step {i}: expectations"
-            assert core.to_client == [], f"step {i}: the client was answered before the server"
+            assert b"".join(core.to_client) == step.answer, f"step {i}: the proxy's own answer"
         else:
             for part in _chunks(step.data, chunk):
                 core.server(part)
@@ -874,6 +944,7 @@ def test_the_harness_follows_client() -> None:
     from heliosproxy.session import client
 
     assert client._SEND_CAREFULLY == SEND_CAREFULLY
+    assert client._FORGETS == FORGETS
     assert client._STATE_EFFECTS == STATE_EFFECTS
     assert client._REPORTING == REPORTING
     assert client._PREPARES_ONLY == PREPARES_ONLY
