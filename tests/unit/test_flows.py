@@ -57,7 +57,11 @@ class Core:
     """One client session played without sockets: ClientSession's composition of framing, decode, Renamer,
     ReplyRelay, ReplyScanner and the settings functions (_process_inner, _on_batch_end, _send, _dispatch,
     on_backend_data, _slow_feed, _on_ready), with one server connection that is always at hand. Records
-    what is written to the server and to the client, and what the relay tells its host."""
+    what is written to the server and to the client, and what the relay tells its host.
+
+    ClientSession is not sans-IO yet, so this adapter replays its composition line for line (plugins, hold,
+    routing, replay and metrics left out); lines marked "KNOWN_BUGS" reproduce what client.py does today.
+    Once the session core is sans-IO, this class gives way to it and the FLOWS table stays."""
 
     def __init__(self, txn: bool = True, conn: Conn | None = None, limit: int = 10,
                  session_settings: dict[str, str] | None = None, known: tuple[str, ...] = ()) -> None:
@@ -166,7 +170,7 @@ class Core:
                     info = st2.info
                     any_stmt = True
             elif m.t == codes.F_CLOSE and self.txn and m.sub == STATEMENT and m.name:
-                self.statements.pop(m.name, None)
+                self.statements.pop(m.name, None)  # KNOWN_BUGS: before Renamer.batch sees the Parse/Bind
         if not any_stmt and not self.bound and not self.pending and self.txn and not partial \
                 and self.local_batch(batch, sync):
             return
@@ -391,7 +395,7 @@ class Core:
         if self.statements.get(st.name) is st:
             del self.statements[st.name]
         if self.inflight:
-            self.inflight[0][1] = True
+            self.inflight[0][1] = True  # KNOWN_BUGS: may still be the previous request's
         return True
 
     def reply_error(self, m: bytes, head: Expect | None) -> None:
@@ -403,7 +407,7 @@ class Core:
         if head is not None and head.action == HIDE and head.kind == codes.F_QUERY:
             return
         if self.inflight:
-            self.inflight[0][1] = True
+            self.inflight[0][1] = True  # KNOWN_BUGS: may still be the previous request's
 
     def statement_dropped(self, server: str) -> None:
         self.calls.append(("dropped", server))
@@ -481,6 +485,7 @@ DIV0 = err("22012", "division by zero")
 ROWDESC = messages.row_description(["x"])
 PARAMS = messages.parameter_description([])
 PS_TZ = messages.parameter_status("TimeZone", "Asia/Tokyo")
+BAD_INT = err("22P02", 'invalid input syntax for type integer: "x"')
 
 
 # ----------------------------------------------------------------- the playbooks
@@ -788,6 +793,12 @@ FLOWS: dict[str, Flow] = {
         Server(messages.command_complete("DISCARD ALL") + PS_TZ + Z_I,
                messages.command_complete("DISCARD ALL") + PS_TZ + Z_I, [(IDLE, False)]),
     ], check=_state(statements={}, settings={}, applied={}, pinned=False)),
+    "pipeline through the relay: each error is counted against its own request": Flow([
+        Client(parse("", S1) + bind("", b"1") + EXECUTE + SYNC + bind("", b"x") + EXECUTE + SYNC,
+               q(TZ_SYNC) + parse("", S1) + bind("", b"1") + EXECUTE + SYNC + bind("", b"x") + EXECUTE + SYNC),
+        Server(rows("", col="set_config") + PS_TZ + Z_I + P1 + B2 + data_rows("2") + Z_I + BAD_INT + Z_I,
+               PS_TZ + P1 + B2 + data_rows("2") + Z_I + BAD_INT + Z_I, [(IDLE, False), (IDLE, True)]),
+    ], session_settings={"timezone": "Asia/Tokyo"}),
     "a failed SET changes nothing": Flow([
         Client(q("SET TimeZone = 'Nowhere'"), q("SET TimeZone = 'Nowhere'")),
         Server(err("22023", "invalid value") + Z_I, err("22023", "invalid value") + Z_I, [(IDLE, True)]),
@@ -855,6 +866,13 @@ KNOWN_BUGS: dict[str, tuple[type[BaseException], tuple[int | None, ...], str]] =
         "_on_batch_end forgets the name at the Close before _send renames the batch: the Parse and Bind go to the"
         " pooled server under the client's own name, and the Close is answered without being sent (the server"
         " keeps a statement named as the client named it)",
+    ),
+    "pipeline through the relay: each error is counted against its own request": (
+        StatementAccounting,
+        (None,),  # the first ReadyForQuery and the second request's error in one read
+        "reply_error marks inflight[0], still the previous request's when its ReadyForQuery came in the same feed"
+        " (_slow_feed calls _on_ready only after relay.feed returns): the error is counted against the request"
+        " that succeeded (query counters, post_query's outcome), the failed one is counted as a success",
     ),
     "a shared Parse in an aborted transaction is refused (25P02)": (
         StatementAccounting,
