@@ -32,12 +32,15 @@ STATE_EFFECTS = Effect.SET | Effect.RESET | Effect.DISCARD
 REPORTING = STATE_EFFECTS | Effect.SET_LOCAL
 PREPARES_ONLY = frozenset((codes.F_PARSE, codes.F_DESCRIBE, codes.F_CLOSE, codes.F_FLUSH))
 COPY_IN = (codes.F_COPY_DATA, codes.F_COPY_DONE, codes.F_COPY_FAIL)
+SERVER_PID = 4242  # the server connection's PID
+CLIENT_PID = 0x40000001  # the PID the proxy gave the client (its BackendKeyData)
 
 
 class Conn:
     """A server connection as the session sees it: what it has prepared, its settings, its transaction status."""
 
     def __init__(self, prepared: tuple[str, ...] = (), applied: dict[str, str] | None = None) -> None:
+        self.pid = SERVER_PID
         self.prepared: collections.OrderedDict[str, None] = collections.OrderedDict((p, None) for p in prepared)
         self.applied: dict[str, str] = dict(applied or {})
         self.tx_status = codes.TX_IDLE
@@ -83,6 +86,8 @@ class Core:
         self.skip_to_sync = False
         self.bound = False
         self.pinned = False
+        self.listen_pid = False  # LISTEN seen
+        self.listening = False  # notifications relayed message by message with the client's PID
         self.pending = 0
         self.tx_status = codes.TX_IDLE
         self.inflight: collections.deque[list[object]] = collections.deque()  # [info, error]
@@ -215,6 +220,8 @@ class Core:
 
     def track(self, info: StatementInfo) -> None:
         """_track_effects: what pins a session (the decision is ClientSession's; StatementInfo.pins is the input)."""
+        if info.effects & Effect.LISTEN:
+            self.listen_pid = True
         if (info.pins or info.effects & Effect.PREPARE) and self.txn:
             self.pinned = True
 
@@ -326,13 +333,14 @@ class Core:
     def slow_feed(self, data: bytes) -> None:
         relay = self.relay
         relay.status = self.conn.tx_status
+        relay.listen_from, relay.listen_as = (self.conn.pid, CLIENT_PID) if self.listening else (0, 0)
         out, readies = relay.feed(data)
         self.conn.tx_status = relay.status
         if relay.params:
             relay.params = False
             self.scanner.params = True
         self.to_client.extend(out)
-        if relay.idle:
+        if relay.idle and not self.listening:
             self.slow = False
             self.scanner.reset()
         for status in readies:
@@ -362,6 +370,12 @@ class Core:
                 settings.discard_all(self.settings, self.conn.applied, self.startup)
                 self.statements.clear()
             settings.apply(self.settings, self.conn.applied, self.startup, info.settings)
+        if (self.listen_pid and not self.listening and not self.pending and not self.expect
+                and (self.slow or self.scanner.at_boundary) and self.conn.pid != CLIENT_PID):
+            self.listening = True
+            if not self.slow:
+                self.slow = True
+                self.relay.reset()
         if self.scanner.params:
             self.scanner.params = False
             if info is None or not (info.effects & REPORTING or info.tx is not None):
@@ -466,6 +480,10 @@ def rows(*values: str, col: str = "x") -> bytes:
 def data_rows(*values: str) -> bytes:
     """DataRows and CommandComplete without the RowDescription (an Execute's answer)."""
     return rows(*values)[len(messages.row_description(["x"])):]
+
+
+def notify(pid: int, channel: str = "ch", payload: str = "hi") -> bytes:
+    return M(codes.B_NOTIFICATION, _I.pack(pid) + C(channel) + C(payload))
 
 
 def err(sqlstate: str, text: str) -> bytes:
@@ -799,6 +817,14 @@ FLOWS: dict[str, Flow] = {
         Server(rows("", col="set_config") + PS_TZ + Z_I + P1 + B2 + data_rows("2") + Z_I + BAD_INT + Z_I,
                PS_TZ + P1 + B2 + data_rows("2") + Z_I + BAD_INT + Z_I, [(IDLE, False), (IDLE, True)]),
     ], session_settings={"timezone": "Asia/Tokyo"}),
+    "LISTEN pins; the server's notifications are shown with the client's PID, others' as they are": Flow([
+        Client(q("LISTEN ch"), q("LISTEN ch"), []),
+        Server(messages.command_complete("LISTEN") + Z_I, messages.command_complete("LISTEN") + Z_I,
+               [(IDLE, False)]),
+        Server(notify(SERVER_PID) + notify(777), notify(CLIENT_PID) + notify(777)),
+        Client(q("SELECT 1"), q("SELECT 1"), [(codes.F_QUERY, PASS)]),  # through the relay from now on
+        Server(rows("1") + notify(SERVER_PID) + Z_I, rows("1") + notify(CLIENT_PID) + Z_I, [(IDLE, False)]),
+    ], check=_state(pinned=True, bound=True, listening=True)),
     "a failed SET changes nothing": Flow([
         Client(q("SET TimeZone = 'Nowhere'"), q("SET TimeZone = 'Nowhere'")),
         Server(err("22023", "invalid value") + Z_I, err("22023", "invalid value") + Z_I, [(IDLE, True)]),
