@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from typing import Final, final
+from typing import Any, Final, final
 
 from heliosproxy.protocol import codes, messages
 
@@ -25,7 +25,7 @@ class Msg:
       Close     sub = STATEMENT or PORTAL, name = its name
     """
 
-    __slots__ = ("at", "data", "name", "raw", "readable", "sql", "stmt", "sub", "t", "tail")
+    __slots__ = ("at", "data", "name", "raw", "readable", "sql", "st", "stmt", "sub", "t", "tail")
 
     def __init__(
         self,
@@ -50,6 +50,10 @@ class Msg:
         self.tail = tail
         self.readable = readable
         self.at = at
+        # The session's prepared statement this message names (Parse: the one it makes; Bind, Describe: the
+        # one it uses), resolved in order when the batch is judged, so that a Close and a new Parse of the
+        # same name later in the batch do not change what an earlier message meant. None: unknown to it.
+        self.st: Any = None
 
     def with_data(self, data: bytes) -> Msg:
         """The same message with other bytes (a plugin rewrote its text)."""

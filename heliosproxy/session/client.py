@@ -1087,6 +1087,7 @@ class ClientSession(asyncio.Protocol):
                     self.statements[name] = st
                 else:
                     self.unnamed = st
+                batch[i].st = st
                 if st.cached is not None:
                     self._batch_cached(batch, st, sync)
                     return
@@ -1104,6 +1105,7 @@ class ClientSession(asyncio.Protocol):
                         self._batch_error(batch, again.sqlstate, again.message, sync, i)
                         return
                     st2 = again
+                m.st = st2
                 if st2.cached is not None:
                     self._batch_cached(batch, st2, sync)
                     return
@@ -1130,6 +1132,7 @@ class ClientSession(asyncio.Protocol):
                         self._batch_error(batch, again.sqlstate, again.message, sync, i)
                         return
                     st3 = again
+                m.st = st3
                 if st3 is not None and st3.cached is not None and not any_stmt:
                     self._batch_cached(batch, st3, sync)
                     return
@@ -1218,7 +1221,7 @@ class ClientSession(asyncio.Protocol):
         for m in batch:
             t = m.t
             if t == codes.F_PARSE and m.name:
-                st = self.statements.get(m.name)
+                st = m.st
                 if st is None or st.server not in known:
                     return False
                 out.append(messages.PARSE_COMPLETE)
@@ -1551,9 +1554,7 @@ class ClientSession(asyncio.Protocol):
                 fix.append(Expect(codes.F_QUERY, HIDE))
                 need_fix = True
         if plan.batch is not None:
-            renamer = Renamer(
-                self.statements, conn.prepared, self.ctx.config.pool.prepared_statements_per_server, out, fix
-            )
+            renamer = Renamer(conn.prepared, self.ctx.config.pool.prepared_statements_per_server, out, fix)
             renamer.batch(plan.batch, self.txn, plan.inject)
             need_fix = need_fix or renamer.hidden
         elif plan.raw is not None:
@@ -1732,16 +1733,16 @@ class ClientSession(asyncio.Protocol):
             self._call_soon(self._resume_stalled, plan)
 
     # ------------------------------------------------------------------ relay.Host
-    def refuses_parse(self, st: Statement) -> bool:
+    def refuses_parse(self, st: Statement, index: int) -> bool:
         if _exits_transaction(st.sql):
             return False
         if self.statements.get(st.name) is st:
             del self.statements[st.name]
-        if self.inflight:
-            self.inflight[0].error = f"25P02: {ABORTED}"
+        if index < len(self.inflight):
+            self.inflight[index].error = f"25P02: {ABORTED}"
         return True
 
-    def reply_error(self, m: bytes, head: Expect | None) -> None:
+    def reply_error(self, m: bytes, head: Expect | None, index: int) -> None:
         conn = self.backend
         if head is not None and head.kind == codes.F_PARSE and head.data and conn is not None:
             self._forget_failed(conn, head.data.decode(), head.client)
@@ -1750,9 +1751,9 @@ class ClientSession(asyncio.Protocol):
             log.warning("client %s: hidden statement failed on %s: %s", self.peer, conn and conn.node, f.get("M"))
             if head.kind == codes.F_QUERY:
                 return  # not the client's statement
-        if self.inflight:
+        if index < len(self.inflight):
             f = messages.parse_error_fields(m[5:])
-            self.inflight[0].error = f"{f.get('C', '')}: {f.get('M', '')}"
+            self.inflight[index].error = f"{f.get('C', '')}: {f.get('M', '')}"
         if _stale_plan(m):
             self.ctx.schema_epoch += 1  # re-prepare shared statements from now on
 

@@ -68,13 +68,16 @@ class Expect:
 class Host(Protocol):
     """What the relay tells the session (the only effects it has besides its output)."""
 
-    def refuses_parse(self, st: Statement) -> bool:
+    def refuses_parse(self, st: Statement, index: int) -> bool:
         """A ParseComplete would be synthesized while the server's transaction is aborted: True if the
-        server would refuse that Parse (then the session forgets the statement; the relay answers 25P02)."""
+        server would refuse that Parse (then the session forgets the statement; the relay answers 25P02).
+        `index`: how many ReadyForQuery this feed has passed before it (which request fails)."""
         ...
 
-    def reply_error(self, m: bytes, head: Expect | None) -> None:
-        """An ErrorResponse answered `head` (None: a request relayed without expectations)."""
+    def reply_error(self, m: bytes, head: Expect | None, index: int) -> None:
+        """An ErrorResponse answered `head` (None: a request relayed without expectations); `index`: how
+        many ReadyForQuery this feed has passed before it (the failed request is the session's index-th
+        still waiting: its earlier ones get their ReadyForQuery from this same feed)."""
         ...
 
     def statement_dropped(self, server: str) -> None:
@@ -157,7 +160,7 @@ class ReplyRelay:
         while True:
             while expect and expect[0].action == SYNTH:
                 e = expect.popleft()
-                if e.stmt is not None and self.status == codes.TX_FAILED and host.refuses_parse(e.stmt):
+                if e.stmt is not None and self.status == codes.TX_FAILED and host.refuses_parse(e.stmt, len(readies)):
                     # The server would refuse this Parse in its aborted transaction, and skip to the
                     # Sync: the rest of its answers to this batch are not shown.
                     out.append(messages.error_response("ERROR", "25P02", ABORTED))
@@ -215,7 +218,7 @@ class ReplyRelay:
                 hidden = head is not None and head.action == HIDE
                 if m[5:11] in FATAL_SEVERITY and not hidden:
                     self.fatal = True
-                host.reply_error(m, head)
+                host.reply_error(m, head, len(readies))
                 if head is not None and head.action == REPLACE:
                     out.append(head.data)
                 elif not (hidden and head is not None and head.kind == codes.F_QUERY):

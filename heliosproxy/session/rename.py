@@ -23,22 +23,21 @@ class Renamer:
 
     A client's named statement lives on servers under a proxy-wide name (same text and types, same
     name: `Statement.server`), prepared lazily on the server a Bind or Describe lands on, with an LRU
-    of at most `limit` per server (`prepared`, the server connection's own record). Output: `out`, the
+    of at most `limit` per server (`prepared`, the server connection's own record). Which statement a
+    message names was resolved when the batch was judged (`Msg.st`). Output: `out`, the
     messages to write, and `fix`, one `Expect` per reply the relay must pass, hide, synthesize or replace
     (session/relay.py); `hidden` is True when some reply must not reach the client as the server sends it.
     """
 
-    __slots__ = ("fix", "hidden", "limit", "out", "prepared", "statements")
+    __slots__ = ("fix", "hidden", "limit", "out", "prepared")
 
     def __init__(
         self,
-        statements: dict[str, Statement],
         prepared: collections.OrderedDict[str, None],
         limit: int,
         out: list[bytes],
         fix: list[Expect],
     ) -> None:
-        self.statements = statements
         self.prepared = prepared
         self.limit = limit
         self.out = out
@@ -50,7 +49,6 @@ class Renamer:
         server's error to the proxy's FAIL_BIND (an error of the proxy's in mid-pipeline)."""
         out = self.out
         fix = self.fix
-        statements = self.statements
         for m in batch:
             t = m.t
             if inject is not None and m.data is FAIL_BIND:
@@ -62,7 +60,7 @@ class Renamer:
                 if t != codes.F_FLUSH:
                     fix.append(Expect(t))
             elif t == codes.F_PARSE:
-                st = statements.get(m.name)
+                st: Statement | None = m.st
                 if st is None:
                     out.append(m.data)
                     fix.append(Expect(t))
@@ -78,7 +76,7 @@ class Renamer:
                     self._remember(st.server)
                 self.hidden = True
             elif t == codes.F_BIND:
-                st = statements.get(m.stmt)
+                st = m.st
                 if st is None:
                     out.append(m.data)  # the server reports the unknown statement itself
                     fix.append(Expect(t))
@@ -89,7 +87,7 @@ class Renamer:
                 out.append(messages.msg(codes.F_BIND, portal + messages.cstr(st.server) + data[m.at :]))
                 fix.append(Expect(t))
             elif t == codes.F_DESCRIBE:
-                st = statements.get(m.name)
+                st = m.st
                 if st is None:
                     out.append(m.data)
                     fix.append(Expect(t))
@@ -97,9 +95,8 @@ class Renamer:
                 self.ensure(st)
                 out.append(messages.msg(codes.F_DESCRIBE, b"S" + messages.cstr(st.server)))
                 fix.append(Expect(t))
-            else:  # Close of a named statement: it stays on the server, shared; answered here
+            else:  # Close of a named statement (forgotten when judged): it stays on the server, shared
                 assert t == codes.F_CLOSE and m.sub == STATEMENT
-                statements.pop(m.name, None)
                 fix.append(Expect(0, SYNTH, messages.CLOSE_COMPLETE))
                 self.hidden = True
 

@@ -208,3 +208,33 @@ def test_pgbench_prepared_32_clients_over_a_pool_of_8(setup_db: PgCluster, proxy
         assert failed is not None and failed.group(1) == "0", out[-3000:]
         done = re.search(r"number of transactions actually processed: (\d+)", out)
         assert done is not None and int(done.group(1)) > 0, out[-3000:]
+
+
+def test_parse_bind_execute_close_in_one_write_leaves_no_client_name_on_the_server(
+    setup_db: PgCluster, proxy_factory: ProxyFactory
+) -> None:
+    """Parse s1 / Bind s1 / Execute / Close s1 / Sync arriving in one read: the server must get the statement
+    under the proxy's shared name, never the client's own (found by tests/unit/test_flows.py: the Close used to
+    be applied before the batch was renamed, so "s1" stayed on the pooled server and the next client to use
+    that server got 42P05 for its own "s1")."""
+    from tests.helpers.rawpg import RawPg, cstr, data_rows, error_fields, msg
+
+    proxy = proxy_factory({"pool": {"size": 1}, "routing": SPLIT_OFF})
+    batch = (
+        msg(b"P", cstr("s1") + cstr("SELECT 41 + 1") + b"\x00\x00")
+        + msg(b"B", cstr("") + cstr("s1") + b"\x00\x00\x00\x00\x00\x00")
+        + msg(b"E", cstr("") + b"\x00\x00\x00\x00")
+        + msg(b"C", b"S" + cstr("s1"))
+        + msg(b"S")
+    )
+    for _ in range(3):  # three clients in turn over the only server connection
+        with RawPg(proxy.host, proxy.port) as c:
+            c.login("app", "apppass", "app")
+            c.send(batch)
+            reply = c.read_until_ready()
+            errors = [error_fields(body) for kind, body in reply if kind == "E"]
+            assert errors == [], errors
+            assert [k for k, _ in reply] == ["1", "2", "D", "C", "3", "Z"]
+            assert data_rows(reply) == [["42"]]
+            names = data_rows(c.query("SELECT name FROM pg_prepared_statements ORDER BY 1"))
+            assert ["s1"] not in names, names  # the server only has proxy names (hp_...)

@@ -168,14 +168,18 @@ class Core:
                     self.statements[m.name] = st
                 else:
                     self.unnamed = st
+                m.st = st
                 self.track(st.info)
             elif m.t == codes.F_BIND:
                 st2 = self.statements.get(m.stmt) if m.stmt else self.unnamed
+                m.st = st2
                 if st2 is not None:
                     info = st2.info
                     any_stmt = True
+            elif m.t == codes.F_DESCRIBE and m.sub == STATEMENT:
+                m.st = self.statements.get(m.name) if m.name else self.unnamed
             elif m.t == codes.F_CLOSE and self.txn and m.sub == STATEMENT and m.name:
-                self.statements.pop(m.name, None)  # KNOWN_BUGS: before Renamer.batch sees the Parse/Bind
+                self.statements.pop(m.name, None)  # in order; what earlier messages named is in Msg.st
         if not any_stmt and not self.bound and not self.pending and self.txn and not partial \
                 and self.local_batch(batch, sync):
             return
@@ -186,7 +190,7 @@ class Core:
         out: list[bytes] = []
         for m in batch:
             if m.t == codes.F_PARSE and m.name:
-                st = self.statements.get(m.name)
+                st = m.st
                 if st is None or st.server not in self.known:
                     return False
                 out.append(messages.PARSE_COMPLETE)
@@ -277,7 +281,7 @@ class Core:
                 fix.append(Expect(codes.F_QUERY, HIDE))
                 need_fix = True
         if plan.batch is not None:
-            renamer = Renamer(self.statements, conn.prepared, self.limit, out, fix)
+            renamer = Renamer(conn.prepared, self.limit, out, fix)
             renamer.batch(plan.batch, self.txn, plan.inject)
             need_fix = need_fix or renamer.hidden
         elif plan.raw is not None:
@@ -404,15 +408,15 @@ class Core:
             settings.apply(self.settings, self.conn.applied, self.startup, changes)
 
     # ------------------------------------------------------------- relay.Host
-    def refuses_parse(self, st: Statement) -> bool:
+    def refuses_parse(self, st: Statement, index: int) -> bool:
         self.calls.append(("refuses_parse", st.name))
         if self.statements.get(st.name) is st:
             del self.statements[st.name]
-        if self.inflight:
-            self.inflight[0][1] = True  # KNOWN_BUGS: may still be the previous request's
+        if index < len(self.inflight):
+            self.inflight[index][1] = True
         return True
 
-    def reply_error(self, m: bytes, head: Expect | None) -> None:
+    def reply_error(self, m: bytes, head: Expect | None, index: int) -> None:
         self.calls.append(("reply_error", head.kind if head is not None else None))
         if head is not None and head.kind == codes.F_PARSE and head.data:
             self.conn.prepared.pop(head.data.decode(), None)
@@ -420,8 +424,8 @@ class Core:
                 del self.statements[head.client]
         if head is not None and head.action == HIDE and head.kind == codes.F_QUERY:
             return
-        if self.inflight:
-            self.inflight[0][1] = True  # KNOWN_BUGS: may still be the previous request's
+        if index < len(self.inflight):
+            self.inflight[index][1] = True
 
     def statement_dropped(self, server: str) -> None:
         self.calls.append(("dropped", server))
@@ -885,28 +889,7 @@ def play(flow: Flow, chunk: int | None) -> Core:
 
 
 # Flows where session/client.py's composition is wrong today (strict: they fail the day it is fixed).
-KNOWN_BUGS: dict[str, tuple[type[BaseException], tuple[int | None, ...], str]] = {
-    "Close of a named statement is answered by the proxy (transaction mode)": (
-        AssertionError,
-        (None,),  # the batch in one read (in pieces, the part up to the Execute is sent before the Close is read)
-        "_on_batch_end forgets the name at the Close before _send renames the batch: the Parse and Bind go to the"
-        " pooled server under the client's own name, and the Close is answered without being sent (the server"
-        " keeps a statement named as the client named it)",
-    ),
-    "pipeline through the relay: each error is counted against its own request": (
-        StatementAccounting,
-        (None,),  # the first ReadyForQuery and the second request's error in one read
-        "reply_error marks inflight[0], still the previous request's when its ReadyForQuery came in the same feed"
-        " (_slow_feed calls _on_ready only after relay.feed returns): the error is counted against the request"
-        " that succeeded (query counters, post_query's outcome), the failed one is counted as a success",
-    ),
-    "a shared Parse in an aborted transaction is refused (25P02)": (
-        StatementAccounting,
-        tuple(CHUNKS),
-        "refuses_parse marks inflight[0], still the previous request's while its ReadyForQuery is in the same"
-        " feed (_on_ready runs after relay.feed returns): the refusal is counted against the earlier request",
-    ),
-}
+KNOWN_BUGS: dict[str, tuple[type[BaseException], tuple[int | None, ...], str]] = {}
 
 
 def _flow_params() -> list[object]:

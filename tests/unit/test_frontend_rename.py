@@ -113,8 +113,16 @@ def rename(batch: list[bytes], statements: dict[str, Statement], prepared: list[
     out: list[bytes] = []
     fix: list[Expect] = []
     lru: collections.OrderedDict[str, None] = collections.OrderedDict((p, None) for p in prepared)
-    r = Renamer(statements, lru, limit, out, fix)
-    r.batch([dec(b) for b in batch], on, inject)
+    r = Renamer(lru, limit, out, fix)
+    msgs = [dec(b) for b in batch]
+    for m in msgs:  # what the session resolves when it judges the batch, in order
+        if m.t == codes.F_PARSE or (m.t == codes.F_DESCRIBE and m.sub == STATEMENT):
+            m.st = statements.get(m.name)
+        elif m.t == codes.F_BIND:
+            m.st = statements.get(m.stmt)
+        elif m.t == codes.F_CLOSE and m.sub == STATEMENT:
+            statements.pop(m.name, None)
+    r.batch(msgs, on, inject)
     return out, fix, r
 
 

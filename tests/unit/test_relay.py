@@ -30,11 +30,11 @@ class Host:
         self.refuse = refuse
         self.retry = retry
 
-    def refuses_parse(self, st: Statement) -> bool:
+    def refuses_parse(self, st: Statement, index: int) -> bool:
         self.calls.append(("refuses_parse", st.name))
         return self.refuse
 
-    def reply_error(self, m: bytes, head: Expect | None) -> None:
+    def reply_error(self, m: bytes, head: Expect | None, index: int) -> None:
         self.calls.append(("reply_error", head.kind if head is not None else None))
 
     def statement_dropped(self, server: str) -> None:
