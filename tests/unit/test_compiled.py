@@ -18,6 +18,8 @@ _PURE_ENV = {**os.environ, "HELIOS_PURE": "1"}
 _PURE_SUITE = (
     "tests/unit/test_protocol.py", "tests/unit/test_decide.py", "tests/unit/test_router.py",
     "tests/unit/test_consistency.py", "tests/unit/test_metrics.py", "tests/unit/test_classify.py",
+    "tests/unit/test_relay.py", "tests/unit/test_frontend_rename.py", "tests/unit/test_settings_sync.py",
+    "tests/unit/test_flows.py",
 )
 
 
