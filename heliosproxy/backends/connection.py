@@ -271,6 +271,14 @@ class BackendConnection(asyncio.Protocol):
                 + messages.msg(ord("E"), b"\x00" + _I.pack(0))
                 + messages.SYNC
             )
+        rows, error = await self.read_answer()
+        if error is not None:
+            raise QueryError(error.get("M", "query failed"), error.get("C", "XX000"))
+        return rows
+
+    async def read_answer(self) -> tuple[list[list[str | None]], dict[str, str] | None]:
+        """Read one request's answer while not attached, up to its ReadyForQuery: the rows of its last result
+        (as text) and its first ErrorResponse's fields (None: none). ParameterStatus values are recorded."""
         rows: list[list[str | None]] = []
         error: dict[str, str] | None = None
         while True:
@@ -291,15 +299,14 @@ class BackendConnection(asyncio.Protocol):
                         pos += ln
                 rows.append(row)
             elif t == codes.B_ERROR:
-                error = messages.parse_error_fields(body)
+                if error is None:
+                    error = messages.parse_error_fields(body)
             elif t == codes.B_PARAMETER_STATUS:
                 name, pos = messages.read_cstr(body, 0)
                 self.params[name] = messages.read_cstr(body, pos)[0]
             elif t == codes.B_READY_FOR_QUERY:
                 self.tx_status = body[0]
-                if error is not None:
-                    raise QueryError(error.get("M", "query failed"), error.get("C", "XX000"))
-                return rows
+                return rows, error
 
 
 def _has_error(buf: bytearray) -> bool:

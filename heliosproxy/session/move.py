@@ -389,18 +389,4 @@ class Moves:
     @staticmethod
     async def _answers(conn: BackendConnection, n: int) -> list[dict[str, str] | None]:
         """Read the answers of n requests (each ending in a ReadyForQuery): each one's first error, if any."""
-        out: list[dict[str, str] | None] = []
-        err: dict[str, str] | None = None
-        while len(out) < n:
-            t, body = await conn._read()
-            if t == codes.B_ERROR:
-                if err is None:
-                    err = messages.parse_error_fields(body)
-            elif t == codes.B_PARAMETER_STATUS:
-                name, pos = messages.read_cstr(body, 0)
-                conn.params[name] = messages.read_cstr(body, pos)[0]
-            elif t == codes.B_READY_FOR_QUERY:
-                conn.tx_status = body[0]
-                out.append(err)
-                err = None
-        return out
+        return [(await conn.read_answer())[1] for _ in range(n)]
