@@ -12,14 +12,14 @@ def parse(name: str, sql: str, types: tuple[int, ...] = ()) -> bytes:
     return msg(b"P", body)
 
 
-def bind(statement: str, params: tuple[str | None, ...] = (), portal: str = "") -> bytes:
+def bind(statement: str, params: tuple[str | bytes | None, ...] = (), portal: str = "") -> bytes:
     """Bind text parameters (no format codes = all text), results in text."""
     body = cstr(portal) + cstr(statement) + b"\x00\x00" + struct.pack("!H", len(params))
     for p in params:
         if p is None:
             body += struct.pack("!i", -1)
         else:
-            raw = p.encode()
+            raw = p if isinstance(p, bytes) else p.encode()
             body += struct.pack("!i", len(raw)) + raw
     return msg(b"B", body + b"\x00\x00")
 

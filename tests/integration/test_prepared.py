@@ -217,16 +217,11 @@ def test_parse_bind_execute_close_in_one_write_leaves_no_client_name_on_the_serv
     under the proxy's shared name, never the client's own (found by tests/unit/test_flows.py: the Close used to
     be applied before the batch was renamed, so "s1" stayed on the pooled server and the next client to use
     that server got 42P05 for its own "s1")."""
-    from tests.helpers.rawpg import RawPg, cstr, data_rows, error_fields, msg
+    from tests.helpers.extmsg import bind, close, execute, parse, sync
+    from tests.helpers.rawpg import RawPg, data_rows, error_fields
 
     proxy = proxy_factory({"pool": {"size": 1}, "routing": SPLIT_OFF})
-    batch = (
-        msg(b"P", cstr("s1") + cstr("SELECT 41 + 1") + b"\x00\x00")
-        + msg(b"B", cstr("") + cstr("s1") + b"\x00\x00\x00\x00\x00\x00")
-        + msg(b"E", cstr("") + b"\x00\x00\x00\x00")
-        + msg(b"C", b"S" + cstr("s1"))
-        + msg(b"S")
-    )
+    batch = parse("s1", "SELECT 41 + 1") + bind("s1") + execute() + close(b"S", "s1") + sync()
     for _ in range(3):  # three clients in turn over the only server connection
         with RawPg(proxy.host, proxy.port) as c:
             c.login("app", "apppass", "app")

@@ -18,6 +18,8 @@ from heliosproxy.session.prepared import Statement, server_name
 from heliosproxy.session.relay import ABORTED, HIDE, PASS, REPLACE, SYNTH, Expect, ReplyRelay
 from heliosproxy.session.rename import Renamer
 from heliosproxy.sql.classify import Effect, StatementInfo, classify_uncached
+from tests.helpers import extmsg
+from tests.helpers.extmsg import close, describe
 
 M = messages.msg
 C = messages.cstr
@@ -450,18 +452,7 @@ def parse(name: str, sql: str) -> bytes:
 
 
 def bind(stmt: str, *params: bytes, portal: str = "") -> bytes:
-    body = C(portal) + C(stmt) + b"\x00\x00" + struct.pack("!H", len(params))
-    for p in params:
-        body += struct.pack("!i", len(p)) + p
-    return M(codes.F_BIND, body + b"\x00\x00")
-
-
-def describe(kind: bytes, name: str) -> bytes:
-    return M(codes.F_DESCRIBE, kind + C(name))
-
-
-def close(kind: bytes, name: str) -> bytes:
-    return M(codes.F_CLOSE, kind + C(name))
+    return extmsg.bind(stmt, params, portal)
 
 
 def q(sql: str) -> bytes:

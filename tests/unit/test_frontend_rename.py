@@ -13,28 +13,15 @@ from heliosproxy.session.prepared import Statement
 from heliosproxy.session.relay import HIDE, PASS, REPLACE, SYNTH, Expect
 from heliosproxy.session.rename import Renamer, parse_msg
 from heliosproxy.sql.classify import classify_uncached
+from tests.helpers import extmsg
+from tests.helpers.extmsg import close, describe, parse
 
 M = messages.msg
 C = messages.cstr
 
 
-def parse(name: str, sql: str, types: tuple[int, ...] = ()) -> bytes:
-    return M(codes.F_PARSE, C(name) + C(sql) + struct.pack(f"!H{len(types)}I", len(types), *types))
-
-
 def bind(portal: str, stmt: str, params: tuple[bytes, ...] = ()) -> bytes:
-    body = C(portal) + C(stmt) + b"\x00\x00" + struct.pack("!H", len(params))
-    for p in params:
-        body += struct.pack("!i", len(p)) + p
-    return M(codes.F_BIND, body + b"\x00\x00")
-
-
-def describe(kind: bytes, name: str) -> bytes:
-    return M(codes.F_DESCRIBE, kind + C(name))
-
-
-def close(kind: bytes, name: str) -> bytes:
-    return M(codes.F_CLOSE, kind + C(name))
+    return extmsg.bind(stmt, params, portal)
 
 
 EXECUTE = M(codes.F_EXECUTE, C("") + b"\x00\x00\x00\x00")
