@@ -207,7 +207,8 @@ def test_pgbench_through_a_mirroring_proxy(cluster: PgCluster, shadow: PgCluster
         res = subprocess.run(["pgbench", "-n", "-S", "-M", mode, "-c", "4", "-t", "50", proxy.dsn()],
                              capture_output=True, text=True, timeout=120)
         assert res.returncode == 0, res.stdout + res.stderr
-    view = _until(proxy, lambda v: v["mirrored"] + v["dropped"] >= 200 and v["queued"] == 0)
+    # Settled: nothing queued and no copy running (a copy taken off the queue is still in flight).
+    view = _until(proxy, lambda v: v["mirrored"] + v["dropped"] >= 200 and v["queued"] == 0 and v["running"] == 0)
     assert view["mirrored"] >= 200 and view["mismatches"] == 0 and view["errors"] == 0, view
     with psycopg.connect(proxy.dsn(dbname="heliosproxy"), autocommit=True) as admin:
         total = admin.execute("SHOW MIRROR").fetchone()
