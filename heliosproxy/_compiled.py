@@ -34,6 +34,7 @@ HOT_MODULES: tuple[str, ...] = (
     "heliosproxy.metrics",
     "heliosproxy.protocol.frontend",
     "heliosproxy.session.rename",
+    "heliosproxy.session.core",
     "heliosproxy.session.client",
     "heliosproxy.session.context",
     "heliosproxy.session.flow",

@@ -1,4 +1,4 @@
-"""The client-facing listening socket: accepts connections and gives each its ClientSession."""
+"""The client-facing listening socket: accepts connections and gives each its ClientProtocol (session glue)."""
 
 from __future__ import annotations
 
@@ -9,20 +9,20 @@ import os
 import stat
 
 from heliosproxy.logsetup import hostport
-from heliosproxy.session.client import ClientSession
+from heliosproxy.session.client import ClientProtocol
 from heliosproxy.session.context import ProxyContext
 
 log = logging.getLogger("heliosproxy.listener")
 
 
-# ClientSession is used as is (no subclass: it may be a compiled class, see heliosproxy/_compiled.py).
+# ClientProtocol is used as is (no subclass: it may be a compiled class, see heliosproxy/_compiled.py).
 # Accepted TCP sockets get TCP_NODELAY from the event loop itself (uvloop and asyncio both set it).
 
 
 async def start_listener(ctx: ProxyContext, *, reuse_port: bool = False) -> asyncio.Server:
     cfg = ctx.config
     server = await asyncio.get_running_loop().create_server(
-        lambda: ClientSession(ctx),
+        lambda: ClientProtocol(ctx),
         cfg.listen_host,
         cfg.listen_port,
         reuse_port=reuse_port or None,
@@ -41,7 +41,7 @@ async def start_unix_listener(ctx: ProxyContext, path: str) -> asyncio.Server:
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(os.stat(path).st_mode):
             os.unlink(path)  # a socket left by an earlier run
-    server = await asyncio.get_running_loop().create_unix_server(lambda: ClientSession(ctx), path, backlog=4096)
+    server = await asyncio.get_running_loop().create_unix_server(lambda: ClientProtocol(ctx), path, backlog=4096)
     os.chmod(path, 0o777)  # like PostgreSQL's default unix_socket_permissions
     log.info("listening on %s", path)
     return server

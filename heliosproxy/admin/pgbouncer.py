@@ -105,7 +105,7 @@ def client_rows(ctx: Any) -> list[dict[str, Any]]:
     now = time.monotonic()
     out = []
     for c in list(ctx.clients):
-        t = c.transport
+        t = c.io.transport
         addr, port = _split(t.get_extra_info("peername") if t is not None else None)
         laddr, lport = _split(t.get_extra_info("sockname") if t is not None else None)
         since = pgcompat.wait_started(c)
@@ -483,15 +483,16 @@ def fds_rows(ctx: Any, listeners: Sequence[Any]) -> list[dict[str, Any]]:
             out.append({
                 "fd": fd, "task": "server", "user": pool.key.user, "database": pool.key.database,
                 "addr": conn.host, "port": conn.port, "cancel": conn.secret_key,
-                "link": _fd(owner.transport) if owner is not None and hasattr(owner, "transport") else None,
+                "link": _fd(owner.io.transport) if owner is not None and hasattr(owner, "io") else None,
                 "client_encoding": conn.params.get("client_encoding"),
                 "std_strings": conn.params.get("standard_conforming_strings"),
                 "datestyle": conn.params.get("DateStyle"), "timezone": conn.params.get("TimeZone"),
             })  # fmt: skip
     for c in list(ctx.clients):
-        addr, port = _split(c.transport.get_extra_info("peername") if c.transport is not None else None)
+        t = c.io.transport
+        addr, port = _split(t.get_extra_info("peername") if t is not None else None)
         out.append({
-            "fd": _fd(c.transport), "task": "client", "user": c.user, "database": c.database, "addr": addr,
+            "fd": _fd(t), "task": "client", "user": c.user, "database": c.database, "addr": addr,
             "port": port, "cancel": c.key, "link": server_fd.get(id(c.backend)) if c.backend is not None else None,
             "client_encoding": c.settings.get("client_encoding"), "datestyle": c.settings.get("datestyle"),
             "timezone": c.settings.get("timezone"),

@@ -15,7 +15,7 @@ from heliosproxy.sql.hints import Hints
 
 
 class RouteSession(Protocol):
-    """What the decision reads of a client session (session/client.py's ClientSession has these)."""
+    """What the decision reads of a client session (session/core.py's ClientSession has these)."""
 
     db_route: DatabaseRoute  # databases: ALIAS route
     route_pref: str | None  # SET helios.route (None = auto)

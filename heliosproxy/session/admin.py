@@ -13,7 +13,7 @@ from heliosproxy.protocol.frontend import Msg, header_error
 from heliosproxy.session import adminproto
 
 if TYPE_CHECKING:
-    from heliosproxy.session.client import ClientSession
+    from heliosproxy.session.core import ClientSession
 
 log = logging.getLogger("heliosproxy.session")
 
@@ -78,8 +78,7 @@ class AdminSession:
                     self._query(msg)
                 elif t == codes.F_TERMINATE:
                     s.phase = _CLOSED
-                    if s.transport is not None:
-                        s.transport.close()
+                    s.io.close()
                     return
                 elif t in _COPY:
                     continue  # no COPY runs here: nothing to forward it to

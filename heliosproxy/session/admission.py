@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from heliosproxy.session.client import ClientSession
+    from heliosproxy.session.core import ClientSession
 
 log = logging.getLogger("heliosproxy.session")
 
@@ -126,13 +126,11 @@ class LoginGate:
                 del self.waiting[ip]
 
 
-def admit(session: ClientSession) -> bool:
-    """A new connection asks for a login slot: True to go on (now, or once its reading resumes)."""
+def admit(session: ClientSession, ip: str) -> bool:
+    """A new connection (from `ip`, "unix" for a Unix socket) asks for a login slot: True to go on (now, or once
+    its reading resumes)."""
     ctx = session.ctx
     cfg = ctx.config
-    transport = session.transport
-    peer = transport.get_extra_info("peername") if transport is not None else None
-    ip = str(peer[0]) if isinstance(peer, tuple) else "unix"
     verdict = ctx.logins.admit(
         session,
         ip,

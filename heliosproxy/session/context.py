@@ -26,7 +26,7 @@ from heliosproxy.traffic.limits import Limiter
 from heliosproxy.traffic.mirror import Mirror
 
 if TYPE_CHECKING:
-    from heliosproxy.session.client import ClientSession
+    from heliosproxy.session.core import ClientSession
 
 
 @dataclass(slots=True)

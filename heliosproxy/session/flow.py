@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from heliosproxy.session.client import ClientSession
+    from heliosproxy.session.core import ClientSession
 
 
 # What the proxy keeps per statement in flight (its Inflight, the queued write, classification), in bytes:
@@ -25,8 +25,7 @@ def held(session: ClientSession) -> int:
     conn = session.backend
     if conn is not None and conn.transport is not None:
         n += conn.transport.get_write_buffer_size()
-    if session.transport is not None:
-        n += session.transport.get_write_buffer_size()
+    n += session.io.write_buffer_size()
     return n
 
 

@@ -20,7 +20,7 @@ from heliosproxy.sql.classify import Effect, StatementInfo
 if TYPE_CHECKING:
     from heliosproxy.pool.pool import Pool
     from heliosproxy.routing.router import Target
-    from heliosproxy.session.client import ClientSession
+    from heliosproxy.session.core import ClientSession
     from heliosproxy.session.replay import Replay
 
 log = logging.getLogger("heliosproxy.replay")

@@ -15,8 +15,8 @@ from heliosproxy.protocol import codes
 from heliosproxy.sql.classify import StatementInfo, TxControl
 
 if TYPE_CHECKING:
-    from heliosproxy.session.client import ClientSession
     from heliosproxy.session.context import ProxyContext
+    from heliosproxy.session.core import ClientSession
 
 log = logging.getLogger("heliosproxy.session")
 _monotonic: Final = time.monotonic

@@ -41,8 +41,8 @@ from heliosproxy.session.state import Plan
 from heliosproxy.sql.classify import SignalCall
 
 if TYPE_CHECKING:
-    from heliosproxy.session.client import ClientSession
     from heliosproxy.session.context import ProxyContext
+    from heliosproxy.session.core import ClientSession
 
 log = logging.getLogger("heliosproxy.session")
 
@@ -276,7 +276,7 @@ async def _decide_later(
         sqlstate = exc.sqlstate if isinstance(exc, (HeliosError, QueryError)) and exc.sqlstate else "08006"
         outcome = ("error", (sqlstate, f"cannot check the permission to signal PID {pid}: {exc}"), None)
     session.stalled = None
-    if session.transport is None or session.transport.is_closing():
+    if session.io.closing():
         return
     answer(outcome)
     session._continue()

@@ -27,7 +27,7 @@ from heliosproxy.sql.classify import Effect, TxControl
 
 if TYPE_CHECKING:
     from heliosproxy.pool.pool import Pool
-    from heliosproxy.session.client import ClientSession
+    from heliosproxy.session.core import ClientSession
 
 log = logging.getLogger("heliosproxy.replay")
 

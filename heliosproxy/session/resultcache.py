@@ -28,8 +28,8 @@ from heliosproxy.sql.hints import Hints
 
 if TYPE_CHECKING:
     from heliosproxy.backends.connection import BackendConnection
-    from heliosproxy.session.client import ClientSession
     from heliosproxy.session.context import ProxyContext
+    from heliosproxy.session.core import ClientSession
     from heliosproxy.session.state import Inflight
 
 __all__ = ["CacheService", "Capture", "before_ready", "finish", "on_batch", "on_query", "write_slots"]

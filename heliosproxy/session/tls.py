@@ -8,20 +8,21 @@ from heliosproxy.protocol import messages
 from heliosproxy.protocol.tls import ALPN, TlsTransport
 
 if TYPE_CHECKING:
-    from heliosproxy.session.client import ClientSession
+    from heliosproxy.session.client import ClientProtocol
 
 
-def start(session: ClientSession, *, direct: bool, initial: bytes) -> None:
+def start(glue: ClientProtocol, *, direct: bool, initial: bytes) -> None:
     """Start TLS as the login machine decided (session/login.py): after an SSLRequest (answered b"S"
     here, unencrypted), or on a direct TLS ClientHello (`initial`: the bytes read so far)."""
     if not direct:
-        assert session.transport is not None
-        session.transport.write(b"S")
-    _start(session, direct=direct, initial=initial)
+        assert glue.transport is not None
+        glue.transport.write(b"S")
+    _start(glue, direct=direct, initial=initial)
 
 
-def _start(session: ClientSession, *, direct: bool, initial: bytes) -> None:
-    raw = session.transport
+def _start(glue: ClientProtocol, *, direct: bool, initial: bytes) -> None:
+    raw = glue.transport
+    session = glue.s
     context = session.ctx.tls_context
     assert raw is not None and context is not None
     session.tls = True
@@ -34,5 +35,6 @@ def _start(session: ClientSession, *, direct: bool, initial: bytes) -> None:
             t.write(messages.error_response("FATAL", "08P01", msg))
             t.close()
 
-    tls = TlsTransport(raw, session, context, ready, session.peer, initial)
-    session.transport = tls
+    tls = TlsTransport(raw, glue, context, ready, session.peer, initial)
+    glue.transport = tls
+    session.emit = tls.write

@@ -21,12 +21,12 @@ from heliosproxy.sql.classify import TxControl
 from heliosproxy.traffic.limits import GO, REJECT, Limiter, Rule, label_of
 
 if TYPE_CHECKING:
-    from heliosproxy.session.client import ClientSession
+    from heliosproxy.session.core import ClientSession
 
 # Statements that end a transaction are never limited: a client must always be able to roll back.
 _ENDS = frozenset((TxControl.COMMIT, TxControl.ROLLBACK, TxControl.ROLLBACK_TO, TxControl.PREPARE_TRANSACTION))
 _TASKS: set[asyncio.Task[Any]] = set()
-_READY = 3  # session/client.py's READY phase
+_READY = 3  # session/state.py's READY phase
 
 
 class TrafficState:

@@ -51,7 +51,8 @@ class Session:
         self.phase = 3
         self.ctx = SimpleNamespace(config=SimpleNamespace(max_message_size=1 << 20), admin=console)
         self.compat = SimpleNamespace(admin_statements={})
-        self.transport = None
+        self.closed = False
+        self.io = SimpleNamespace(close=self._close)  # session/core.py Io: only close() is used here
         self.peer, self.user, self._codec = "test", "admin", "utf-8"
         self.query_count = 0
         self.skip_to_sync = False
@@ -63,6 +64,9 @@ class Session:
 
     def _write(self, data: bytes) -> None:
         self.out += data
+
+    def _close(self) -> None:
+        self.closed = True
 
     def _violation(self, message: str) -> None:
         self.fatal.append(message)
@@ -161,6 +165,7 @@ def test_admin_session_table(case: str, chunk: int | None, later: bool) -> None:
     s = run(data, chunk, Console(later))
     assert bytes(s.out) == expected
     assert not s.fatal
+    assert s.closed == (case == "terminate")  # Terminate closes the connection, nothing after it runs
 
 
 def test_no_console() -> None:
