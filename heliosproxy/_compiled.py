@@ -35,6 +35,8 @@ HOT_MODULES: tuple[str, ...] = (
     "heliosproxy.protocol.frontend",
     "heliosproxy.session.rename",
     "heliosproxy.session.core",
+    "heliosproxy.session.local",
+    "heliosproxy.session.accounting",
     "heliosproxy.session.client",
     "heliosproxy.session.context",
     "heliosproxy.session.flow",

@@ -327,7 +327,8 @@ class ClientProtocol(asyncio.Protocol):
                 else:
                     s._fatal(a.sqlstate, a.message)
             elif isinstance(a, login.StartTls):
-                tls.start(self, direct=a.direct, initial=a.initial)
+                assert self.transport is not None
+                self.transport = tls.start(self, s, self.transport, direct=a.direct, initial=a.initial)
             elif isinstance(a, login.Cancel):
                 self._on_cancel_request(a.pid, a.key)
             elif isinstance(a, login.Drop):

@@ -25,10 +25,10 @@ from heliosproxy.protocol.scan import ERROR_SEEN, ReplyScanner
 from heliosproxy.routing.consistency import SessionReads, error_sqlstate
 from heliosproxy.routing.decide import decide
 from heliosproxy.routing.router import Target
-from heliosproxy.session import flow, login, pgcompat, pidmap, replay, resultcache, traffic
+from heliosproxy.session import accounting, flow, local, login, pgcompat, pidmap, replay, resultcache, traffic
 from heliosproxy.session import settings as settings_mod
 from heliosproxy.session.admin import AdminSession
-from heliosproxy.session.context import ProxyContext, QueryStat
+from heliosproxy.session.context import ProxyContext
 from heliosproxy.session.prepared import Statement, server_name
 from heliosproxy.session.relay import (
     ABORTED,
@@ -224,6 +224,7 @@ class ClientSession:
         self.traffic: traffic.TrafficState | None = None  # rate limits / breakers (session/traffic.py)
         self.cache_rec: resultcache.Capture | None = None  # result cache: the reply being captured
         self.cache_dirty: set[int] = set()  # result cache: table slots written, dropped at ReadyForQuery
+        self.cache_base: tuple[dict[str, str], str, str, str, Any] | None = None  # result cache: the key prefix
 
     # ================================================================== input from the glue
     def received(self, data: bytes) -> None:
@@ -557,9 +558,9 @@ class ClientSession:
                 if info.statements != 1:
                     self._answer_error("0A000", "SET/SHOW helios.* must be sent as a statement of its own")
                     return
-                self._helios_statement(info, sql)
+                local.helios_statement(self, info, sql)
                 return
-            if effects & _OWN_SESSION and self._own_session_statement(info):
+            if effects & _OWN_SESSION and local.own_session_statement(self, info):
                 return
         qctx: hooks.QueryContext | None = None
         plugins = ctx.plugins
@@ -600,66 +601,6 @@ class ClientSession:
         if ctx.mirror is not None:
             ctx.mirror.offer_query(self, info, msg)
         self._dispatch(plan)
-
-    def _own_session_statement(self, info: StatementInfo) -> bool:
-        """DISCARD ALL / DEALLOCATE of this client's names: act on its own session only.
-
-        Under transaction pooling the server connection is shared: its statements are the ones
-        other clients' names point to, so these never reach it. True when answered here."""
-        if not self.txn:
-            return False
-        for target in info.deallocate:
-            if target is not None and target.startswith("hp_") and target not in self.statements:
-                # A name the proxy gives shared statements: never the client's, never to deallocate.
-                self._answer_error("26000", f'prepared statement "{target}" does not exist')
-                return True
-        if info.statements != 1 or self.pending or self.expect:
-            return False
-        if (
-            info.deallocate
-            and info.deallocate[0] is not None
-            and info.deallocate[0] in self.statements
-            and self.tx_status != codes.TX_FAILED
-        ):
-            # A protocol-level statement of this client: servers only know it by its shared name.
-            del self.statements[info.deallocate[0]]
-            self._answer(messages.command_complete("DEALLOCATE"))
-            return True
-        if self.pinned or self.tx_status != codes.TX_IDLE:
-            return False  # pinned: the server holds this client's state alone and is told
-        if info.effects & Effect.DISCARD:
-            # As a server would: report the parameters that go back to their login values.
-            reports = self._reset_reports()
-            self.settings = dict(self.startup_settings)
-            self.statements.clear()
-            self.unnamed = None
-            self._set_codec()
-            self._answer(reports + messages.command_complete("DISCARD ALL"))
-            return True
-        target = info.deallocate[0] if info.deallocate else ""
-        if target is None:
-            self.statements.clear()
-            self._answer(messages.command_complete("DEALLOCATE ALL"))
-            return True
-        if target in self.statements:
-            del self.statements[target]
-            self._answer(messages.command_complete("DEALLOCATE"))
-            return True
-        return False  # not ours: the server answers (26000, or a SQL-level statement of a pinned client)
-
-    def _reset_reports(self) -> bytes:
-        """ParameterStatus messages a server sends when DISCARD ALL resets this session's settings:
-        each reported parameter the client changed, back to its value at login."""
-        login = {k.lower(): (k, v) for k, v in self.login_params.items()}
-        out: list[bytes] = []
-        startup = self.startup_settings
-        for name, value in self.settings.items():
-            key = name.lower()
-            if key in login and startup.get(name) != value:
-                out.append(messages.parameter_status(*login[key]))
-                if key == "session_authorization" and "is_superuser" in login:
-                    out.append(messages.parameter_status(*login["is_superuser"]))
-        return b"".join(out)
 
     def _set_codec(self) -> None:
         self._codec = python_codec(self.settings.get("client_encoding"))
@@ -712,46 +653,6 @@ class ClientSession:
             log.debug("client %s pinned to its server connection (SQL PREPARE)", self.peer)
 
     # ------------------------------------------------------------------ SET/SHOW helios.*
-    def _helios_statement(self, info: StatementInfo, sql: str) -> None:
-        name, value, _ = info.settings[0] if info.settings else ("helios.route", None, False)
-        key = name[len("helios.") :]
-        if info.effects & Effect.HELIOS_SHOW:
-            cur = {"route": self.route_pref or "auto", "node": self.node_pref or "", "branch": self.branch_pref or ""}
-            cur.update(self.attrs)
-            if key not in cur:
-                self._answer_error("42704", f'unrecognized configuration parameter "{name}"')
-                return
-            rows = messages.row_description([name]) + messages.data_row([cur[key]])
-            self._answer(rows + messages.command_complete("SHOW"))
-            return
-        v = (value or "").strip().strip("'\"") or None
-        try:
-            if key == "route":
-                if v not in (None, "primary", "standby", "auto"):
-                    self._answer_error(
-                        "22023",
-                        f'invalid value for parameter "helios.route": "{v}"',
-                    )
-                    return
-                self.route_pref = None if v in (None, "auto") else v
-            elif key == "node":
-                if v is not None:
-                    self.ctx.router.node(v)
-                self.node_pref = v
-            elif key == "branch":
-                if v is not None:
-                    self.ctx.router.branch(v)
-                self.branch_pref = v
-            elif v is None:
-                self.attrs.pop(key, None)
-            else:
-                self.attrs[key] = v
-        except HeliosError as exc:
-            self._answer_error(exc.sqlstate, exc.message)
-            return
-        tag = "RESET" if sql.lstrip().upper().startswith("RESET") else "SET"
-        self._answer(messages.command_complete(tag))
-
     # ------------------------------------------------------------------ answers from the proxy itself
     def _answer(self, body: bytes) -> None:
         """Respond to a Query without a backend: body, then ReadyForQuery (after anything pending)."""
@@ -831,7 +732,7 @@ class ClientSession:
                     self.unnamed = st
                 batch[i].st = st
                 if st.cached is not None:
-                    self._batch_cached(batch, st, sync)
+                    local.batch_cached(self, batch, st, sync)
                     return
                 self._track_effects(st.info)
             elif t == codes.F_BIND:
@@ -849,7 +750,7 @@ class ClientSession:
                     st2 = again
                 m.st = st2
                 if st2.cached is not None:
-                    self._batch_cached(batch, st2, sync)
+                    local.batch_cached(self, batch, st2, sync)
                     return
                 if st2.info.signal is not None and pidmap.on_batch(
                     self, batch, st2.info.signal, m.data, m.at, st2.tail, sync, rename
@@ -876,7 +777,7 @@ class ClientSession:
                     st3 = again
                 m.st = st3
                 if st3 is not None and st3.cached is not None and not any_stmt:
-                    self._batch_cached(batch, st3, sync)
+                    local.batch_cached(self, batch, st3, sync)
                     return
         if not any_stmt:
             # Parse/Describe/Close only: nothing executes, any node that knows the statement will do.
@@ -886,7 +787,7 @@ class ClientSession:
                 and not self.pending
                 and rename
                 and not partial
-                and self._local_batch(batch, sync)
+                and local.local_batch(self, batch, sync)
             ):
                 return
         if ctx.cache is not None and resultcache.on_batch(self, batch, info, hints, sync):
@@ -951,32 +852,6 @@ class ClientSession:
                 self.unnamed = again
         return again
 
-    def _local_batch(self, batch: list[Msg], sync: bool) -> bool:
-        """Answer Parse/Close of named statements without a backend when the server side is known.
-
-        A Parse whose text every backend already accepted once (same text and types) needs no
-        server round trip: the statement is prepared lazily where the client's Bind lands. This
-        also keeps clients that prepare synchronously (pgbench -M prepared) from waiting for a
-        backend while holding none."""
-        known = self.ctx.known_statements
-        out: list[bytes] = []
-        for m in batch:
-            t = m.t
-            if t == codes.F_PARSE and m.name:
-                st = m.st
-                if st is None or st.server not in known:
-                    return False
-                out.append(messages.PARSE_COMPLETE)
-            elif t == codes.F_CLOSE and m.sub == STATEMENT and m.name:
-                self.statements.pop(m.name, None)
-                out.append(messages.CLOSE_COMPLETE)
-            elif t != codes.F_SYNC and t != codes.F_FLUSH:
-                return False
-        if sync:
-            out.append(messages.ready_for_query(self.tx_status))
-        self._write(b"".join(out))
-        return True
-
     def _unrecord(self, batch: list[Msg]) -> None:
         """The client was answered with an error for this batch: the Parses it recorded made no statements."""
         for m in batch:
@@ -1013,49 +888,6 @@ class ClientSession:
         else:
             self._write(body)
         self.skip_to_sync = True
-
-    def _batch_cached(self, batch: list[Msg], st: Statement, sync: bool) -> None:
-        """Answer a batch about a statement a plugin answered from cache, as a server would."""
-        res = st.cached
-        assert res is not None
-        rowdesc = messages.row_description(res.columns)
-        rows = messages.result_set(res.columns, res.rows)[len(rowdesc) :]
-        body = self.answer_locally(batch, [25] * st.param_count(), lambda _kind: rowdesc, rows)
-        if sync:
-            self._answer(body)
-        else:
-            self._write(body)
-
-    def answer_locally(
-        self,
-        batch: list[Msg],
-        param_oids: list[int],
-        rowdesc: Callable[[int], bytes],
-        result: bytes | None,
-    ) -> bytes:
-        """What a server answers to a batch about one statement the proxy answers itself (a plugin's cached
-        answer, a translated pg_cancel_backend): Parse/Bind/Describe/Execute/Close, up to an Execute whose
-        `result` is None (an error follows). `rowdesc(kind)` is the RowDescription for Describe 'S' or 'P'."""
-        out: list[bytes] = []
-        for m in batch:
-            t = m.t
-            if t == codes.F_PARSE:
-                out.append(messages.PARSE_COMPLETE)
-            elif t == codes.F_BIND:
-                out.append(messages.BIND_COMPLETE)
-            elif t == codes.F_DESCRIBE:
-                if m.sub == STATEMENT:
-                    out.append(messages.parameter_description(param_oids))
-                out.append(rowdesc(m.sub))
-            elif t == codes.F_EXECUTE:
-                if result is None:
-                    break
-                out.append(result)
-            elif t == codes.F_CLOSE:
-                if m.sub == STATEMENT and m.name:
-                    self.statements.pop(m.name, None)
-                out.append(messages.CLOSE_COMPLETE)
-        return b"".join(out)
 
     # ================================================================== dispatch to a backend
     def _dispatch(self, plan: Plan) -> None:
@@ -1112,7 +944,7 @@ class ClientSession:
             traffic.settle(self)
         self._write(body)
         if plan.info is not None:
-            self._record(plan.info, 0.0, True)
+            accounting.record(self.ctx, plan.info, 0.0, True)
 
     def _continue(self) -> None:
         self._resume_reading()
@@ -1465,7 +1297,7 @@ class ClientSession:
         ):
             self._unbind(reusable=True)
         if fl is not None:
-            self._finish(fl, conn)
+            accounting.finish(self, fl, conn)
         if self.stalled is not None and self.pending == 0 and not self.expect:
             plan = self.stalled
             self.stalled = None
@@ -1603,47 +1435,6 @@ class ClientSession:
             self._dispatch(plan)
         if self.stalled is None:
             self._continue()
-
-    def _finish(self, fl: Inflight, conn: BackendConnection) -> None:
-        elapsed = _perf_counter() - fl.start
-        ctx = self.ctx
-        error = fl.error is not None
-        if fl.info is not None:
-            self._record(fl.info, elapsed, error)
-        if ctx.analytics is not None:
-            ctx.analytics.finished(self, fl.info, elapsed, fl.error, self.scanner.bytes_seen - fl.start_bytes)
-        pgcompat.statement_done(self, fl.start, elapsed)
-        route = fl.target.route if fl.target is not None else "primary"
-        if route == "standby" and conn.node == ctx.registry.primary:
-            route = "primary"  # it ran inside a transaction that began on the primary
-        key = (conn.node, route, "error" if error else "ok")
-        q = ctx.counters.queries
-        q[key] = q.get(key, 0) + 1
-        if fl.qctx is not None and ctx.plugins.has_post_query:
-            outcome = hooks.PostQueryOutcome(
-                success=not error,
-                target_node=conn.node,
-                elapsed_us=int(elapsed * 1_000_000),
-                response_bytes=self.scanner.bytes_seen - fl.start_bytes,
-                error=fl.error,
-            )
-            ctx.plugins.post_query(fl.qctx, outcome)
-
-    def _record(self, info: StatementInfo, elapsed: float, error: bool) -> None:
-        fp = info.fingerprint
-        if not fp:
-            return
-        stats = self.ctx.query_stats
-        st = stats.get(fp)
-        if st is None:
-            if len(stats) >= 5000:
-                return
-            st = stats[fp] = QueryStat(info.normalized[:500])
-        st.calls += 1
-        st.total_us += int(elapsed * 1_000_000)
-        if error:
-            st.errors += 1
-        self.ctx.counters.durations.observe(elapsed)
 
     def on_backend_lost(self, conn: BackendConnection, exc: Exception | None) -> None:
         """The bound server connection is gone.

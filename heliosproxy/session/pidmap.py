@@ -37,6 +37,7 @@ from heliosproxy.backends.connection import QueryError
 from heliosproxy.errors import HeliosError
 from heliosproxy.protocol import codes, messages
 from heliosproxy.protocol.frontend import Msg
+from heliosproxy.session.local import answer_locally
 from heliosproxy.session.state import Plan
 from heliosproxy.sql.classify import SignalCall
 
@@ -365,8 +366,8 @@ def on_batch(
         kind, value, warning = outcome
         if kind == "closed":
             return
-        body = session.answer_locally(
-            batch, oids, lambda k: _row_description(call.column, fmt if k == ord("P") else 0),
+        body = answer_locally(
+            session, batch, oids, lambda k: _row_description(call.column, fmt if k == ord("P") else 0),
             None if kind == "error" else _result(value, fmt, warning),
         )
         session._write(body)

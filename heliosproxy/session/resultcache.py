@@ -13,7 +13,6 @@ import asyncio
 import hashlib
 import logging
 import struct
-import weakref
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Final
 
@@ -138,10 +137,10 @@ def _key(s: ClientSession, request: list[bytes]) -> bytes:
     """A digest of everything that can change the answer: database, user, the client's settings
     (role, search_path, TimeZone, DateStyle, IntervalStyle, extra_float_digits, bytea_output,
     client_encoding, ...) and the request's own bytes (text, parameters, formats)."""
-    base = _BASES.get(s)
+    base = s.cache_base  # (settings, database, user, primary) when its key prefix was hashed, and that hash
     primary = s.ctx.registry.primary or ""
     if base is None or base[0] != s.settings or base[1] != s.database or base[2] != s.user or base[3] != primary:
-        base = _BASES[s] = (dict(s.settings), s.database, s.user, primary, _base_hash(s, primary))
+        base = s.cache_base = (dict(s.settings), s.database, s.user, primary, _base_hash(s, primary))
     h = base[4].copy()
     for p in request:
         h.update(_I.pack(len(p)))
@@ -165,10 +164,6 @@ def _base_hash(s: ClientSession, primary: str) -> Any:
         h.update(_I.pack(len(p)))
         h.update(p)
     return h
-
-
-# Per session: (settings, database, user, primary) when its key prefix was hashed, and that hash (copied per key).
-_BASES: weakref.WeakKeyDictionary[Any, tuple[dict[str, str], str, str, str, Any]] = weakref.WeakKeyDictionary()
 
 
 def _start(s: ClientSession, cache: ResultCache, info: StatementInfo, hints: Hints | None,

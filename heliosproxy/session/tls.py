@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from heliosproxy.protocol import messages
 from heliosproxy.protocol.tls import ALPN, TlsTransport
 
 if TYPE_CHECKING:
-    from heliosproxy.session.client import ClientProtocol
+    from heliosproxy.session.core import ClientSession
 
 
-def start(glue: ClientProtocol, *, direct: bool, initial: bytes) -> None:
+def start(
+    app: asyncio.Protocol, session: ClientSession, raw: asyncio.Transport, *, direct: bool, initial: bytes
+) -> TlsTransport:
     """Start TLS as the login machine decided (session/login.py): after an SSLRequest (answered b"S"
-    here, unencrypted), or on a direct TLS ClientHello (`initial`: the bytes read so far)."""
+    here, unencrypted), or on a direct TLS ClientHello (`initial`: the bytes read so far). Returns the
+    transport the protocol `app` uses from now on; the session writes through it."""
     if not direct:
-        assert glue.transport is not None
-        glue.transport.write(b"S")
-    _start(glue, direct=direct, initial=initial)
-
-
-def _start(glue: ClientProtocol, *, direct: bool, initial: bytes) -> None:
-    raw = glue.transport
-    session = glue.s
+        raw.write(b"S")
     context = session.ctx.tls_context
-    assert raw is not None and context is not None
+    assert context is not None
     session.tls = True
 
     def ready(t: TlsTransport) -> None:
@@ -35,6 +32,6 @@ def _start(glue: ClientProtocol, *, direct: bool, initial: bytes) -> None:
             t.write(messages.error_response("FATAL", "08P01", msg))
             t.close()
 
-    tls = TlsTransport(raw, glue, context, ready, session.peer, initial)
-    glue.transport = tls
+    tls = TlsTransport(raw, app, context, ready, session.peer, initial)
     session.emit = tls.write
+    return tls
