@@ -148,17 +148,51 @@ class ReplyRelay:
         return not self.expect and not self.buf
 
     def feed(self, data: bytes) -> tuple[list[bytes], list[int]]:
-        """Take server bytes: what to write to the client, and the statuses of the ReadyForQuery it passes."""
-        buf = self.buf
-        buf += data
+        """Take server bytes: what to write to the client, and the statuses of the ReadyForQuery it passes.
+
+        Only headers are read for what passes unchanged: a run of such messages goes out as one slice of the
+        bytes it arrived in (all of `data` itself when everything in it passes), never copied message by message.
+        Only a message split across reads is copied, once, to be walked whole."""
         out: list[bytes] = []
         readies: list[int] = []
+        buf = self.buf
+        start = 0
+        if buf:
+            # The message begun in an earlier read: complete it from `data` and walk it alone.
+            n = len(data)
+            if len(buf) < 5:
+                start = min(5 - len(buf), n)
+                buf += data[:start]
+            if len(buf) >= 5:
+                take = min(1 + _I.unpack_from(buf, 1)[0] - len(buf), n - start)
+                buf += data[start : start + take]
+                start += take
+                if len(buf) == 1 + _I.unpack_from(buf, 1)[0]:
+                    piece = bytes(buf)
+                    buf.clear()
+                    self._walk(piece, 0, out, readies)
+            if buf:
+                self._walk(b"", 0, out, readies)  # still incomplete: only what needs no server reply
+        if start < len(data) or not buf:
+            self._walk(data, start, out, readies)
+        expect = self.expect
+        if self.gating or (expect and expect[-1].gate):
+            self.gating = True
+            self.gated.extend(out)
+            return [], readies
+        return out, readies
+
+    def _walk(self, src: bytes, pos: int, out: list[bytes], readies: list[int]) -> None:
+        """Walk the complete messages of `src` from `pos`; a partial one at the end goes to `buf`."""
         expect = self.expect
         host = self.host
-        pos = 0
-        n = len(buf)
+        run = -1  # start of the run of messages passed unchanged (not yet in `out`)
+        n = len(src)
         while True:
             while expect and expect[0].action == SYNTH:
+                if run >= 0:
+                    out.append(src[run:pos])
+                    run = -1
                 e = expect.popleft()
                 if e.stmt is not None and self.status == codes.TX_FAILED and host.refuses_parse(e.stmt, len(readies)):
                     # The server would refuse this Parse in its aborted transaction, and skip to the
@@ -170,18 +204,56 @@ class ReplyRelay:
                 out.append(e.data)
             if n - pos < 5:
                 break
-            t = buf[pos]
-            end = pos + 1 + _I.unpack_from(buf, pos + 1)[0]
+            t = src[pos]
+            start = pos
+            end = pos + 1 + _I.unpack_from(src, pos + 1)[0]
             if end > n:
                 break
-            m = bytes(buf[pos:end])
             pos = end
-            if t == codes.B_READY_FOR_QUERY:
-                self.status = m[5]
-                self.mute = False
-            elif self.mute and t not in ASYNC:
-                continue
             head = expect[0] if expect else None
+            if t == codes.B_READY_FOR_QUERY:
+                self.status = src[start + 5]
+                self.mute = False
+                if head is None or (head.action == PASS and head.capture is None):
+                    # The common end of a reply: passed unchanged.
+                    if run < 0:
+                        run = start
+                    readies.append(src[start + 5])
+                    if head is not None and head.kind in _SYNC_KINDS:
+                        expect.popleft()
+                        if head.gate and self.gating:
+                            if run >= 0:
+                                out.append(src[run:pos])
+                                run = -1
+                            out[:0] = self.gated  # held since an earlier feed: it goes first
+                            self.gated = []
+                            self.gating = False
+                    continue
+            elif self.mute and t not in ASYNC:
+                if run >= 0:
+                    out.append(src[run:start])
+                    run = -1
+                continue
+            elif head is not None and head.action == PASS and head.capture is None and t != codes.B_ERROR and (
+                t not in ASYNC or (t == codes.B_NOTICE)
+            ):
+                # A reply (or notice) of a request the client sees as the server answers it.
+                if run < 0:
+                    run = start
+                if t in COMPLETES.get(head.kind, ()):
+                    expect.popleft()
+                    if t == codes.B_PARSE_COMPLETE and head.data:
+                        host.statement_prepared(head.data.decode())
+                continue
+            elif head is None and t != codes.B_ERROR and t != codes.B_NOTIFICATION and t != codes.B_PARAMETER_STATUS:
+                if run < 0:
+                    run = start
+                continue
+            # Everything else is looked at whole: flush the run first (order is kept).
+            if run >= 0:
+                out.append(src[run:start])
+                run = -1
+            m = bytes(src[start:end])
             if head is not None and head.action == HOLD:
                 self.held.append(m)
                 if t == codes.B_READY_FOR_QUERY:
@@ -242,13 +314,10 @@ class ReplyRelay:
                     out[:0] = self.gated  # held since an earlier feed: it goes first
                     self.gated = []
                     self.gating = False
-        if pos:
-            del buf[:pos]
-        if self.gating or (expect and expect[-1].gate):
-            self.gating = True
-            self.gated.extend(out)
-            return [], readies
-        return out, readies
+        if run >= 0:
+            out.append(src[run:pos] if run or pos < n else src)
+        if pos < n:
+            self.buf += src[pos:]  # the start of a message not complete yet
 
     def _skip_to_sync(self, head: Expect | None) -> None:
         """After an error the server skips to the Sync: drop what it will not answer. A Parse it skips

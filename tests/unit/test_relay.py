@@ -283,3 +283,20 @@ def test_reset_drops_what_a_gate_held() -> None:
     assert r.gating
     r.reset()
     assert not r.gating and r.gated == []
+
+
+def test_what_passes_unchanged_is_not_copied() -> None:
+    """A read whose messages all pass goes out as the very bytes object it arrived in; a read that ends mid-message
+    goes out as one slice up to that message, and the split message whole once it is complete."""
+    rows = messages.result_set(["x"], [[str(i)] for i in range(200)])
+    data = BIND_OK + rows + Z_IDLE
+    r, _ = relay(Expect(codes.F_BIND), Expect(codes.F_EXECUTE), Expect(codes.F_SYNC))
+    out, readies = r.feed(data)
+    assert len(out) == 1 and out[0] is data and readies == [codes.TX_IDLE]
+    assert r.idle
+    r, _ = relay(Expect(codes.F_BIND), Expect(codes.F_EXECUTE), Expect(codes.F_SYNC))
+    cut = len(BIND_OK) + len(rows) - 3  # inside CommandComplete
+    first, _ = r.feed(data[:cut])
+    second, readies = r.feed(data[cut:])
+    assert len(first) == 1 and b"".join(first + second) == data and readies == [codes.TX_IDLE]
+    assert r.idle
