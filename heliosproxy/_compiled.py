@@ -37,6 +37,8 @@ HOT_MODULES: tuple[str, ...] = (
     "heliosproxy.session.core",
     "heliosproxy.session.local",
     "heliosproxy.session.accounting",
+    "heliosproxy.session.extended",
+    "heliosproxy.session.tracking",
     "heliosproxy.session.client",
     "heliosproxy.session.context",
     "heliosproxy.session.flow",

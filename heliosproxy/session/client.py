@@ -17,7 +17,7 @@ from heliosproxy.plugins import hooks
 from heliosproxy.pool.pool import Pool
 from heliosproxy.protocol import messages
 from heliosproxy.routing.router import Target
-from heliosproxy.session import admission, flow, login, pgcompat, tls
+from heliosproxy.session import admission, flow, login, pgcompat, tls, tracking
 from heliosproxy.session.admin import AdminSession
 from heliosproxy.session.context import ProxyContext
 from heliosproxy.session.core import ClientSession
@@ -493,7 +493,7 @@ class ClientProtocol(asyncio.Protocol):
         """Apply this client's startup settings on a server connection, as a server applies a
         startup packet's: a value it refuses fails the login with its SQLSTATE and message.
         Returns the ParameterStatus values the server then reports (in its own spelling)."""
-        sql = self.s._sync_settings_sql(conn)
+        sql = tracking.sync_settings_sql(self.s, conn)
         if sql:
             try:
                 await conn.query(sql)

@@ -19,17 +19,28 @@ from heliosproxy.plugins import hooks
 from heliosproxy.pool.pool import Pool, PoolWait
 from heliosproxy.protocol import codes, messages
 from heliosproxy.protocol.encodings import python_codec
-from heliosproxy.protocol.frontend import FAIL_BIND, STATEMENT, Msg, header_error, names_in
-from heliosproxy.protocol.frontend import decode as decode_msg
+from heliosproxy.protocol.frontend import FAIL_BIND, Msg, header_error, names_in
 from heliosproxy.protocol.scan import ERROR_SEEN, ReplyScanner
 from heliosproxy.routing.consistency import SessionReads, error_sqlstate
 from heliosproxy.routing.decide import decide
 from heliosproxy.routing.router import Target
-from heliosproxy.session import accounting, flow, local, login, pgcompat, pidmap, replay, resultcache, traffic
+from heliosproxy.session import (
+    accounting,
+    extended,
+    flow,
+    local,
+    login,
+    pgcompat,
+    pidmap,
+    replay,
+    resultcache,
+    tracking,
+    traffic,
+)
 from heliosproxy.session import settings as settings_mod
 from heliosproxy.session.admin import AdminSession
 from heliosproxy.session.context import ProxyContext
-from heliosproxy.session.prepared import Statement, server_name
+from heliosproxy.session.prepared import Statement
 from heliosproxy.session.relay import (
     ABORTED,
     FATAL_SEVERITY,
@@ -43,7 +54,6 @@ from heliosproxy.session.state import AUTH, CLOSED, LOGIN, READY, STARTUP, Infli
 from heliosproxy.sql.classify import (
     DATABASE_DDL,
     Effect,
-    Setting,
     StatementInfo,
     TxControl,
     classify_uncached,
@@ -506,11 +516,11 @@ class ClientSession:
                             self._answer(b"")
                 elif t == codes.F_SYNC or t == codes.F_FLUSH:
                     self.batch.append(Msg(t, msg))
-                    self._on_batch_end(t == codes.F_SYNC)
+                    extended.batch_end(self, t == codes.F_SYNC)
                 elif t == codes.F_FUNCTION_CALL:
                     self._dispatch(Plan(None, msg, None, None, None, True, True))
                 else:
-                    self._on_extended(t, msg)
+                    extended.on_extended(self, t, msg)
                     if len(self.batch) > 10_000:
                         self._violation("too many extended-protocol messages without Sync")
                         return
@@ -528,7 +538,7 @@ class ClientSession:
             # A server runs extended-protocol messages as they arrive: forward what the client has
             # sent so far up to an Execute (the first message with an effect a client can wait
             # for) instead of holding it until a Sync or Flush that may come late.
-            self._on_batch_end(False, partial=True)
+            extended.batch_end(self, False, partial=True)
         if self.stalled is not None and len(buf) > max_size:
             self._pause_reading()
         if self.pending >= cap:
@@ -594,7 +604,7 @@ class ClientSession:
         except HeliosError as exc:
             self._answer_error(exc.sqlstate, exc.message)
             return
-        self._track_effects(info)
+        tracking.track_effects(self, info)
         plan = Plan(target, msg, None, info, qctx, True, not info.read_only)
         if info.statements == 1 and info.kinds[0] in DATABASE_DDL:
             plan.dbs = ddl_databases(sql)
@@ -632,26 +642,6 @@ class ClientSession:
         r = ctx.plugins.route(qctx) if qctx is not None and ctx.plugins.has_route else None
         return decide(ctx.reads, self, info, hints, r, read_only)
 
-    def _track_effects(self, info: StatementInfo) -> None:
-        if info.ddl:
-            self.ctx.schema_epoch += 1  # plans made before it may be stale: prepare afresh
-        if info.calls_unknown and self.ctx.config.pool.strict_isolation:
-            self._pin_for("a function with unknown effects (pool.strict_isolation)")
-        effects = info.effects
-        if not effects:
-            return
-        if effects & Effect.LISTEN:
-            self._listen_pid = True
-        if effects & _TEMP_SCHEMA:
-            self._temp_schema = True
-        if info.pins and not self.pinned and self.txn:
-            self.pinned = True
-            log.debug("client %s pinned to its server connection (%s)", self.peer, ",".join(info.kinds))
-        if effects & Effect.PREPARE and self.txn and not self.pinned:
-            # SQL-level PREPARE lives on one backend: keep it for the session.
-            self.pinned = True
-            log.debug("client %s pinned to its server connection (SQL PREPARE)", self.peer)
-
     # ------------------------------------------------------------------ SET/SHOW helios.*
     # ------------------------------------------------------------------ answers from the proxy itself
     def _answer(self, body: bytes) -> None:
@@ -682,176 +672,6 @@ class ClientSession:
         self._write(body + messages.ready_for_query(status))
 
     # ------------------------------------------------------------------ extended protocol
-    def _on_extended(self, t: int, msg: bytes) -> None:
-        try:
-            m = decode_msg(t, msg, self._codec)
-        except (ValueError, IndexError, UnicodeDecodeError, struct.error) as exc:
-            log.warning("client %s user=%s: malformed %r message: %s", self.peer, self.user, chr(t), exc)
-            self._violation("invalid frontend message format")
-            return
-        self.batch.append(m)
-
-    def _on_batch_end(self, sync: bool, partial: bool = False) -> None:
-        """The client sent Sync or Flush, or stopped sending mid-pipeline (`partial`): judge, route, dispatch."""
-        batch = self.batch
-        self.batch = []
-        if len(batch) == 1 and not partial and self.backend is None and not self.pending:
-            if sync:
-                self._write(messages.ready_for_query(self.tx_status))
-            return
-        ctx = self.ctx
-        plugins = ctx.plugins
-        want_ctx = plugins.has_query_hooks
-        read_only = True
-        any_stmt = False
-        info: StatementInfo | None = None
-        hints: Hints | None = None
-        qctx: hooks.QueryContext | None = None
-        rename = self.txn
-        for i, m in enumerate(batch):
-            t = m.t
-            if t == codes.F_PARSE:
-                name = m.name
-                if name and rename and name in self.statements:
-                    if self.tx_status == codes.TX_FAILED and not _exits_transaction(m.sql):
-                        # A server checks the aborted transaction first.
-                        self._batch_error(batch, "25P02", ABORTED, sync, i)
-                    else:
-                        self._batch_error(batch, "42P05", f'prepared statement "{name}" already exists', sync, i)
-                    return
-                judged = self._judge(name, m.sql, m.tail, m.raw, m.readable)
-                if isinstance(judged, HeliosError):
-                    self._batch_error(batch, judged.sqlstate, judged.message, sync, i)
-                    return
-                st = judged
-                if st.raw is not m.raw:  # rewritten by a plugin
-                    batch[i] = m.with_data(messages.msg(t, messages.cstr(name) + st.raw + b"\x00" + m.tail))
-                if name:
-                    self.statements[name] = st
-                else:
-                    self.unnamed = st
-                batch[i].st = st
-                if st.cached is not None:
-                    local.batch_cached(self, batch, st, sync)
-                    return
-                self._track_effects(st.info)
-            elif t == codes.F_BIND:
-                stmt_name = m.stmt
-                st2 = self.statements.get(stmt_name) if stmt_name else self.unnamed
-                if st2 is None:
-                    read_only = False  # unknown to us: the server answers for it (26000)
-                    continue
-                if st2.generation != plugins.generation:
-                    # The plugin set changed since this statement was judged: judge it again.
-                    again = self._rejudge(st2)
-                    if isinstance(again, HeliosError):
-                        self._batch_error(batch, again.sqlstate, again.message, sync, i)
-                        return
-                    st2 = again
-                m.st = st2
-                if st2.cached is not None:
-                    local.batch_cached(self, batch, st2, sync)
-                    return
-                if st2.info.signal is not None and pidmap.on_batch(
-                    self, batch, st2.info.signal, m.data, m.at, st2.tail, sync, rename
-                ):
-                    return  # pg_cancel_backend/pg_terminate_backend of a PID the proxy issued
-                any_stmt = True
-                info = st2.info
-                if self.compat.statement_mode and pgcompat.refuse_block(self, info):
-                    return
-                read_only = read_only and st2.info.read_only
-                if st2.hints is not None:
-                    hints = st2.hints
-                if want_ctx:
-                    qctx = self._query_ctx(st2.sql, st2.info)
-            elif t == codes.F_CLOSE and rename and m.sub == STATEMENT and m.name:
-                self.statements.pop(m.name, None)  # in order: a Parse of the same name may follow
-            elif t == codes.F_DESCRIBE and m.sub == STATEMENT:
-                st3 = self.statements.get(m.name) if m.name else self.unnamed
-                if st3 is not None and st3.generation != plugins.generation:
-                    again = self._rejudge(st3)
-                    if isinstance(again, HeliosError):
-                        self._batch_error(batch, again.sqlstate, again.message, sync, i)
-                        return
-                    st3 = again
-                m.st = st3
-                if st3 is not None and st3.cached is not None and not any_stmt:
-                    local.batch_cached(self, batch, st3, sync)
-                    return
-        if not any_stmt:
-            # Parse/Describe/Close only: nothing executes, any node that knows the statement will do.
-            read_only = all(m.t != codes.F_EXECUTE for m in batch)
-            if (
-                self.backend is None
-                and not self.pending
-                and rename
-                and not partial
-                and local.local_batch(self, batch, sync)
-            ):
-                return
-        if ctx.cache is not None and resultcache.on_batch(self, batch, info, hints, sync):
-            return  # answered from the result cache; a miss to be cached runs on the primary:
-        if not sync:
-            # The rest of this pipeline goes to the same server, and may write: the primary.
-            read_only = False
-        try:
-            target = self._route(info, hints, qctx, read_only and self.cache_rec is None) if info is not None else None
-        except HeliosError as exc:
-            self._batch_error(batch, exc.sqlstate, exc.message, sync, len(batch))
-            return
-        if ctx.mirror is not None and info is not None:
-            ctx.mirror.offer_batch(self, info, batch)
-        self._dispatch(Plan(target, None, batch, info, qctx, sync, not read_only))
-
-    def _judge(self, name: str, sql: str, tail: bytes, raw: bytes, readable: bool) -> Statement | HeliosError:
-        """A client's Parse: classify it and run pre_query (block, rewrite, cached answer)."""
-        ctx = self.ctx
-        plugins = ctx.plugins
-        sinfo = ctx.classifier.classify(sql) if readable else _UNREADABLE
-        if sinfo.effects and sinfo.effects & _HELIOS:
-            return HeliosError("SET/SHOW helios.* must be sent as a simple query", sqlstate="0A000")
-        verdict: hooks.Cached | None = None
-        text, data = sql, raw
-        if plugins.has_pre_query:
-            res = plugins.pre_query(self._query_ctx(sql, sinfo))
-            if isinstance(res, hooks.Block):
-                return HeliosError(res.reason, sqlstate="42000")
-            if isinstance(res, hooks.Rewrite):
-                text = res.query
-                try:
-                    data = text.encode(self._codec)
-                except UnicodeEncodeError:
-                    return HeliosError("the rewritten query cannot be sent in the client's encoding", sqlstate="22P05")
-                sinfo = ctx.classifier.classify(text)
-            elif isinstance(res, hooks.Cached):
-                verdict = res
-        return Statement(
-            name,
-            text,
-            tail,
-            sinfo,
-            server_name(text, tail, ctx.schema_epoch) if name else "",  # only named ones are renamed
-            parse_hints(text) if "helios:" in text else None,
-            verdict,
-            data,
-            sql if text is not sql else "",
-            plugins.generation,
-            readable,
-        )
-
-    def _rejudge(self, st: Statement) -> Statement | HeliosError:
-        """Judge a prepared statement again for the current plugin set; keep the client's name."""
-        original = st.original or st.sql
-        raw = st.raw if not st.original else original.encode(self._codec, "replace")
-        again = self._judge(st.name, original, st.tail, raw, st.readable)
-        if isinstance(again, Statement):
-            if st.name:
-                self.statements[st.name] = again
-            else:
-                self.unnamed = again
-        return again
-
     def _unrecord(self, batch: list[Msg]) -> None:
         """The client was answered with an error for this batch: the Parses it recorded made no statements."""
         for m in batch:
@@ -1038,7 +858,7 @@ class ClientSession:
         fix: list[Expect] = []
         need_fix = False
         if self.settings != conn.applied:
-            q = self._sync_settings_sql(conn)
+            q = tracking.sync_settings_sql(self, conn)
             if q:
                 out.append(messages.query(q))
                 fix.append(Expect(codes.F_QUERY, HIDE))
@@ -1083,10 +903,10 @@ class ClientSession:
                 out.append(
                     messages.query(settings_mod.readback_sql(rb))
                 )
-                fix.append(Expect(codes.F_QUERY, HIDE, capture=lambda rows: self._adopt(rb, rows, conn)))
+                fix.append(Expect(codes.F_QUERY, HIDE, capture=lambda rows: tracking.adopt(self, rb, rows, conn)))
                 need_fix = True
             else:
-                self._pin_for("set_config() before a Flush")
+                tracking.pin_for(self, "set_config() before a Flush")
         if need_fix or self.slow or self.ctx.plugins.has_post_query or not (plan.sync or flush_only):
             if not self.slow:
                 self.slow = True
@@ -1113,22 +933,6 @@ class ClientSession:
         if not out and self.slow:
             # Everything was synthesized: flush the synthetic answers now.
             self._slow_feed(conn, b"")
-
-    def _forget_failed(self, conn: BackendConnection, server: str, client: str | None) -> None:
-        """A Parse failed on the server: this server does not have it, and the client's Parse that
-        failed (`client`, its name) made no statement. Other names for the same text stay: they
-        were prepared before, as on a direct connection."""
-        conn.prepared.pop(server, None)
-        if client:
-            st = self.statements.get(client)
-            if st is not None and st.server == server:
-                del self.statements[client]
-
-    def _sync_settings_sql(self, conn: BackendConnection) -> str:
-        """One hidden statement that brings the server connection's settings to this session's."""
-        sql = settings_mod.sync_sql(conn.applied, self.settings)
-        conn.applied = dict(self.settings)
-        return sql
 
     # ================================================================== backend → client
     def on_backend_data(self, conn: BackendConnection, data: bytes) -> None:
@@ -1212,7 +1016,7 @@ class ClientSession:
     def reply_error(self, m: bytes, head: Expect | None, index: int) -> None:
         conn = self.backend
         if head is not None and head.kind == codes.F_PARSE and head.data and conn is not None:
-            self._forget_failed(conn, head.data.decode(), head.client)
+            tracking.forget_failed(self, conn, head.data.decode(), head.client)
         if head is not None and head.action == HIDE:
             f = messages.parse_error_fields(m[5:])
             log.warning("client %s: hidden statement failed on %s: %s", self.peer, conn and conn.node, f.get("M"))
@@ -1257,11 +1061,11 @@ class ClientSession:
             resultcache.finish(self, fl, conn, status)
         if fl is not None and fl.info is not None and fl.info.effects:
             if fl.info.effects & _FORGETS and (fl.error is None or fl.info.statements > 1):
-                self._forget(fl.info, conn)
+                tracking.forget(self, fl.info, conn)
             if fl.info.effects & _STATE_EFFECTS and fl.error is None:
-                self._settle(fl.info, conn)
+                tracking.settle(self, fl.info, conn)
         if status == codes.TX_IDLE and self._committed is not None:
-            self._end_transaction(fl, conn, prev)
+            tracking.end_transaction(self, fl, conn, prev)
         if (
             self._listen_pid
             and not self._listening
@@ -1279,7 +1083,7 @@ class ClientSession:
             self.scanner.params = False
             info = fl.info if fl is not None else None
             if info is None or not (info.effects & _REPORTING or info.tx is not None):
-                self._pin_for("the server reported a parameter change the proxy did not make")
+                tracking.pin_for(self, "the server reported a parameter change the proxy did not make")
         if (
             fl is not None
             and fl.target is None
@@ -1304,86 +1108,6 @@ class ClientSession:
             self._call_soon(self._resume_stalled, plan)
         if self.held_paused:
             flow.drained(self)  # fewer statements in flight: maybe read the client again
-
-    def _forget(self, info: StatementInfo, conn: BackendConnection) -> None:
-        """DEALLOCATE / DISCARD ALL ran on the server (a failed one changed nothing): forget what it dropped.
-        A query string of several statements that failed may have run it before its error: assumed so."""
-        if info.effects & Effect.DISCARD or None in info.deallocate:
-            conn.prepared.clear()  # shared statements too: the server no longer has them
-            self.statements.clear()
-            self.unnamed = None
-            if info.effects & Effect.DISCARD:
-                conn.applied = {}
-            return
-        for target in info.deallocate:
-            if target is not None:
-                self.statements.pop(target, None)
-
-    def _settle(self, info: StatementInfo, conn: BackendConnection) -> None:
-        self._settle_settings(info.effects, info.settings, conn)
-
-    def _settle_settings(self, effects: int, changes: tuple[Setting, ...], conn: BackendConnection) -> None:
-        """The server accepted a statement that changes session settings: record what it did.
-
-        Both the session's view and the server connection's are updated; inside a transaction
-        the state before it is kept so that a rollback can restore both."""
-        if self._committed is None:
-            self._committed = dict(self.settings)
-            self._applied_base = dict(conn.applied)
-        if effects & Effect.DISCARD:
-            settings_mod.discard_all(self.settings, conn.applied, self.startup_settings)
-            self.statements.clear()
-            self.unnamed = None
-            if self.pinned and not self._temp_schema:
-                # Nothing is left on the server that the client must keep (its temp schema, if
-                # it made one, outlives DISCARD ALL: then it keeps that server, as direct).
-                self.pinned = False
-                log.debug("client %s unpinned (DISCARD ALL)", self.peer)
-        settings_mod.apply(self.settings, conn.applied, self.startup_settings, changes)
-        self._set_codec()
-
-    def _adopt(self, names: tuple[str, ...], rows: list[list[str | None]] | None, conn: BackendConnection) -> None:
-        """Values of settings read back after a statement that may have changed them (READBACK)."""
-        if not rows or conn is not self.backend:
-            return  # the readback failed (an aborted transaction: it will roll back anyway)
-        changes: list[Setting] = []
-        for name, value in zip(names, rows[0], strict=False):
-            if value is None:
-                if name in self.settings:
-                    changes.append((name, None, False))
-            elif self.settings.get(name) != value:
-                changes.append((name, value, False))
-        if not changes:
-            return
-        in_tx = conn.tx_status != codes.TX_IDLE
-        self._settle_settings(Effect.SET, tuple(changes), conn)
-        if not in_tx:
-            self._committed = None  # autocommit: it is already committed
-            self._applied_base = None
-
-    def _end_transaction(self, fl: Inflight | None, conn: BackendConnection, prev: int) -> None:
-        """A transaction (explicit or implicit) with setting changes ended: keep them or undo them."""
-        info = fl.info if fl is not None else None
-        if fl is not None and fl.error is not None:
-            committed = False
-        elif prev == codes.TX_FAILED:
-            committed = False  # COMMIT of a failed transaction is a ROLLBACK
-        elif prev == codes.TX_IN_BLOCK:
-            committed = info is None or info.tx is not TxControl.ROLLBACK
-        else:
-            committed = True
-        if not committed:
-            assert self._applied_base is not None and self._committed is not None
-            self.settings = self._committed
-            conn.applied = self._applied_base
-            self._set_codec()
-        self._committed = None
-        self._applied_base = None
-
-    def _pin_for(self, reason: str) -> None:
-        if not self.pinned and self.txn:
-            self.pinned = True
-            log.debug("client %s pinned to its server connection (%s)", self.peer, reason)
 
     def _release_hold(self) -> None:
         hold = self.hold

@@ -13,6 +13,7 @@ from heliosproxy.config.schema import DatabaseRoute, PoolMode
 from heliosproxy.errors import HeliosError
 from heliosproxy.protocol import codes, messages
 from heliosproxy.protocol.frontend import STATEMENT
+from heliosproxy.session import tracking
 from heliosproxy.session.state import READY, Plan
 from heliosproxy.sql import sessionstate
 from heliosproxy.sql.classify import Effect, StatementInfo
@@ -357,7 +358,7 @@ class Moves:
         s = self.s
         codec = s._codec
         steps: list[tuple[str, str | None, bytes]] = []  # (what, name, messages ending in one ReadyForQuery)
-        sql = s._sync_settings_sql(conn)
+        sql = tracking.sync_settings_sql(s, conn)
         if sql:
             steps.append(("settings", None, messages.query(sql)))
         # Under the session's current settings: PostgreSQL itself parses a prepared statement again under

@@ -18,7 +18,7 @@ from heliosproxy.config.schema import Config, PoolMode
 from heliosproxy.errors import BackendAuthError, HeliosError
 from heliosproxy.protocol import codes, messages
 from heliosproxy.protocol.frontend import Msg
-from heliosproxy.session import resultcache
+from heliosproxy.session import resultcache, tracking
 from heliosproxy.session.move import Moves, NoServerError, acquire_until
 from heliosproxy.session.relay import ASYNC as _ASYNC
 from heliosproxy.session.relay import HIDE, Expect
@@ -970,7 +970,7 @@ class Replay:
             s.slow = True
             s.relay.reset()
         if s.settings != conn.applied:
-            q = s._sync_settings_sql(conn)  # outside the hidden transaction: a rollback must not undo it
+            q = tracking.sync_settings_sql(s, conn)  # outside the hidden transaction: a rollback must not undo it
             if q:
                 conn.write(messages.query(q))
                 s.expect.append(Expect(codes.F_QUERY, HIDE))
