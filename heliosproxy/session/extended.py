@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Final
 from heliosproxy.errors import HeliosError
 from heliosproxy.plugins import hooks
 from heliosproxy.protocol import codes, messages
-from heliosproxy.protocol.frontend import STATEMENT
+from heliosproxy.protocol.frontend import STATEMENT, Msg
 from heliosproxy.protocol.frontend import decode as decode_msg
 from heliosproxy.session import local, pgcompat, pidmap, resultcache, tracking
 from heliosproxy.session.prepared import Statement, server_name
@@ -97,12 +97,9 @@ def batch_end(s: ClientSession, sync: bool, partial: bool = False) -> None:
                 read_only = False  # unknown to us: the server answers for it (26000)
                 continue
             if st2.generation != plugins.generation:
-                # The plugin set changed since this statement was judged: judge it again.
-                again = rejudge(s, st2)
-                if isinstance(again, HeliosError):
-                    s._batch_error(batch, again.sqlstate, again.message, sync, i)
+                st2 = _judged_now(s, st2, batch, sync, i)
+                if st2 is None:
                     return
-                st2 = again
             m.st = st2
             if st2.cached is not None:
                 local.batch_cached(s, batch, st2, sync)
@@ -125,11 +122,9 @@ def batch_end(s: ClientSession, sync: bool, partial: bool = False) -> None:
         elif t == codes.F_DESCRIBE and m.sub == STATEMENT:
             st3 = s.statements.get(m.name) if m.name else s.unnamed
             if st3 is not None and st3.generation != plugins.generation:
-                again = rejudge(s, st3)
-                if isinstance(again, HeliosError):
-                    s._batch_error(batch, again.sqlstate, again.message, sync, i)
+                st3 = _judged_now(s, st3, batch, sync, i)
+                if st3 is None:
                     return
-                st3 = again
             m.st = st3
             if st3 is not None and st3.cached is not None and not any_stmt:
                 local.batch_cached(s, batch, st3, sync)
@@ -195,6 +190,15 @@ def judge(s: ClientSession, name: str, sql: str, tail: bytes, raw: bytes, readab
         plugins.generation,
         readable,
     )
+
+
+def _judged_now(s: ClientSession, st: Statement, batch: list[Msg], sync: bool, at: int) -> Statement | None:
+    """The plugin set changed since `st` was judged: judge it again. None: now refused (the batch was answered)."""
+    again = rejudge(s, st)
+    if isinstance(again, HeliosError):
+        s._batch_error(batch, again.sqlstate, again.message, sync, at)
+        return None
+    return again
 
 
 def rejudge(s: ClientSession, st: Statement) -> Statement | HeliosError:

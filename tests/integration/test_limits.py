@@ -7,6 +7,7 @@ import contextlib
 import errno
 import select
 import socket
+import statistics
 import struct
 import threading
 import time
@@ -199,7 +200,10 @@ def test_clients_flooding_without_reading_are_bounded(proxy_factory: ProxyFactor
     assert len(sent) == 4 and max(sent) < 60 * MiB, sent
     assert growth < 32 * MiB, f"proxy RSS grew {growth / MiB:.1f} MiB (baseline {baseline / MiB:.1f} MiB)"
     ms = [round(x * 1000) for x in latencies]
-    assert max(latencies) < 0.1, f"other clients' login + query took up to {max(ms)} ms: {ms}"
+    # Not starved: the flooders' sessions never hold up the event loop for others (a starved login waits seconds,
+    # up to connect_timeout); the bounds leave room for a loaded machine (one CI run saw 138 ms once at load 10).
+    assert statistics.median(latencies) < 0.1, f"other clients' login + query took {ms} ms"
+    assert max(latencies) < 1.0, f"other clients' login + query took up to {max(ms)} ms: {ms}"
     for s in socks:
         with contextlib.suppress(OSError):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
