@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from json.encoder import encode_basestring as _str  # the C escaper json itself uses (ensure_ascii=False)
@@ -14,6 +15,19 @@ _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 def _opt(value: str | None) -> str:
     return "null" if value is None else _str(value)
+
+
+def _attrs_json(attrs: dict[str, str]) -> str:
+    """`attrs` as compact JSON, byte for byte what json.dumps gives: a str -> str map is joined directly
+    (the generic encoder builds an encoder object per call: 3x the cost for the usual one or two keys)."""
+    if not attrs:
+        return "{}"
+    parts: list[str] = []
+    for k, v in attrs.items():
+        if type(k) is not str or type(v) is not str:
+            return _encode(attrs)
+        parts.append(f"{_str(k)}:{_str(v)}")
+    return "{" + ",".join(parts) + "}"
 
 
 class HookType(StrEnum):
@@ -101,6 +115,7 @@ class HookContext:
     database: str | None = None
     branch: str | None = None
     attributes: dict[str, str] = field(default_factory=dict)
+    _tail: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -118,32 +133,59 @@ class HookContext:
     def json_text(self) -> str:
         """`to_dict()` as compact JSON text, byte for byte what json.dumps gives, built directly
         (a statement's context is encoded on the hot path; the generic encoder costs ~3x more)."""
-        attrs = self.attributes
         return (
             f'{{"request_id":{_str(self.request_id)},"client_id":{_opt(self.client_id)},'
             f'"identity":{_opt(self.identity)},"database":{_opt(self.database)},'
-            f'"branch":{_opt(self.branch)},"attributes":{_encode(attrs) if attrs else "{}"}}}'
+            f'"branch":{_opt(self.branch)},"attributes":{_attrs_json(self.attributes)}}}'
         )
+
+    def tail_json(self) -> str:
+        """The JSON text of `to_dict()` after its request_id member (`,"client_id":…}`), cached.
+
+        For a session's one long-lived HookContext, whose statements each carry their own
+        request_id (QueryContext.request_id): the cache holds until invalidate(), which the
+        session calls whenever it changes a field or the attributes (SET helios.*)."""
+        tail = self._tail
+        if tail is None:
+            tail = self._tail = (
+                f',"client_id":{_opt(self.client_id)},"identity":{_opt(self.identity)},'
+                f'"database":{_opt(self.database)},"branch":{_opt(self.branch)},'
+                f'"attributes":{_attrs_json(self.attributes)}}}'
+            )
+        return tail
+
+    def invalidate(self) -> None:
+        """Forget the cached tail_json() (a field or an attribute changed)."""
+        self._tail = None
 
 
 @dataclass(slots=True)
 class QueryContext:
-    """One statement's context; its JSON is encoded once and shared by every hook and plugin."""
+    """One statement's context; its JSON is encoded once and shared by every hook and plugin.
+
+    Two ways to give the hook context: a HookContext of the statement's own (its request_id is
+    the statement's), or the session's shared HookContext plus `request_id`: then the JSON is
+    this statement's request_id followed by the shared context's cached `tail_json()`, read when
+    the JSON is first encoded (right away when a pre_query or route plugin runs)."""
 
     query: str
     normalized: str = ""
-    tables: list[str] = field(default_factory=list)
+    tables: Sequence[str] = field(default_factory=list)
     is_read_only: bool = False
     hook_context: HookContext = field(default_factory=HookContext)
+    request_id: str | None = None
     _json: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
+        hook = self.hook_context.to_dict()
+        if self.request_id is not None:
+            hook["request_id"] = self.request_id
         return {
             "query": self.query,
             "normalized": self.normalized,
-            "tables": self.tables,
+            "tables": list(self.tables),
             "is_read_only": self.is_read_only,
-            "hook_context": self.hook_context.to_dict(),
+            "hook_context": hook,
         }
 
     def to_json(self) -> bytes:
@@ -151,11 +193,21 @@ class QueryContext:
         data = self._json
         if data is None:
             tables = self.tables
+            hc = self.hook_context
+            rid = self.request_id
+            if rid is None:
+                hook = (
+                    f'{{"request_id":{_str(hc.request_id)},"client_id":{_opt(hc.client_id)},'
+                    f'"identity":{_opt(hc.identity)},"database":{_opt(hc.database)},'
+                    f'"branch":{_opt(hc.branch)},"attributes":{_attrs_json(hc.attributes)}}}'
+                )
+            else:
+                hook = f'{{"request_id":{_str(rid)}{hc.tail_json()}'
             data = self._json = (
                 f'{{"query":{_str(self.query)},"normalized":{_str(self.normalized)},'
                 f'"tables":[{",".join(map(_str, tables)) if tables else ""}],'
                 f'"is_read_only":{"true" if self.is_read_only else "false"},'
-                f'"hook_context":{self.hook_context.json_text()}}}'
+                f'"hook_context":{hook}}}'
             ).encode()
         return data
 

@@ -327,8 +327,8 @@ class WasmInstance:
         self._dealloc = ctypes.addressof(dealloc._func)
         self._args = (_ValRaw * 2)()
         self._argp = ctypes.addressof(self._args)
-        self._a0 = self._args[0]
-        self._a1 = self._args[1]
+        # The same two slots as four 64-bit words: slot k is words[2 * k] (cheaper than union fields).
+        self._words = (ctypes.c_uint64 * 4).from_buffer(self._args)
         self._trap = ctypes.c_void_p()
         self._trapp = ctypes.addressof(self._trap)
         self._base = 0
@@ -344,6 +344,7 @@ class WasmInstance:
                 self._generic[name] = f
                 sig = compiled.export_sig(name)
                 self.exports[name] = (ctypes.addressof(f._func), bool(sig and sig[1]))
+        self.callers: dict[str, Callable[[bytes], bytes | None]] = {name: self._bind(name) for name in self.exports}
         version = self._call_abi_version(abi)
         if version != ABI_VERSION:
             raise PluginLoadError(f"unsupported plugin ABI version {version} (this host speaks ABI v{ABI_VERSION})")
@@ -480,55 +481,72 @@ class WasmInstance:
 
     def call(self, name: str, data: bytes) -> bytes | None:
         """Fast path: JSON bytes in, JSON bytes out (None = the hook's default)."""
+        return self.callers[name](data)
+
+    def _bind(self, name: str) -> Callable[[bytes], bytes | None]:
+        """The fast round trip of export `name` as a closure over everything it touches.
+
+        Per call: set the fuel, re-arm the deadline when an epoch tick passed, alloc(len), one
+        memmove into linear memory, the export, (copy out and dealloc the answer,) dealloc the input.
+        The arguments and results go through one 16-byte ValRaw slot each, written and read as
+        unsigned 64-bit words (an i32 argument is the low half: wasm ignores the rest)."""
         addr, returns = self.exports[name]
-        ctx = self._ctx
-        call = _CALL
-        argp, trapp, a0, a1, trap = self._argp, self._trapp, self._a0, self._a1, self._trap
-        _SET_FUEL(ctx, self.fuel)
-        epoch = self.runtime.epoch
-        if epoch != self._armed_epoch:  # the deadline (ticks + 1 of slack) is still current
-            _SET_DEADLINE(ctx, self.ticks)
-            self._armed_epoch = epoch
-        n = len(data)
-        a0.i32 = n
-        err = call(ctx, self._alloc, argp, 1, trapp)
-        if err or trap.value:
-            raise self._fail(err, "alloc")
-        p = a0.i32 & 0xFFFFFFFF
-        if p + n > self._size:
-            self._refresh()
-            if p + n > self._size or p == 0:
-                raise PluginError("bad_pointer", f"alloc({n}) returned {p}, outside linear memory")
-        _memmove(self._base + p, data, n)
-        a0.i32 = p
-        a1.i32 = n
-        err = call(ctx, addr, argp, 2, trapp)
-        if err or trap.value:
-            raise self._fail(err, name)
-        out = None
-        if returns:
-            r = a0.i64 & 0xFFFFFFFFFFFFFFFF
-            if r:
-                op, ol = r >> 32, r & 0xFFFFFFFF
-                if op + ol > self._size:
-                    self._refresh()
-                    if op + ol > self._size:
-                        raise PluginError(
-                            "bad_pointer",
-                            f"{name} returned ptr={op} len={ol}, outside linear memory",
-                        )
-                out = _string_at(self._base + op, ol)
-                a0.i32 = op
-                a1.i32 = ol
-                err = call(ctx, self._dealloc, argp, 2, trapp)
-                if err or trap.value:
-                    raise self._fail(err, "dealloc")
-        a0.i32 = p
-        a1.i32 = n
-        err = call(ctx, self._dealloc, argp, 2, trapp)
-        if err or trap.value:
-            raise self._fail(err, "dealloc")
-        return out
+        ctx, fuel, ticks, runtime = self._ctx, self.fuel, self.ticks, self.runtime
+        alloc, dealloc = self._alloc, self._dealloc
+        call, set_fuel, set_deadline = _CALL, _SET_FUEL, _SET_DEADLINE
+        memmove, string_at = _memmove, _string_at
+        argp, trapp, trap = self._argp, self._trapp, self._trap
+        words = self._words
+        inst = self
+
+        def fast(data: bytes) -> bytes | None:
+            set_fuel(ctx, fuel)
+            epoch = runtime.epoch
+            if epoch != inst._armed_epoch:  # the deadline (ticks + 1 of slack) is still current
+                set_deadline(ctx, ticks)
+                inst._armed_epoch = epoch
+            n = len(data)
+            words[0] = n
+            err = call(ctx, alloc, argp, 1, trapp)
+            if err or trap.value:
+                raise inst._fail(err, "alloc")
+            p = words[0] & 0xFFFFFFFF
+            if p + n > inst._size:
+                inst._refresh()
+                if p + n > inst._size or p == 0:
+                    raise PluginError("bad_pointer", f"alloc({n}) returned {p}, outside linear memory")
+            memmove(inst._base + p, data, n)
+            words[0] = p
+            words[2] = n
+            err = call(ctx, addr, argp, 2, trapp)
+            if err or trap.value:
+                raise inst._fail(err, name)
+            out = None
+            if returns:
+                r = words[0]
+                if r:
+                    op, ol = r >> 32, r & 0xFFFFFFFF
+                    if op + ol > inst._size:
+                        inst._refresh()
+                        if op + ol > inst._size:
+                            raise PluginError(
+                                "bad_pointer",
+                                f"{name} returned ptr={op} len={ol}, outside linear memory",
+                            )
+                    out = string_at(inst._base + op, ol)
+                    words[0] = op
+                    words[2] = ol
+                    err = call(ctx, dealloc, argp, 2, trapp)
+                    if err or trap.value:
+                        raise inst._fail(err, "dealloc")
+            words[0] = p
+            words[2] = n
+            err = call(ctx, dealloc, argp, 2, trapp)
+            if err or trap.value:
+                raise inst._fail(err, "dealloc")
+            return out
+
+        return fast
 
     def call_generic(self, name: str, data: bytes) -> bytes | None:
         """The same round trip through wasmtime-py's public API (slow; for comparison)."""

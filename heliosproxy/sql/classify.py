@@ -6,7 +6,6 @@ import enum
 import functools
 import json
 import re
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -817,11 +816,11 @@ _UNKNOWN: Final = _unparseable("\x00unknown pre-key")  # a sentinel, compared by
 
 def literal_prekey(sql: str) -> bytes | None:
     """`sql` with its ASCII digits replaced by \x01 (UTF-8 bytes); None if it has none or has \x01."""
+    if "\x01" in sql:  # (on the str: `b"\x01" in raw` costs 8x more; UTF-8 has 0x01 only for U+0001)
+        return None
     try:
         raw = sql.encode()
     except UnicodeEncodeError:  # lone surrogates: let normalize() decide
-        return None
-    if b"\x01" in raw:
         return None
     key = raw.translate(_DIGIT_MARKS)
     return key if key != raw else None
@@ -899,10 +898,72 @@ class ClassifierStats:
     prekey_hits: int = 0  # the part of fingerprint_hits answered by the literal pre-key (no normalize())
 
 
-class Classifier:
-    """Cached classifier: exact text LRU, then normalized-text LRU, then a parse.
+class _Recent:
+    """An approximate LRU of at most `size` keys (2 at least): two generations of plain dicts.
 
-    The second level ("fingerprint hits") is keyed by pglast's normalize() text (constants
+    A lookup probes the young generation, then the old one (a hit there is copied into the young
+    one); an insertion goes into the young one, and once that is full it becomes the old one and the
+    previous old one is dropped whole. The young one takes half of `size`, then the other half, in
+    turn, so the two never hold more than `size` keys. A key used at least once per `size // 2`
+    insertions is never evicted; a hit costs one plain dict probe and reorders nothing (an
+    OrderedDict LRU costs a probe and a `move_to_end` per hit and a `popitem` per insertion once
+    full: in compiled code those are generic method calls, the plain dict's are inlined C calls).
+    """
+
+    __slots__ = ("old", "room", "size", "young")
+
+    def __init__(self, size: int) -> None:
+        self.size = max(2, size)
+        self.room = (self.size + 1) // 2  # keys the young generation takes before it turns old
+        self.young: dict[Any, StatementInfo | None] = {}
+        self.old: dict[Any, StatementInfo | None] = {}
+
+    def get(self, key: Any, default: StatementInfo | None = None) -> StatementInfo | None:
+        """The value of `key`, or `default` (values may be None: pass a sentinel to tell)."""
+        value = self.young.get(key, _UNKNOWN)
+        if value is not _UNKNOWN:
+            return value
+        value = self.old.get(key, _UNKNOWN)
+        if value is not _UNKNOWN:
+            self.put(key, value)  # used again: survives the next turn
+            return value
+        return default
+
+    def touch(self, key: Any) -> None:
+        """Mark `key` as used (if held)."""
+        if key not in self.young:
+            value = self.old.get(key, _UNKNOWN)
+            if value is not _UNKNOWN:
+                self.put(key, value)
+
+    def put(self, key: Any, value: StatementInfo | None) -> None:
+        young = self.young
+        if len(young) >= self.room and key not in young:
+            self.old = young
+            young = self.young = {}
+            half = (self.size + 1) // 2
+            self.room = min(half, self.size - len(self.old))
+        young[key] = value
+
+    def snapshot(self) -> dict[Any, StatementInfo | None]:
+        """Every held key and its value (tests, introspection)."""
+        out = dict(self.old)
+        out.update(self.young)
+        return out
+
+    def __len__(self) -> int:
+        return len(self.snapshot())
+
+    def clear(self) -> None:
+        self.young = {}
+        self.old = {}
+        self.room = (self.size + 1) // 2
+
+
+class Classifier:
+    """Cached classifier: exact-text cache, literal pre-key, normalized-text cache, then a parse.
+
+    The normalized-text level ("fingerprint hits") is keyed by pglast's normalize() text (constants
     replaced by $n) rather than by fingerprint(): the fingerprint ignores schema names and
     aliases (`SELECT a FROM s.t` and `FROM r.t` share one), so it cannot stand for the tables
     or schema-qualified function names, while normalize() keeps everything but literal values,
@@ -910,9 +971,13 @@ class Classifier:
     therefore miss that level. Records that depend on literal values (any SET/RESET/SHOW
     helios.*, BEGIN with options, EXPLAIN (ANALYZE x)) are never
     stored there, so each new text of those is parsed.
-    Before normalize(), a miss of the exact-text LRU tries the literal pre-key LRU (see
+    Before normalize(), a miss of the exact-text cache tries the literal pre-key cache (see
     `literal_prekey`): texts that differ from a verified one only in integer values (same widths)
     are answered with its record without calling pglast; these count as fingerprint hits too.
+    A text the pre-key answers is not stored by its exact text: clients that inline literals
+    (pgbench -M simple) send a new text per statement, which would only push reusable entries out,
+    and the pre-key answers that text again for one more probe.
+    Each level holds at most `cache_size` keys, evicted about least recently used (`_Recent`).
     `stats`: exact_hits, fingerprint_hits (second-level hits), parses, prekey_hits (the part of
     fingerprint_hits answered by the pre-key).
     """
@@ -922,21 +987,19 @@ class Classifier:
     def __init__(self, cache_size: int = 10_000, write_functions: Iterable[str] = DEFAULT_WRITE_FUNCTIONS) -> None:
         self._size = max(1, int(cache_size))
         self._wf = _WriteFunctions(write_functions)
-        self._by_text: OrderedDict[str, StatementInfo] = OrderedDict()
-        self._by_norm: OrderedDict[str, StatementInfo] = OrderedDict()
-        # literal_prekey → record; None: that key's texts have digits that are not int4 constants
-        self._by_pre: OrderedDict[bytes, StatementInfo | None] = OrderedDict()
+        self._by_text = _Recent(self._size)  # text -> record
+        self._by_norm = _Recent(self._size)  # normalize() text -> record
+        # literal_prekey -> record; None: that key's texts have digits that are not int4 constants
+        self._by_pre = _Recent(self._size)
         self.stats = ClassifierStats()
 
     def cache_sizes(self) -> tuple[int, int]:
-        """(entries in the exact-text LRU, entries in the normalized-text LRU)."""
+        """(entries in the exact-text cache, entries in the normalized-text cache)."""
         return len(self._by_text), len(self._by_norm)
 
     def classify(self, sql: str) -> StatementInfo:
-        by_text = self._by_text
-        info = by_text.get(sql)
+        info = self._by_text.get(sql)
         if info is not None:
-            by_text.move_to_end(sql)
             self.stats.exact_hits += 1
             return info
         return self._miss(sql)
@@ -944,48 +1007,35 @@ class Classifier:
     def _miss(self, sql: str) -> StatementInfo:
         key = literal_prekey(sql)
         if key is not None:
-            by_pre = self._by_pre
-            shaped = by_pre.get(key, _UNKNOWN)
+            shaped = self._by_pre.get(key, _UNKNOWN)
             if shaped is None:  # this key's digits are not all int4 constants: no pre-key
-                by_pre.move_to_end(key)
                 key = None
             elif shaped is not _UNKNOWN:
-                by_pre.move_to_end(key)
-                by_norm = self._by_norm
-                if shaped.normalized in by_norm:  # keep the two literal-independent LRUs in step
-                    by_norm.move_to_end(shaped.normalized)
+                self._by_norm.touch(shaped.normalized)  # keep the two literal-independent levels in step
                 stats = self.stats
                 stats.fingerprint_hits += 1
                 stats.prekey_hits += 1
-                self._remember(self._by_text, sql, shaped)
                 return shaped
         try:
             normalized: str | None = _pg.normalize(sql)
         except Exception:
             normalized = None
         if normalized is not None:
-            by_norm = self._by_norm
-            shaped = by_norm.get(normalized)
+            shaped = self._by_norm.get(normalized)
             if shaped is not None:
-                by_norm.move_to_end(normalized)
                 self.stats.fingerprint_hits += 1
-                self._remember(self._by_text, sql, shaped)
+                self._by_text.put(sql, shaped)
                 if key is not None:
-                    self._remember(self._by_pre, key, shaped if _prekey_agrees(key, normalized) else None)
+                    self._by_pre.put(key, shaped if _prekey_agrees(key, normalized) else None)
                 return shaped
         self.stats.parses += 1
         info, reusable = _analyze(sql, sql if normalized is None else normalized, self._wf)
-        self._remember(self._by_text, sql, info)
+        self._by_text.put(sql, info)
         if reusable and normalized is not None:
-            self._remember(self._by_norm, normalized, info)
+            self._by_norm.put(normalized, info)
             if key is not None:
-                self._remember(self._by_pre, key, info if _prekey_agrees(key, normalized) else None)
+                self._by_pre.put(key, info if _prekey_agrees(key, normalized) else None)
         return info
-
-    def _remember(self, cache: OrderedDict[Any, Any], key: Any, info: StatementInfo | None) -> None:
-        cache[key] = info
-        if len(cache) > self._size:
-            cache.popitem(last=False)
 
     def clear(self) -> None:
         self._by_text.clear()

@@ -60,6 +60,30 @@ def test_context_json_is_what_json_dumps_gives(
     assert ctx.to_json() == expected
     assert json.loads(ctx.to_json()) == ctx.to_dict()
     assert hc.to_json() == json.dumps(hc.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
+    # The session's shared HookContext with this statement's request_id: the same bytes.
+    shared = HookContext("login", client_id, identity, database, branch, attributes)
+    shared.tail_json()  # cached before: the statement's JSON reuses it
+    ctx2 = QueryContext(query, normalized, tuple(tables), read_only, shared, request_id)
+    assert ctx2.to_json() == expected
+    assert ctx2.to_dict() == ctx.to_dict()
+
+
+def test_shared_hook_context_tail_is_cached_until_invalidated() -> None:
+    shared = HookContext("", "c1", "alice", "app", None, {"tenant": "acme"})
+    a = QueryContext("SELECT 1", "SELECT $1", ("t",), True, shared, "c1-1")
+    assert json.loads(a.to_json())["hook_context"] == {
+        "request_id": "c1-1", "client_id": "c1", "identity": "alice", "database": "app", "branch": None,
+        "attributes": {"tenant": "acme"},
+    }
+    shared.attributes["tenant"] = "other"  # what SET helios.tenant does to the session's dict
+    shared.branch = "b1"
+    b = QueryContext("SELECT 2", "SELECT $1", ("t",), True, shared, "c1-2")
+    assert json.loads(b.to_json())["hook_context"]["attributes"] == {"tenant": "acme"}  # cached: stale
+    shared.invalidate()
+    c = QueryContext("SELECT 3", "SELECT $1", ("t",), True, shared, "c1-3")
+    hook = json.loads(c.to_json())["hook_context"]
+    assert (hook["request_id"], hook["branch"], hook["attributes"]) == ("c1-3", "b1", {"tenant": "other"})
+    assert json.loads(a.to_json())["hook_context"]["request_id"] == "c1-1"  # each statement's JSON is its own
 
 
 def test_context_json_examples() -> None:
