@@ -616,23 +616,14 @@ class ClientSession:
         self._codec = python_codec(self.settings.get("client_encoding"))
 
     def _query_ctx(self, sql: str, info: StatementInfo) -> hooks.QueryContext:
+        """A statement's plugin context: the session's one HookContext (its JSON encoded once, see
+        local.helios_statement) with this statement's request id."""
         self.request_seq += 1
-        base = self.hook_ctx or self._make_hook_ctx()
-        hc = hooks.HookContext(
-            request_id=f"{self.client_id}-{self.request_seq}",
-            client_id=base.client_id,
-            identity=base.identity,
-            database=base.database,
-            branch=self.branch_pref,
-            attributes=base.attributes,
-        )
-        return hooks.QueryContext(
-            query=sql,
-            normalized=info.normalized,
-            tables=list(info.tables),
-            is_read_only=info.read_only,
-            hook_context=hc,
-        )
+        hc = self.hook_ctx
+        if hc is None:
+            hc = self.hook_ctx = self._make_hook_ctx()
+        return hooks.QueryContext(sql, info.normalized, info.tables, info.read_only, hc,
+                                  f"{self.client_id}-{self.request_seq}")
 
     def _route(
         self, info: StatementInfo, hints: Hints | None, qctx: hooks.QueryContext | None, read_only: bool

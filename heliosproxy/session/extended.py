@@ -115,7 +115,7 @@ def batch_end(s: ClientSession, sync: bool, partial: bool = False) -> None:
             read_only = read_only and st2.info.read_only
             if st2.hints is not None:
                 hints = st2.hints
-            if want_ctx:
+            if want_ctx and (plugins.has_route or plugins.has_post_query):  # pre_query ran at its Parse
                 qctx = s._query_ctx(st2.sql, st2.info)
         elif t == codes.F_CLOSE and rename and m.sub == STATEMENT and m.name:
             s.statements.pop(m.name, None)  # in order: a Parse of the same name may follow

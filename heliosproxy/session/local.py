@@ -55,6 +55,10 @@ def helios_statement(s: ClientSession, info: StatementInfo, sql: str) -> None:
     except HeliosError as exc:
         s._answer_error(exc.sqlstate, exc.message)
         return
+    hc = s.hook_ctx
+    if hc is not None:  # the session's plugin context changed: its cached JSON too
+        hc.branch = s.branch_pref
+        hc.invalidate()
     tag = "RESET" if sql.lstrip().upper().startswith("RESET") else "SET"
     s._answer(messages.command_complete(tag))
 
