@@ -48,6 +48,7 @@ class BackendConnection(asyncio.Protocol):
         self.user = user
         self.database = database
         self.transport: asyncio.Transport | None = None
+        self._send: Callable[[bytes], None] | None = None  # transport.write, looked up once
         self.owner: BackendOwner | None = None
         self.pid = 0
         self.secret_key = 0
@@ -73,7 +74,8 @@ class BackendConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
+        self.transport = t = cast(asyncio.Transport, transport)
+        self._send = t.write
 
     def data_received(self, data: bytes) -> None:
         owner = self.owner
@@ -142,8 +144,9 @@ class BackendConnection(asyncio.Protocol):
         self.last_used = now or time.monotonic()
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.write(data)
+        send = self._send
+        if send is not None and not self.closed:
+            send(data)  # the transport's bound method: no attribute look-up per write
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
