@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 from typing import TYPE_CHECKING, Final
 
 from heliosproxy.protocol import codes, messages
@@ -34,6 +33,13 @@ def bind_msg(data: bytes, at: int, st: Statement) -> bytes:
 _PASS: Final = [Expect(t) for t in range(256)]
 
 
+def _touch(prepared: dict[str, None], name: str) -> None:
+    """Mark a statement used: to the end of the LRU order (a plain dict keeps insertion order; compiled, its
+    delete and insert are cheaper than an OrderedDict's generic move_to_end call)."""
+    del prepared[name]
+    prepared[name] = None
+
+
 class Renamer:
     """Rewrites one batch for one server connection under transaction pooling.
 
@@ -49,7 +55,7 @@ class Renamer:
 
     def __init__(
         self,
-        prepared: collections.OrderedDict[str, None],
+        prepared: dict[str, None],
         limit: int,
         out: list[bytes],
         fix: list[Expect],
@@ -82,7 +88,7 @@ class Renamer:
                     fix.append(_PASS[t])
                     continue
                 if st.server in self.prepared:
-                    self.prepared.move_to_end(st.server)
+                    _touch(self.prepared, st.server)
                     synth = Expect(0, SYNTH, messages.PARSE_COMPLETE)
                     synth.stmt = st  # refused instead if the server's transaction has failed by then
                     fix.append(synth)
@@ -116,8 +122,10 @@ class Renamer:
 
     def ensure(self, st: Statement) -> None:
         """Prepare the statement on this server if it lacks it, with a hidden Parse."""
-        if st.server in self.prepared:
-            self.prepared.move_to_end(st.server)
+        prepared = self.prepared
+        name = st.server
+        if name in prepared:
+            _touch(prepared, name)
             return
         self.out.append(parse_msg(st))
         self.fix.append(Expect(codes.F_PARSE, HIDE, st.server.encode()))
@@ -128,7 +136,8 @@ class Renamer:
         prepared = self.prepared
         prepared[name] = None
         while len(prepared) > self.limit:
-            old, _ = prepared.popitem(last=False)
+            old = next(iter(prepared))  # the least recently used
+            del prepared[old]
             self.out.append(messages.close_statement(old))
             self.fix.append(Expect(codes.F_CLOSE, HIDE))
             self.hidden = True

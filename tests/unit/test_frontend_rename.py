@@ -117,7 +117,7 @@ def rename(batch: list[bytes], statements: dict[str, Statement], prepared: list[
            on: bool = True, inject: bytes | None = None) -> tuple[list[bytes], list[Expect], Renamer]:
     out: list[bytes] = []
     fix: list[Expect] = []
-    lru: collections.OrderedDict[str, None] = collections.OrderedDict((p, None) for p in prepared)
+    lru: dict[str, None] = dict.fromkeys(prepared)
     r = Renamer(lru, limit, out, fix)
     msgs = [dec(b) for b in batch]
     for m in msgs:  # what the session resolves when it judges the batch, in order
