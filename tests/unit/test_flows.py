@@ -43,7 +43,7 @@ class Conn:
 
     def __init__(self, prepared: tuple[str, ...] = (), applied: dict[str, str] | None = None) -> None:
         self.pid = SERVER_PID
-        self.prepared: dict[str, None] = dict.fromkeys(prepared)
+        self.prepared: collections.OrderedDict[str, None] = collections.OrderedDict((p, None) for p in prepared)
         self.applied: dict[str, str] = dict(applied or {})
         self.tx_status = codes.TX_IDLE
 
