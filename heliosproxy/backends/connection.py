@@ -47,7 +47,6 @@ class BackendConnection(asyncio.Protocol):
         self.user = user
         self.database = database
         self.transport: asyncio.Transport | None = None
-        self._send: Callable[[bytes], None] | None = None  # transport.write, looked up once
         self.owner: BackendOwner | None = None
         self.pid = 0
         self.secret_key = 0
@@ -73,8 +72,7 @@ class BackendConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = t = cast(asyncio.Transport, transport)
-        self._send = t.write
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         owner = self.owner
@@ -143,9 +141,8 @@ class BackendConnection(asyncio.Protocol):
         self.last_used = now or time.monotonic()
 
     def write(self, data: bytes) -> None:
-        send = self._send
-        if send is not None and not self.closed:
-            send(data)  # the transport's bound method: no attribute look-up per write
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
