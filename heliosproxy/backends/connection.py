@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import struct
@@ -58,8 +57,8 @@ class BackendConnection(asyncio.Protocol):
         self.tx_status = codes.TX_IDLE
         # Session state the proxy applied on this backend (transaction pooling).
         self.applied: dict[str, str] = {}
-        # Proxy-named prepared statements present on this backend (LRU order).
-        self.prepared: collections.OrderedDict[str, None] = collections.OrderedDict()
+        # Proxy-named prepared statements present on this backend (LRU order: least recently used first).
+        self.prepared: dict[str, None] = {}
         self.pinned_by: object | None = None
         # A client ran something here that may have dropped statements other clients rely on:
         # close it when that client is done instead of pooling it.

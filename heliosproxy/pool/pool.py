@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from heliosproxy.backends.connection import BackendConnection, QueryError, connect
 from heliosproxy.backends.tls import BackendTls
@@ -17,6 +18,7 @@ from heliosproxy.errors import BackendAuthError, BackendUnavailable, PoolTimeout
 from heliosproxy.protocol.auth import Credential
 
 log = logging.getLogger("heliosproxy.pool")
+_monotonic: Final = time.monotonic
 
 # What a waiter is told: (connection, None) once one is its own, or (None, error).
 WaitCallback = Callable[["BackendConnection | None", "Exception | None"], None]
@@ -109,6 +111,11 @@ class Pool:
         self.size = size
         self.mode = mode
         self.cfg = cfg
+        # Read per release (the hot path): copied from the frozen config once (a pool never changes its cfg).
+        self._max_lifetime = cfg.max_lifetime
+        self._reset_always = cfg.server_reset_query_always and bool(cfg.reset_query)
+        self._check_query = cfg.server_check_query
+        self._check_delay = cfg.server_check_delay
         self.idle: list[BackendConnection] = []
         self.active: set[BackendConnection] = set()
         self.connecting = 0
@@ -153,14 +160,14 @@ class Pool:
 
     def try_acquire(self) -> BackendConnection | None:
         idle = self.idle
-        check = self.cfg.server_check_query
+        check = self._check_query
         while idle:
             conn = idle.pop()
             if conn.closed or conn.doomed:
                 if not conn.closed:
                     conn.close()
                 continue
-            if check and time.monotonic() - conn.last_used > self.cfg.server_check_delay:
+            if check and _monotonic() - conn.last_used > self._check_delay:
                 self._check(conn, check)  # comes back through release() once it answered
                 continue
             self.active.add(conn)
@@ -394,7 +401,7 @@ class Pool:
     def release(self, conn: BackendConnection, reusable: bool = True, reset: bool = True) -> None:
         """Give a connection back. Unknown or failed state → closed, never reused."""
         self.active.discard(conn)
-        now = time.monotonic()  # one clock read per release
+        now = _monotonic()  # one clock read per release
         conn.detach(now)
         conn.pinned_by = None
         if (
@@ -402,31 +409,33 @@ class Pool:
             or conn.closed
             or self.closed
             or self.retired
-            or now - conn.created_at > self.cfg.max_lifetime
+            or now - conn.created_at > self._max_lifetime
         ):
             conn.close()
             self._slot_freed()
             for cap in self.caps:
                 cap.freed(self)
             return
-        if reset and self.cfg.server_reset_query_always and self.cfg.reset_query:
-            # server_reset_query_always: transaction pooling resets too, before anyone else gets it.
-            self.checking += 1
-            self.active.add(conn)
-
-            async def do_reset() -> None:
-                try:
-                    await self.reset_and_release(conn, self.cfg.reset_query)
-                finally:
-                    self.checking -= 1
-
-            task = asyncio.get_running_loop().create_task(do_reset())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        if reset and self._reset_always:
+            self._reset_in_background(conn)
             return
         if self.waiters and self._give(conn):
             return
         self.idle.append(conn)
+
+    def _reset_in_background(self, conn: BackendConnection) -> None:
+        """server_reset_query_always: transaction pooling resets too, before anyone else gets it."""
+        self.checking += 1
+        self.active.add(conn)
+        task = asyncio.get_running_loop().create_task(self._reset_then_release(conn))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reset_then_release(self, conn: BackendConnection) -> None:
+        try:
+            await self.reset_and_release(conn, self.cfg.reset_query)
+        finally:
+            self.checking -= 1
 
     def _slot_freed(self) -> None:
         """A connection went away: start one for the first waiter, if any."""

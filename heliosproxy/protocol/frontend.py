@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import struct
 from typing import Any, Final, final
 
 from heliosproxy.protocol import codes, messages
 
-_H = struct.Struct("!H")
 STATEMENT: Final = 83  # 'S' in Describe/Close: a prepared statement (80 'P' is a portal)
 PORTAL: Final = 80
 
@@ -74,53 +72,101 @@ class Msg:
         return f"Msg({chr(self.t)!r}, name={self.name!r}, stmt={self.stmt!r}, sub={self.sub})"
 
 
-_STATEMENT_TYPES: Final = frozenset(codes.FRONTEND_TYPES - {codes.F_PASSWORD})  # after login
+# After login, per type byte: 1 when the type may be read on (FRONTEND_TYPES less PasswordMessage).
+_STATEMENT_TYPES: Final = bytes([1 if t in codes.FRONTEND_TYPES and t != codes.F_PASSWORD else 0 for t in range(256)])
 
 
 def header_error(t: int, length: int, max_size: int) -> str:
     """Framing after login: "" when a message header (type byte, length) may be read on, else the violation."""
-    if t not in _STATEMENT_TYPES:
+    if 4 <= length <= max_size and _STATEMENT_TYPES[t]:
+        return ""  # the common case: one table look-up and two compares
+    if not _STATEMENT_TYPES[t]:
         return f"invalid frontend message type {t}"
     if length < 4:
         return "invalid message length"
-    if length > max_size:
-        return f"message of {length} bytes exceeds max_message_size ({max_size})"
-    return ""
+    return f"message of {length} bytes exceeds max_message_size ({max_size})"
+
+
+# Names (portal, statement) are short: a compiled byte loop finds their NUL faster than bytes.index's
+# generic method call; past this many bytes (a query text) bytes.index takes over.
+_SHORT: Final = 64
+
+
+def _nul(data: bytes, pos: int) -> int:
+    """Index of the first NUL at or after `pos`; ValueError (or IndexError) when there is none."""
+    stop = min(len(data), pos + _SHORT)
+    i = pos
+    while i < stop:
+        if data[i] == 0:
+            return i
+        i += 1
+    return data.index(0, i)
+
+
+def _text(data: bytes, start: int, end: int, codec: str) -> str:
+    """data[start:end] decoded in the client's encoding ("" without a copy when empty)."""
+    if start == end:
+        return ""
+    if codec == "utf-8":
+        return data[start:end].decode("utf-8")  # mypyc calls the UTF-8 decoder directly
+    return data[start:end].decode(codec)
+
+
+def _u16(data: bytes, pos: int) -> int:
+    return (data[pos] << 8) | data[pos + 1]
+
+
+def _check_bind(data: bytes, pos: int) -> None:
+    """Walk a Bind after its two names (`pos`): format codes, parameters, result formats, and nothing more.
+    ValueError or IndexError when malformed (the same rules as messages.bind_result_formats)."""
+    pos += 2 + 2 * _u16(data, pos)
+    n = _u16(data, pos)
+    pos += 2
+    for _ in range(n):
+        b0 = data[pos]
+        ln = (b0 << 24) | (data[pos + 1] << 16) | (data[pos + 2] << 8) | data[pos + 3]
+        pos += 4
+        if b0 < 0x80:
+            pos += ln
+        elif ln != 0xFFFFFFFF:  # negative: only -1 (NULL) is allowed
+            raise ValueError("invalid parameter length")
+    if pos + 2 + 2 * _u16(data, pos) != len(data):
+        raise ValueError("invalid message length")
 
 
 def decode(t: int, data: bytes, codec: str) -> Msg:
-    """Decode one extended-protocol message; ValueError (or IndexError, UnicodeDecodeError,
-    struct.error) when it is malformed."""
+    """Decode one extended-protocol message; ValueError (or IndexError, UnicodeDecodeError)
+    when it is malformed."""
+    if t == codes.F_BIND:
+        end = _nul(data, 5)
+        p2 = _nul(data, end + 1) + 1
+        _check_bind(data, p2)
+        return Msg(t, data, _text(data, 5, end, codec), stmt=_text(data, end + 1, p2 - 1, codec), at=p2)
+    if t == codes.F_EXECUTE:
+        end = _nul(data, 5)
+        if end != len(data) - 5:
+            raise ValueError("truncated")
+        return Msg(t, data, _text(data, 5, end, codec))  # a portal name must be text
     if t == codes.F_PARSE:
-        end = data.index(0, 5)
-        name = data[5:end].decode(codec)
+        end = _nul(data, 5)
+        name = _text(data, 5, end, codec)
         p2 = data.index(0, end + 1) + 1
-        if len(data) != p2 + 2 + 4 * _H.unpack_from(data, p2)[0]:
+        if len(data) != p2 + 2 + 4 * _u16(data, p2):
             raise ValueError("bad parameter types")
         raw = data[end + 1 : p2 - 1]
         try:
-            return Msg(t, data, name, sql=raw.decode(codec), raw=raw, tail=data[p2:])
+            sql = raw.decode("utf-8") if codec == "utf-8" else raw.decode(codec)
+            return Msg(t, data, name, sql=sql, raw=raw, tail=data[p2:])
         except UnicodeDecodeError:
             return Msg(t, data, name, sql=raw.decode(codec, "replace"), raw=raw, tail=data[p2:], readable=False)
-    if t == codes.F_BIND:
-        end = data.index(0, 5)
-        portal = data[5:end].decode(codec)
-        p2 = data.index(0, end + 1) + 1
-        stmt = data[end + 1 : p2 - 1].decode(codec)
-        messages.bind_result_formats(data, p2)  # validates the rest of the Bind
-        return Msg(t, data, portal, stmt=stmt, at=p2)
     if t == codes.F_DESCRIBE or t == codes.F_CLOSE:
         kind = data[5]
         if kind != STATEMENT and kind != PORTAL:
             raise ValueError(f"invalid {'DESCRIBE' if t == codes.F_DESCRIBE else 'CLOSE'} message subtype")
-        if data.index(0, 6) != len(data) - 1:
+        n = len(data)
+        if _nul(data, 6) != n - 1:
             raise ValueError("trailing bytes")
-        return Msg(t, data, data[6:-1].decode(codec), sub=kind)
-    if t == codes.F_EXECUTE:
-        end = data.index(0, 5)
-        if end != len(data) - 5:
-            raise ValueError("truncated")
-        return Msg(t, data, data[5:end].decode(codec))  # a portal name must be text
+        return Msg(t, data, _text(data, 6, n - 1, codec), sub=kind)
     return Msg(t, data)
 
 

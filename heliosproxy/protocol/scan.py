@@ -93,10 +93,10 @@ class ReplyScanner:
                 self._skip = length - (n - pos)
                 return statuses
             pos += length
-        unpack = _I.unpack_from
         while pos + 5 <= n:
             t = chunk[pos]
-            end = pos + 1 + unpack(chunk, pos + 1)[0]
+            # The length, read byte by byte: compiled, cheaper than a Struct call and its tuple.
+            end = pos + 1 + ((chunk[pos + 1] << 24) | (chunk[pos + 2] << 16) | (chunk[pos + 3] << 8) | chunk[pos + 4])
             if t == _E:
                 self._err = ERROR_SEEN
                 if bytes(chunk[pos + 5 : pos + 11]) in _FATAL:

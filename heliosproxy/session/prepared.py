@@ -19,7 +19,8 @@ class Statement:
     """A client's prepared statement as the proxy judged it (never changed after: judged again, it is replaced)."""
 
     __slots__ = (
-        "cached", "generation", "hints", "info", "name", "original", "raw", "readable", "server", "sql", "tail",
+        "cached", "generation", "hints", "info", "name", "original", "raw", "readable", "server", "server_c", "sql",
+        "tail",
     )
 
     def __init__(
@@ -41,6 +42,7 @@ class Statement:
         self.tail = tail  # parameter-type section of the Parse message, as the client sent it
         self.info = info
         self.server = server  # name on backends: same text + types → same name, so backends share it
+        self.server_c = server.encode() + b"\x00" if server else b""  # as a C string, for the messages renamed
         self.hints = hints  # routing hints from its comments, applied to every execution
         self.cached = cached  # a pre_query plugin answered it: executions are answered from this
         self.raw = raw  # the text as sent to servers (the client's encoding)

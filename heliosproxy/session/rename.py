@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import collections
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from heliosproxy.protocol import codes, messages
 from heliosproxy.protocol.frontend import FAIL_BIND, STATEMENT, Msg
@@ -15,7 +14,30 @@ if TYPE_CHECKING:
 
 def parse_msg(st: Statement) -> bytes:
     """Parse of a client's statement under its proxy-wide name, with the client's own bytes."""
-    return messages.msg(codes.F_PARSE, messages.cstr(st.server) + st.raw + b"\x00" + st.tail)
+    return messages.msg(codes.F_PARSE, st.server_c + st.raw + b"\x00" + st.tail)
+
+
+def bind_msg(data: bytes, at: int, st: Statement) -> bytes:
+    """The client's Bind (`data`, its parameters from `at`) of the statement under its proxy-wide name."""
+    end = 5
+    while data[end] != 0:  # the portal's NUL (the Bind was checked when decoded)
+        end += 1
+    name = st.server_c
+    size = len(data) + len(name) - (at - end - 1) - 1  # the length field: the message less its type byte
+    # One allocation (mypyc builds %b formatting of bytes in place): type, length, portal, name, the rest.
+    return b"B%b%b%b%b" % (size.to_bytes(4, "big"), data[5 : end + 1], name, data[at:])
+
+
+# The relay's expectation of a request answered as sent (by type byte): never changed once made (only a
+# capture's, a gate's or a synthesized one is), so one per type serves every batch.
+_PASS: Final = [Expect(t) for t in range(256)]
+
+
+def _touch(prepared: dict[str, None], name: str) -> None:
+    """Mark a statement used: to the end of the LRU order (a plain dict keeps insertion order; compiled, its
+    delete and insert are cheaper than an OrderedDict's generic move_to_end call)."""
+    del prepared[name]
+    prepared[name] = None
 
 
 class Renamer:
@@ -33,7 +55,7 @@ class Renamer:
 
     def __init__(
         self,
-        prepared: collections.OrderedDict[str, None],
+        prepared: dict[str, None],
         limit: int,
         out: list[bytes],
         fix: list[Expect],
@@ -58,15 +80,15 @@ class Renamer:
             elif not rename or not m.names_statement():
                 out.append(m.data)
                 if t != codes.F_FLUSH:
-                    fix.append(Expect(t))
+                    fix.append(_PASS[t])
             elif t == codes.F_PARSE:
                 st: Statement | None = m.st
                 if st is None:
                     out.append(m.data)
-                    fix.append(Expect(t))
+                    fix.append(_PASS[t])
                     continue
                 if st.server in self.prepared:
-                    self.prepared.move_to_end(st.server)
+                    _touch(self.prepared, st.server)
                     synth = Expect(0, SYNTH, messages.PARSE_COMPLETE)
                     synth.stmt = st  # refused instead if the server's transaction has failed by then
                     fix.append(synth)
@@ -79,22 +101,20 @@ class Renamer:
                 st = m.st
                 if st is None:
                     out.append(m.data)  # the server reports the unknown statement itself
-                    fix.append(Expect(t))
+                    fix.append(_PASS[t])
                     continue
                 self.ensure(st)
-                data = m.data
-                portal = data[5 : data.index(0, 5) + 1]  # as the client sent it, NUL included
-                out.append(messages.msg(codes.F_BIND, portal + messages.cstr(st.server) + data[m.at :]))
-                fix.append(Expect(t))
+                out.append(bind_msg(m.data, m.at, st))
+                fix.append(_PASS[t])
             elif t == codes.F_DESCRIBE:
                 st = m.st
                 if st is None:
                     out.append(m.data)
-                    fix.append(Expect(t))
+                    fix.append(_PASS[t])
                     continue
                 self.ensure(st)
-                out.append(messages.msg(codes.F_DESCRIBE, b"S" + messages.cstr(st.server)))
-                fix.append(Expect(t))
+                out.append(messages.msg(codes.F_DESCRIBE, b"S" + st.server_c))
+                fix.append(_PASS[t])
             else:  # Close of a named statement (forgotten when judged): it stays on the server, shared
                 assert t == codes.F_CLOSE and m.sub == STATEMENT
                 fix.append(Expect(0, SYNTH, messages.CLOSE_COMPLETE))
@@ -102,8 +122,10 @@ class Renamer:
 
     def ensure(self, st: Statement) -> None:
         """Prepare the statement on this server if it lacks it, with a hidden Parse."""
-        if st.server in self.prepared:
-            self.prepared.move_to_end(st.server)
+        prepared = self.prepared
+        name = st.server
+        if name in prepared:
+            _touch(prepared, name)
             return
         self.out.append(parse_msg(st))
         self.fix.append(Expect(codes.F_PARSE, HIDE, st.server.encode()))
@@ -114,7 +136,8 @@ class Renamer:
         prepared = self.prepared
         prepared[name] = None
         while len(prepared) > self.limit:
-            old, _ = prepared.popitem(last=False)
+            old = next(iter(prepared))  # the least recently used
+            del prepared[old]
             self.out.append(messages.close_statement(old))
             self.fix.append(Expect(codes.F_CLOSE, HIDE))
             self.hidden = True

@@ -77,11 +77,29 @@ def test_text_not_in_the_clients_encoding_is_kept_unreadable() -> None:
         M(codes.F_CLOSE, b"Sname\x00junk"),
         M(codes.F_EXECUTE, b"\x00\x00\x00"),  # truncated row limit
         M(codes.F_BIND, b"\x00s\x00\x00\x05"),  # truncated format codes
+        M(codes.F_BIND, b"\x00s\x00\x00\x00\x00\x01\xff\xff\xff\xfe\x00\x00"),  # parameter length -2
+        M(codes.F_BIND, b"\x00s\x00\x00\x00\x00\x01\x00\x00\x00\x09ab\x00\x00"),  # value past the end
+        M(codes.F_BIND, b"\x00s\x00\x00\x00\x00\x00\x00\x00\x00"),  # a byte after the result formats
+        M(codes.F_BIND, b"\x00s\x00\x00\x00\x00\x00\x00\x01"),  # result formats announced, not sent
+        M(codes.F_BIND, b"p" * 100),  # no NUL after a long name
+        M(codes.F_EXECUTE, b"p" * 100 + b"\x00\x00\x00\x00"),  # no NUL
     ],
 )
 def test_malformed_messages_are_refused(data: bytes) -> None:
     with pytest.raises((ValueError, IndexError, struct.error, UnicodeDecodeError)):
         dec(data)
+
+
+def test_bind_with_nulls_long_names_and_another_encoding() -> None:
+    portal, stmt = "p" * 70, "s\u00e9" * 40  # past the short-name scan; not ASCII
+    body = (portal.encode("latin-1") + b"\x00" + stmt.encode("latin-1") + b"\x00" + struct.pack("!HH", 1, 1)
+            + struct.pack("!Hi", 2, -1) + struct.pack("!i", 3) + b"abc" + struct.pack("!HHH", 2, 0, 1))
+    data = M(codes.F_BIND, body)
+    m = decode(codes.F_BIND, data, "latin-1")
+    assert (m.name, m.stmt) == (portal, stmt)
+    assert messages.bind_result_formats(data, m.at) == [0, 1]
+    e = decode(codes.F_EXECUTE, M(codes.F_EXECUTE, C(portal) + b"\x00\x00\x00\x00"), "utf-8")
+    assert e.name == portal
 
 
 def test_names_in() -> None:
@@ -99,7 +117,7 @@ def rename(batch: list[bytes], statements: dict[str, Statement], prepared: list[
            on: bool = True, inject: bytes | None = None) -> tuple[list[bytes], list[Expect], Renamer]:
     out: list[bytes] = []
     fix: list[Expect] = []
-    lru: collections.OrderedDict[str, None] = collections.OrderedDict((p, None) for p in prepared)
+    lru: dict[str, None] = dict.fromkeys(prepared)
     r = Renamer(lru, limit, out, fix)
     msgs = [dec(b) for b in batch]
     for m in msgs:  # what the session resolves when it judges the batch, in order
@@ -205,3 +223,38 @@ def test_header_error(t: int, length: int, error: str) -> None:
     from heliosproxy.protocol.frontend import header_error
 
     assert header_error(t, length, 1024) == error
+
+
+class _Host:
+    def refuses_parse(self, st: Statement, index: int) -> bool:
+        return True
+
+    def reply_error(self, m: bytes, head: Expect | None, index: int) -> None:
+        pass
+
+    def statement_dropped(self, server: str) -> None:
+        pass
+
+    def statement_prepared(self, server: str) -> None:
+        pass
+
+    def hold_done(self, held: list[bytes]) -> bool:
+        return False
+
+
+def test_requests_answered_as_sent_share_one_expectation_that_an_error_leaves_unchanged() -> None:
+    from heliosproxy.session.relay import ReplyRelay
+
+    st = stmt("s1")
+    long_portal = "p" * 80  # past the short-name scan
+    out, fix, _r = rename([bind(long_portal, "s1", (b"7", b"")), EXECUTE, SYNC], {"s1": st}, ["hp_aa"])
+    assert out == [bind(long_portal, "hp_aa", (b"7", b"")), EXECUTE, SYNC]
+    _out2, fix2, _r2 = rename([bind("", "s1"), EXECUTE, SYNC], {"s1": st}, ["hp_aa"])
+    assert [a is b for a, b in zip(fix, fix2, strict=True)] == [True, True, True]  # no allocation per batch
+    relay = ReplyRelay(_Host(), collections.deque(fix))
+    err = messages.error_response("ERROR", "22P02", "invalid input")
+    out3, readies = relay.feed(err + messages.ready_for_query(codes.TX_IDLE))
+    assert b"".join(out3) == err + messages.ready_for_query(codes.TX_IDLE) and readies == [codes.TX_IDLE]
+    assert [(e.kind, e.action, e.data, e.failed, e.rows, e.stmt, e.gate, e.capture, e.client) for e in fix2] == [
+        (t, PASS, b"", False, [], None, False, None, None) for t in (codes.F_BIND, codes.F_EXECUTE, codes.F_SYNC)
+    ]
