@@ -174,7 +174,7 @@ class ClientProtocol(asyncio.Protocol):
             if conn is not None:
                 s.server_ready(conn, pool, plan)
                 return
-            s._pool_wait = pool.wait(lambda c, e: self._on_pool_wait(pool, plan, c, e))
+            self._queue(pool, plan)
             return
         s._pause_reading()
         self.spawn(self._acquire_then_send(plan))
@@ -196,6 +196,10 @@ class ClientProtocol(asyncio.Protocol):
         self.spawn(self._retry_after_closing(conn, plan))
 
     # ================================================================== servers
+    def _queue(self, pool: Pool, plan: Plan) -> None:
+        """Wait in the pool's queue (its own method: a closure in acquire would be allocated per call)."""
+        self.s._pool_wait = pool.wait(lambda c, e: self._on_pool_wait(pool, plan, c, e))
+
     def _on_pool_wait(self, pool: Pool, plan: Plan, conn: BackendConnection | None, exc: Exception | None) -> None:
         s = self.s
         if s._pool_wait is not None:

@@ -304,6 +304,12 @@ class ClientSession:
         self.stalled = None
         self._answer_plan_error(plan, exc)
 
+    def _adopter(
+        self, names: tuple[str, ...], conn: BackendConnection
+    ) -> Callable[[list[list[str | None]] | None], None]:
+        """The capture of a settings read-back (its own method: a closure in _send would be allocated per call)."""
+        return lambda rows: tracking.adopt(self, names, rows, conn)
+
     def send_again(self, conn: BackendConnection, plan: Plan) -> None:
         """After io.retry_after_closing: the database-level statement once more, on the same server."""
         if self.phase != READY or conn is not self.backend or conn.closed:
@@ -467,16 +473,18 @@ class ClientSession:
 
     def _process_inner(self) -> None:
         buf = self.buf
+        # One copy of the input as bytes: each message is then a compiled bytes slice (one allocation), not a
+        # bytearray slice copied again into bytes (a slice object and two allocations per message).
+        data = bytes(buf)
         pos = 0
-        n = len(buf)
+        n = len(data)
         max_size = self.ctx.max_message_size
-        unpack = _I.unpack_from
         cap = self.ctx.max_client_buffer // flow.PER_STATEMENT  # statements in flight (bounded memory)
         cap = min(cap, self.pending + flow.BURST)  # and per callback: other clients get their turn
         try:
             while n - pos >= 5 and self.stalled is None and self.phase == READY and self.pending < cap:
-                t = buf[pos]
-                length = unpack(buf, pos + 1)[0]
+                t = data[pos]
+                length = (data[pos + 1] << 24) | (data[pos + 2] << 16) | (data[pos + 3] << 8) | data[pos + 4]
                 err = header_error(t, length, max_size)
                 if err:
                     self._violation(err)
@@ -488,15 +496,15 @@ class ClientSession:
                     # COPY FROM STDIN: forward runs of copy messages in one write.
                     start = pos
                     pos = end
-                    while n - pos >= 5 and buf[pos] in (codes.F_COPY_DATA, codes.F_COPY_DONE, codes.F_COPY_FAIL):
-                        ln = unpack(buf, pos + 1)[0]
+                    while n - pos >= 5 and data[pos] in (codes.F_COPY_DATA, codes.F_COPY_DONE, codes.F_COPY_FAIL):
+                        ln = _I.unpack_from(data, pos + 1)[0]
                         if ln < 4 or ln > max_size or pos + 1 + ln > n:
                             break
                         pos += 1 + ln
                     if self.backend is not None:
-                        self.backend.write(bytes(buf[start:pos]))
+                        self.backend.write(data[start:pos])
                     continue
-                msg = bytes(buf[pos:end])
+                msg = data[pos:end]
                 pos = end
                 if t == codes.F_QUERY:
                     self._on_query(msg)
@@ -811,12 +819,14 @@ class ClientSession:
         ):
             self.hold, self.hold_plan = bytearray(), plan
         raw = plan.raw
+        same = self.settings == conn.applied  # compared once (a dict compare), read below
+        post = self.ctx.plugins.has_post_query  # an uncompiled object's attribute: read once
         if (
             raw is not None
             and plan.batch is None
             and not self.slow
-            and self.settings == conn.applied
-            and not self.ctx.plugins.has_post_query
+            and same
+            and not post
             and not (plan.info is not None and plan.info.effects & _SEND_CAREFULLY)
             and not plan.dbs
         ):
@@ -830,9 +840,9 @@ class ClientSession:
             return
         if (
             plan.batch is not None
-            and self.settings == conn.applied
+            and same
             and not self.slow
-            and not self.ctx.plugins.has_post_query
+            and not post
             and (not self.txn or not names_in(plan.batch))
             and not (plan.info is not None and plan.info.effects & _SEND_CAREFULLY)
             and (plan.sync or flush_only)  # unsynced: later replies may need filtering (Plan.inject)
@@ -848,7 +858,7 @@ class ClientSession:
         out: list[bytes] = []
         fix: list[Expect] = []
         need_fix = False
-        if self.settings != conn.applied:
+        if not same:
             q = tracking.sync_settings_sql(self, conn)
             if q:
                 out.append(messages.query(q))
@@ -894,11 +904,11 @@ class ClientSession:
                 out.append(
                     messages.query(settings_mod.readback_sql(rb))
                 )
-                fix.append(Expect(codes.F_QUERY, HIDE, capture=lambda rows: tracking.adopt(self, rb, rows, conn)))
+                fix.append(Expect(codes.F_QUERY, HIDE, capture=self._adopter(rb, conn)))
                 need_fix = True
             else:
                 tracking.pin_for(self, "set_config() before a Flush")
-        if need_fix or self.slow or self.ctx.plugins.has_post_query or not (plan.sync or flush_only):
+        if need_fix or self.slow or post or not (plan.sync or flush_only):
             if not self.slow:
                 self.slow = True
                 self.relay.reset()
